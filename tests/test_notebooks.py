@@ -1,0 +1,45 @@
+"""Notebooks are the single source: the package matches them, they are clean, they run, papermill can drive them."""
+import filecmp
+import json
+
+import pytest
+
+from conftest import ROOT, run, tool
+
+STAGE_NOTEBOOKS = ["01_squeeze.ipynb", "02_recover.ipynb", "03_relabel.ipynb", "04_validate.ipynb"]
+
+
+def test_package_is_exported_from_notebooks(repo_copy):
+    result = run([tool("nbdev_export")], cwd=repo_copy)
+    assert result.returncode == 0, result.stderr
+    modules = sorted(p.name for p in (ROOT / "sre2l").glob("*.py"))
+    assert sorted(p.name for p in (repo_copy / "sre2l").glob("*.py")) == modules
+    _, mismatch, errors = filecmp.cmpfiles(ROOT / "sre2l", repo_copy / "sre2l", modules, shallow=False)
+    assert not mismatch and not errors, f"sre2l/ is out of sync with nbs/ (run nbdev_export): {mismatch + errors}"
+
+
+def test_notebooks_are_clean(repo_copy):
+    result = run([tool("nbdev_clean")], cwd=repo_copy)
+    assert result.returncode == 0, result.stderr
+    notebooks = sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb"))
+    _, changed, errors = filecmp.cmpfiles(ROOT / "nbs", repo_copy / "nbs", notebooks, shallow=False)
+    assert not changed and not errors, f"notebooks not clean (run nbdev_clean): {changed + errors}"
+
+
+@pytest.mark.parametrize("name", STAGE_NOTEBOOKS)
+def test_stage_notebook_has_one_literal_parameters_cell(name):
+    papermill = pytest.importorskip("papermill")
+    notebook = json.loads((ROOT / "nbs" / name).read_text())
+    tagged = [c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1, f"{name}: {len(tagged)} cells tagged parameters"
+    assert "#| export" not in "".join(tagged[0]["source"])
+    assert notebook["metadata"]["kernelspec"]["name"] == "python3"
+    inferred = papermill.inspect_notebook(str(ROOT / "nbs" / name))
+    assert set(inferred) == {"preset", "run_dir", "overrides"}
+    assert all(p["help"] for p in inferred.values()), "every parameter needs a docments comment"
+
+
+def test_every_notebook_runs(repo_copy):
+    result = run([tool("nbdev_test"), "--n_workers", "0", "--timing"], cwd=repo_copy)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (repo_copy / "runs" / "lesson" / "validate" / "manifest.json").is_file()
