@@ -28,7 +28,7 @@ __all__ = ['PRESETS', 'PRESET_SOURCES', 'STAGES', 'log', 'Sre2lError', 'ConfigEr
            'seed_everything', 'unit_seed', 'generator', 'pick_device', 'atomic_write', 'save_json', 'load_json',
            'save_tensors', 'load_tensors', 'load_metadata', 'sha256_file', 'versions', 'write_manifest',
            'read_manifest', 'find_project_root', 'resolve_run_dir', 'prepare_run', 'stage_status', 'require_stage',
-           'setup_logging', 'progress']
+           'open_stage', 'build_missing', 'setup_logging', 'progress']
 
 # %% ../nbs/00_core.ipynb #92bf55b3
 class Sre2lError(Exception):
@@ -67,7 +67,7 @@ class SqueezeConfig:
     class_bn: str = "exact"  # class-wise BN statistics: 'exact', 'ema' (LPLD) or 'none'
     class_bn_epochs: int = 1  # passes over the training set when collecting class-wise statistics
 
-# %% ../nbs/00_core.ipynb #3c494a9b
+# %% ../nbs/00_core.ipynb #5cfcd715
 @dataclass
 class RecoverConfig:
     "Stage 2: synthesise images by matching the teacher's BatchNorm statistics."
@@ -78,6 +78,7 @@ class RecoverConfig:
     r_bn: float = 0.01  # weight of the BN-statistics loss
     first_bn_multiplier: float = 10.0  # extra weight of the first BN layer
     batch_size: int = 100  # classes per optimisation batch (one image per class)
+    crop: bool = True  # one random-resized crop per step (the CIFAR-100 script turns it off)
     crop_scale_min: float = 0.08  # RandomResizedCrop scale, lower end
     crop_scale_max: float = 1.0  # RandomResizedCrop scale, upper end
     flip: bool = True  # one random horizontal flip per step
@@ -99,7 +100,7 @@ class RelabelConfig:
     cutmix_alpha: float = 1.0  # CutMix lambda ~ Beta(alpha, alpha)
     mixup_alpha: float = 0.8  # Mixup lambda ~ Beta(alpha, alpha)
 
-# %% ../nbs/00_core.ipynb #449d080e
+# %% ../nbs/00_core.ipynb #9332f797
 @dataclass
 class ValidateConfig:
     "Stage 4: train a student on the stored soft labels and test it on real data."
@@ -109,8 +110,11 @@ class ValidateConfig:
     optimizer: str = "adamw"  # 'adamw' (no decay on BN and bias) or 'sgd'
     lr: float = 1e-3  # peak learning rate
     momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 0.01  # weight decay on conv and linear weights
+    weight_decay: float = 0.01  # weight decay
+    decay_bn_bias: bool = False  # also decay BatchNorm and bias parameters (the Tiny and CIFAR scripts do)
+    warmup_epochs: int = 0  # linear warm-up epochs before the per-epoch cosine
     temperature: float = 20.0  # KL temperature
+    kl_t2: bool = False  # multiply the KL loss by T^2 (Tiny-ImageNet script; the ImageNet script does not)
     eval_every: int = 10  # evaluate on the test split every N epochs (and at the end)
     eval_batch_size: int = 512  # evaluation batch size
 
@@ -218,7 +222,7 @@ def _fashion_mnist():
                  relabel__epochs=100, relabel__batch_size=100, relabel__crop_scale_min=0.5,
                  validate__epochs=100, validate__lr=3e-3)
 
-# %% ../nbs/00_core.ipynb #deef7add
+# %% ../nbs/00_core.ipynb #de40ed5a
 @register_preset("sre2l_in1k", source="VILA-Lab/SRe2L recover.sh, generate_soft_label.py, train_FKD.sh")
 def _sre2l_in1k():
     return _with(RunConfig(preset="sre2l_in1k"), data__name="imagenet-1k",
@@ -230,7 +234,8 @@ def _sre2l_in1k():
                  validate__model="resnet18", validate__small_input=False, validate__epochs=300,
                  validate__lr=1e-3, validate__temperature=20.0, validate__eval_batch_size=256)
 
-@register_preset("sre2l_tiny", source="zeyuanyin/tiny-imagenet train_rn18.sh; SRe2L Tiny recover")
+@register_preset("sre2l_tiny", source="zeyuanyin/tiny-imagenet train_rn18.sh, train_kd.sh; SRe2L recover_tiny.sh "
+                 "(the student's online KD is replaced by stored labels without mixing until online KD exists)")
 def _sre2l_tiny():
     return _with(RunConfig(preset="sre2l_tiny"), data__name="tiny-imagenet",
                  squeeze__model="resnet18", squeeze__epochs=50, squeeze__batch_size=256, squeeze__lr=0.2,
@@ -238,20 +243,24 @@ def _sre2l_tiny():
                  squeeze__flip=True, squeeze__class_bn="ema",
                  recover__ipc=50, recover__iterations=4000, recover__lr=0.1, recover__r_bn=1.0,
                  recover__batch_size=100, recover__jitter=4, recover__jitter_mode="symmetric",
+                 recover__image_format="jpg",
                  relabel__epochs=100, relabel__batch_size=256, relabel__mix="none",
-                 validate__model="resnet18", validate__epochs=100, validate__optimizer="sgd",
-                 validate__lr=0.2, validate__weight_decay=1e-4, validate__eval_every=1)
+                 validate__model="resnet18", validate__epochs=100, validate__optimizer="sgd", validate__lr=0.2,
+                 validate__weight_decay=1e-4, validate__decay_bn_bias=True, validate__warmup_epochs=5,
+                 validate__kl_t2=True, validate__eval_every=1)
 
-@register_preset("sre2l_cifar100", source="VILA-Lab/SRe2L small_dataset/squeeze_cifar.sh, relabel_cifar.sh")
+@register_preset("sre2l_cifar100", source="VILA-Lab/SRe2L small_dataset/squeeze_cifar.sh, recover_cifar.sh, relabel_cifar.sh "
+                 "(online KD on Mixup is replaced by stored Mixup labels with random-resized crops until online KD exists)")
 def _sre2l_cifar100():
     return _with(RunConfig(preset="sre2l_cifar100"), data__name="cifar100",
                  squeeze__model="resnet18", squeeze__epochs=200, squeeze__batch_size=128, squeeze__lr=0.1,
                  squeeze__weight_decay=5e-4, squeeze__augment="crop-pad", squeeze__crop_padding=4,
                  squeeze__flip=True, squeeze__class_bn="ema",
                  recover__ipc=50, recover__iterations=1000, recover__lr=0.25, recover__r_bn=0.01,
-                 recover__batch_size=100, recover__jitter=4, recover__jitter_mode="symmetric",
+                 recover__batch_size=100, recover__crop=False, recover__flip=False, recover__jitter=4,
                  relabel__epochs=400, relabel__batch_size=128, relabel__mix="mixup",
-                 validate__model="resnet18", validate__epochs=400, validate__temperature=30.0)
+                 validate__model="resnet18", validate__epochs=400, validate__temperature=30.0,
+                 validate__decay_bn_bias=True)
 
 # %% ../nbs/00_core.ipynb #fbe5c5b7
 def make_config(preset: str = "digits",  # preset name
@@ -478,6 +487,21 @@ def require_stage(run_dir, stage: str, cfg: RunConfig) -> dict:
         raise Sre2lError(f"{Path(run_dir) / stage} has no finished {stage} stage; run `sre2l {stage} "
                          f"--run-dir {run_dir}` (same preset and --set values) first")
     return manifest
+
+# %% ../nbs/00_core.ipynb #82aec889
+def open_stage(run_dir, stage: str, cfg: RunConfig) -> tuple[Path, dict | None]:
+    "Prepare the run folder; return (run_dir, manifest of the finished stage or None)."
+    run_dir = prepare_run(run_dir, cfg)
+    done = stage_status(run_dir, stage, cfg)
+    if done is not None: log.info("%s: already complete in %s", stage, run_dir / stage)
+    return run_dir, done
+
+def build_missing(cfg: RunConfig, run_dir, builders: dict):
+    "Run, in order, each stage of `builders` ({stage: run function}) that has not finished in `run_dir`."
+    for stage, build in builders.items():
+        if stage_status(resolve_run_dir(run_dir), stage, cfg) is None:
+            print(f"no {stage} stage in {run_dir}: building it first")
+            build(cfg, run_dir)
 
 # %% ../nbs/00_core.ipynb #6c3fe29f
 import logging
