@@ -19,8 +19,8 @@ from .core import (RunConfig, Sre2lError, make_config, list_presets, PRESET_SOUR
                         resolve_run_dir, find_project_root, save_json, stage_status)
 
 # %% auto #0
-__all__ = ['STAGE_VERBS', 'STAGE_NOTEBOOKS', 'field_comments', 'config_help', 'build_parser', 'notebook_dir', 'execute_notebook',
-           'run_demo', 'demo_table', 'main']
+__all__ = ['STAGE_VERBS', 'STAGE_NOTEBOOKS', 'field_comments', 'config_help', 'parse_shard', 'build_parser', 'notebook_dir',
+           'execute_notebook', 'run_demo', 'demo_table', 'main']
 
 # %% ../nbs/06_cli.ipynb #9b6932fb
 def field_comments(cls) -> dict:
@@ -43,7 +43,16 @@ def config_help(cfg: RunConfig | None = None) -> str:
     walk(cfg, "")
     return "\n".join(lines)
 
-# %% ../nbs/06_cli.ipynb #246fa30d
+# %% ../nbs/06_cli.ipynb #2f262ea0
+def parse_shard(text: str) -> tuple[int, int]:
+    "'I/N' -> (I, N), refusing anything else."
+    try:
+        index, count = (int(v) for v in text.split("/"))
+        if 0 <= index < count: return index, count
+    except ValueError: pass
+    raise argparse.ArgumentTypeError(f"--shard expects I/N with 0 <= I < N, got {text!r}")
+
+# %% ../nbs/06_cli.ipynb #bd076653
 STAGE_VERBS = ("squeeze", "recover", "relabel", "validate")
 
 def _common(p: argparse.ArgumentParser, run_dir_default: str = "runs/default"):
@@ -67,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = verbs.add_parser(verb, help=descriptions[verb], description=descriptions[verb], epilog=keys,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(p)
+        if verb == "recover":
+            p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                           help="run only groups I, I+N, I+2N, ... of the work (0 <= I < N), for N separately launched "
+                                "processes; under torchrun the rank and world size are used instead")
     p = verbs.add_parser("demo", help="run all four stage notebooks on digits and print the results table",
                          description="Execute nbs/01_squeeze .. 04_validate with papermill on the distilled set and on a random "
                                      "real subset of the same size, then print and write a results table.",
@@ -155,7 +168,7 @@ def _demo_figure(run_dir: Path, cfg: RunConfig, rows):
     (run_dir / "figures").mkdir(exist_ok=True)
     fig.tight_layout(); fig.savefig(run_dir / "figures" / "demo.png", dpi=90); plt.close(fig)
 
-# %% ../nbs/06_cli.ipynb #7652119c
+# %% ../nbs/06_cli.ipynb #b410327a
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `sre2l` command."
     args = build_parser().parse_args(argv)
@@ -174,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         from sre2l import squeeze, recover, relabel, validate
         stage = {"squeeze": squeeze.run_squeeze, "recover": recover.run_recover,
                  "relabel": relabel.run_relabel, "validate": validate.run_validate}[args.verb]
-        manifest = stage(cfg, args.run_dir)
+        manifest = stage(cfg, args.run_dir, **({"shard": args.shard} if getattr(args, "shard", None) else {}))
+        if manifest.get("complete") is False:
+            print(json.dumps(manifest, indent=2)); return 0
         print(json.dumps({k: manifest[k] for k in ("stage", "config_hash", "timings") if k in manifest} |
                          ({"metrics": manifest["metrics"]} if "metrics" in manifest else {}), indent=2))
         return 0

@@ -45,10 +45,11 @@ class DataConfig:
     root: str = ""  # data set folder; '' searches the registry's default places
     download: bool = False  # allow torchvision to download the data set when it is missing
 
-# %% ../nbs/00_core.ipynb #46ab00d7
+# %% ../nbs/00_core.ipynb #e75ce45b
 @dataclass
 class SqueezeConfig:
     "Stage 1: the teacher (trained here or loaded) and its class-wise BN statistics."
+    seed: int = 0  # seed of teacher training and the class-statistics pass (one teacher can serve many run seeds)
     model: str = "convnet-d3-w64"  # teacher architecture (see `sre2l.models.list_models()`)
     small_input: bool = True  # ResNets: 3x3 stride-1 stem without max-pool, for small images
     weights: str = ""  # torchvision weights enum (e.g. IMAGENET1K_V1) or 'pretrained' for timm; '' = train here
@@ -67,17 +68,24 @@ class SqueezeConfig:
     class_bn: str = "exact"  # class-wise BN statistics: 'exact', 'ema' (LPLD) or 'none'
     class_bn_epochs: int = 1  # passes over the training set when collecting class-wise statistics
 
-# %% ../nbs/00_core.ipynb #5cfcd715
+# %% ../nbs/00_core.ipynb #0a0b938c
 @dataclass
 class RecoverConfig:
     "Stage 2: synthesise images by matching the teacher's BatchNorm statistics."
     method: str = "sre2l"  # 'sre2l' (BN matching) or 'real' (a seeded random real subset, the baseline)
     ipc: int = 10  # images per class
     iterations: int = 500  # optimisation steps per batch
+    iteration_schedule: str = "constant"  # 'constant', or 'prism-cyclic': iterations x (1 - (ipc index mod 8) / 8)
     lr: float = 0.25  # Adam learning rate (cosine-decayed per step)
     r_bn: float = 0.01  # weight of the BN-statistics loss
     first_bn_multiplier: float = 10.0  # extra weight of the first BN layer
-    batch_size: int = 100  # classes per optimisation batch (one image per class)
+    init: str = "noise"  # 'noise' (N(0, 1) in normalised space) or 'real' (the k-th training image of the class, PRISM)
+    bn_target: str = "global"  # 'global' running statistics (SRe2L, PRISM) or 'class' statistics from squeeze (LPLD)
+    bn_teachers: str = ""  # PRISM: extra BN teachers, comma-separated model names or file:<path>; '' = none
+    bn_teacher_weights: str = ""  # weights of the extra BN teachers (torchvision enum, e.g. IMAGENET1K_V1)
+    bn_teacher_prob: float = 0.5  # PRISM: each extra BN teacher joins an IPC slot with this probability
+    batch_mode: str = "cross-class"  # 'cross-class' (batch_size classes, one image each) or 'within-class' (LPLD)
+    batch_size: int = 100  # classes per batch (cross-class) or images of one class per batch (within-class)
     crop: bool = True  # one random-resized crop per step (the CIFAR-100 script turns it off)
     crop_scale_min: float = 0.08  # RandomResizedCrop scale, lower end
     crop_scale_max: float = 1.0  # RandomResizedCrop scale, upper end
@@ -86,6 +94,11 @@ class RecoverConfig:
     jitter_mode: str = "one-sided"  # 'one-sided' draws shifts in [0, J] (SRe2L), 'symmetric' in [-J, J]
     image_format: str = "jpg"  # 'jpg' (official, quality below) or 'png' (lossless)
     jpeg_quality: int = 75  # JPEG quality of saved images
+    group_images: int = 256  # work units stacked in one forward pass, up to this many images (units stay independent)
+    precision: str = "fp32"  # 'fp32' or 'bf16' (teacher forward under autocast; statistics and loss in fp32)
+    compile: bool = False  # torch.compile the teacher forward
+    channels_last: bool = True  # channels-last memory format for the images and the teacher
+    snapshot_every: int = 0  # keep the images every N steps for the trajectory view (0 = off)
 
 # %% ../nbs/00_core.ipynb #4c556058
 @dataclass
@@ -118,12 +131,12 @@ class ValidateConfig:
     eval_every: int = 10  # evaluate on the test split every N epochs (and at the end)
     eval_batch_size: int = 512  # evaluation batch size
 
-# %% ../nbs/00_core.ipynb #ab6387d4
+# %% ../nbs/00_core.ipynb #f88ffa42
 @dataclass
 class RunConfig:
     "Everything one run of the pipeline needs."
     preset: str = "digits"  # the preset these values came from
-    seed: int = 0  # master seed; every work unit derives its own from it
+    seed: int = 0  # master seed of recover, relabel and validate; every work unit derives its own from it
     device: str = "auto"  # 'auto', 'cpu', 'cuda' or 'cuda:N'
     data: DataConfig = field(default_factory=DataConfig)
     squeeze: SqueezeConfig = field(default_factory=SqueezeConfig)
@@ -196,7 +209,7 @@ def list_presets() -> list[str]:
     "Names of every registered preset."
     return sorted(PRESETS)
 
-# %% ../nbs/00_core.ipynb #d763dbe4
+# %% ../nbs/00_core.ipynb #bd9424bc
 def _with(cfg: RunConfig, **changes) -> RunConfig:
     "Apply `section__field=value` keyword changes to `cfg`."
     for key, value in changes.items():
@@ -209,6 +222,7 @@ def _digits():
                  squeeze__epochs=30, recover__ipc=10, recover__iterations=300, recover__lr=0.1,
                  recover__r_bn=0.05, recover__batch_size=10, recover__crop_scale_min=0.5, recover__flip=False,
                  recover__jitter=2, recover__jitter_mode="symmetric", recover__image_format="png",
+                 recover__snapshot_every=50,
                  relabel__epochs=100, relabel__batch_size=50, relabel__crop_scale_min=0.5, relabel__flip=False,
                  validate__epochs=100, validate__lr=3e-3, validate__eval_every=20)
 
@@ -221,6 +235,17 @@ def _fashion_mnist():
                  recover__jitter_mode="symmetric", recover__image_format="png",
                  relabel__epochs=100, relabel__batch_size=100, relabel__crop_scale_min=0.5,
                  validate__epochs=100, validate__lr=3e-3)
+
+# %% ../nbs/00_core.ipynb #527d517a
+@register_preset("lpld_digits", source="kit demo of LPLD on digits: class-wise BN targets, one class per batch")
+def _lpld_digits():
+    cfg = _digits(); cfg.preset = "lpld_digits"
+    return _with(cfg, squeeze__class_bn="ema", recover__bn_target="class", recover__batch_mode="within-class")
+
+@register_preset("lpld_fashion-mnist", source="kit recipe: LPLD class-wise BN recovery on Fashion-MNIST")
+def _lpld_fashion_mnist():
+    cfg = _fashion_mnist(); cfg.preset = "lpld_fashion-mnist"
+    return _with(cfg, squeeze__class_bn="ema", recover__bn_target="class", recover__batch_mode="within-class")
 
 # %% ../nbs/00_core.ipynb #de40ed5a
 @register_preset("sre2l_in1k", source="VILA-Lab/SRe2L recover.sh, generate_soft_label.py, train_FKD.sh")
@@ -262,6 +287,39 @@ def _sre2l_cifar100():
                  validate__model="resnet18", validate__epochs=400, validate__temperature=30.0,
                  validate__decay_bn_bias=True)
 
+# %% ../nbs/00_core.ipynb #d1e3919d
+@register_preset("lpld_in1k", source="he-y/soft-label-pruning-for-dataset-distillation imagenet1k_forward/recover.sh, LPLD_in1k_[4k].yaml")
+def _lpld_in1k():
+    cfg = _sre2l_in1k(); cfg.preset = "lpld_in1k"
+    return _with(cfg, squeeze__class_bn="ema", squeeze__augment="rrc", squeeze__flip=True, squeeze__batch_size=256,
+                 recover__bn_target="class", recover__batch_mode="within-class", recover__batch_size=50,
+                 relabel__batch_size=128)
+
+@register_preset("lpld_tiny", source="he-y/soft-label-pruning-for-dataset-distillation tiny_forward, tiny_recover.sh, LPLD_tiny_[4k].yaml")
+def _lpld_tiny():
+    cfg = _sre2l_tiny(); cfg.preset = "lpld_tiny"
+    return _with(cfg, squeeze__class_bn="ema", recover__bn_target="class", recover__batch_mode="within-class",
+                 recover__r_bn=0.05, recover__batch_size=100, relabel__batch_size=64)
+
+@register_preset("lpld_in21k", source="he-y/soft-label-pruning-for-dataset-distillation in21k_recover.sh, LPLD_in21k_[2k].yaml "
+                 "(teacher: the user's resnet18_21k checkpoint; Cutout relabel comes with the relabel stage)")
+def _lpld_in21k():
+    cfg = _sre2l_in1k(); cfg.preset = "lpld_in21k"
+    return _with(cfg, data__name="imagenet-21k", squeeze__model="timm:resnet18", squeeze__weights="",
+                 squeeze__class_bn="ema", squeeze__augment="rrc", squeeze__flip=True, squeeze__batch_size=256,
+                 recover__ipc=10, recover__iterations=2000, recover__lr=0.05, recover__r_bn=0.25,
+                 recover__bn_target="class", recover__batch_mode="within-class", recover__batch_size=10,
+                 relabel__batch_size=32, relabel__mix="none", validate__lr=2e-3)
+
+@register_preset("prism_in1k", source="Brian-Moser/prism recover/data_synthesis.py, relabel_r18.sh "
+                 "(teacher ensemble and mse_gt come with the relabel and validate stages)")
+def _prism_in1k():
+    cfg = _sre2l_in1k(); cfg.preset = "prism_in1k"
+    return _with(cfg, recover__init="real", recover__lr=0.05, recover__iteration_schedule="prism-cyclic",
+                 recover__bn_teachers="mobilenet_v2,efficientnet_b0,shufflenet_v2_x0_5,alexnet",
+                 recover__bn_teacher_weights="IMAGENET1K_V1", recover__bn_teacher_prob=0.5,
+                 relabel__batch_size=50, relabel__crop_scale_min=0.25)
+
 # %% ../nbs/00_core.ipynb #fbe5c5b7
 def make_config(preset: str = "digits",  # preset name
                 overrides: list[str] | dict | None = None):  # 'key=value' strings or a {key: value} dict
@@ -281,7 +339,7 @@ def _split_override(text: str) -> tuple[str, str]:
     key, value = text.split("=", 1)
     return key.strip(), value
 
-# %% ../nbs/00_core.ipynb #c113d20f
+# %% ../nbs/00_core.ipynb #0dfae581
 STAGES = ("squeeze", "recover", "relabel", "validate")
 
 def config_dict(cfg: RunConfig) -> dict:
@@ -306,7 +364,8 @@ def stage_config(cfg: RunConfig, stage: str) -> dict:
     "The part of the configuration that `stage` and the stages before it depend on."
     if stage not in STAGES: raise ValueError(f"unknown stage {stage!r}")
     data = config_dict(cfg)
-    keep = {"seed": data["seed"], "data": {k: v for k, v in data["data"].items() if k != "root"}}
+    keep = {"data": {k: v for k, v in data["data"].items() if k != "root"}}
+    if stage != "squeeze": keep["seed"] = data["seed"]  # the teacher has its own squeeze.seed
     for name in STAGES[: STAGES.index(stage) + 1]: keep[name] = data[name]
     return keep
 
@@ -324,10 +383,12 @@ def generator(seed: int, *keys, device="cpu") -> torch.Generator:
     "A torch generator seeded for one work unit."
     return torch.Generator(device=device).manual_seed(unit_seed(seed, *keys))
 
-# %% ../nbs/00_core.ipynb #ec560bbc
-def pick_device(device: str = "auto") -> torch.device:
-    "The torch device for 'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'."
-    if device == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# %% ../nbs/00_core.ipynb #47573331
+def pick_device(device: str = "auto",  # 'auto', 'cpu', 'cuda' or 'cuda:N'
+                local_rank: int = 0):  # GPU of this process under torchrun ('auto' and 'cuda' only)
+    "The torch device: 'auto' is CUDA (this process's GPU) when present, else the CPU."
+    if device == "auto": device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and torch.cuda.is_available(): return torch.device("cuda", local_rank)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} was asked for, but torch sees no CUDA device")
     return torch.device(device)

@@ -204,7 +204,7 @@ for _name, _cls, _n, _mean, _std in [
                                  f"Pass --set data.download=true to fetch it with torchvision into data/{_name}, "
                                  f"or --set data.root=<folder holding the torchvision files>."))
 
-# %% ../nbs/00a_data.ipynb #661ba624
+# %% ../nbs/00a_data.ipynb #9a4840da
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG"}
 
 def scan_image_folder(folder) -> tuple[list, list, list]:
@@ -232,7 +232,7 @@ def _folder_loader(name: str):
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 for _name, _n, _res, _mean, _std in [("tiny-imagenet", 200, 64, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
                                      ("imagenet-1k", 1000, 224, IMAGENET_MEAN, IMAGENET_STD),
-                                     ("imagenet-21k", 10450, 224, IMAGENET_MEAN, IMAGENET_STD)]:
+                                     ("imagenet-21k", 10450, 224, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))]:
     register_dataset(DatasetSpec(_name, _n, _res, 3, _mean, _std, _folder_loader(_name),
                                  f"Put it in ImageFolder layout under data/{_name}/train and data/{_name}/val, "
                                  f"or pass --set data.root=<folder with train/ and val/>."))
@@ -334,17 +334,30 @@ def sample_crop_boxes(n: int,  # number of boxes
         boxes[fallback] = torch.tensor([(height - ch) // 2, (width - cw) // 2, ch, cw], dtype=boxes.dtype)
     return boxes
 
-# %% ../nbs/00a_data.ipynb #f90902ad
+# %% ../nbs/00a_data.ipynb #59819cb0
 def crop_resize(images: torch.Tensor,  # float [N, C, H, W]
-                boxes: torch.Tensor,  # [N, 4] (top, left, height, width) in pixels
-                size: int):  # output side length
-    "Resample every box to size x size in one batched, differentiable call."
+                boxes: torch.Tensor | None,  # [N, 4] (top, left, height, width) in pixels; None = whole image
+                size: int,  # output side length
+                flips: torch.Tensor | None = None,  # bool [N]: mirror the crop horizontally
+                shifts: torch.Tensor | None = None):  # int [N, 2]: roll the result by (dy, dx), wrapping around
+    "Resample every box to size x size, then flip and roll it, in one batched, differentiable call."
     n, _, height, width = images.shape
-    boxes = boxes.to(device=images.device, dtype=images.dtype)
+    device, dtype = images.device, images.dtype
+    if boxes is None: boxes = torch.tensor([[0.0, 0.0, height, width]], device=device).expand(n, 4)
+    boxes = boxes.to(device=device, dtype=dtype)
     top, left, h, w = (b[:, None] for b in boxes.unbind(1))
-    steps = (torch.arange(size, device=images.device, dtype=images.dtype) + 0.5) / size
+    steps = (torch.arange(size, device=device, dtype=dtype) + 0.5) / size
     ys = torch.clamp(top + steps * h - 0.5, top, top + h - 1)  # source rows, clamped to the box like resize
     xs = torch.clamp(left + steps * w - 0.5, left, left + w - 1)
+    if shifts is not None or flips is not None:  # output pixel (r, c) reads crop pixel (r - dy, c - dx) mod size
+        rows = torch.arange(size, device=device).expand(n, size)
+        cols = rows
+        if shifts is not None:
+            shifts = shifts.to(device)
+            rows = (rows - shifts[:, :1]) % size
+            cols = (cols - shifts[:, 1:]) % size
+        if flips is not None: cols = torch.where(flips.to(device)[:, None], size - 1 - cols, cols)
+        ys, xs = ys.gather(1, rows), xs.gather(1, cols)
     grid_y = ((2 * ys + 1) / height - 1)[:, :, None].expand(n, size, size)
     grid_x = ((2 * xs + 1) / width - 1)[:, None, :].expand(n, size, size)
     grid = torch.stack([grid_x, grid_y], -1)

@@ -90,19 +90,20 @@ def make_optimizer(name: str, groups: list, lr: float, momentum: float = 0.9):
     if name == "adamw": return torch.optim.AdamW(groups, lr=lr)
     raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
 
-# %% ../nbs/01_squeeze.ipynb #09fb859b
+# %% ../nbs/01_squeeze.ipynb #e55c0c72
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageSet, spec: DatasetSpec, device, batch_size: int = 512) -> dict:
     "Top-1/top-5 accuracy (%) and mean cross-entropy of `model` on `data`."
     was_training = model.training; model.eval()
-    correct1 = correct5 = loss = 0.0
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct top-1, correct top-5, summed loss
     for images, labels in batches(data, batch_size, device):
         logits = model(normalize(images, spec.mean, spec.std)).float()
-        loss += F.cross_entropy(logits, labels, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), 1).indices
-        correct1 += (top[:, 0] == labels).sum().item(); correct5 += (top == labels[:, None]).any(1).sum().item()
+        totals += torch.stack([(top[:, 0] == labels).sum(), (top == labels[:, None]).any(1).sum(),
+                               F.cross_entropy(logits, labels, reduction="sum")]).double()
     model.train(was_training)
     n = len(data)
+    correct1, correct5, loss = totals.tolist()
     return {"top1": 100 * correct1 / n, "top5": 100 * correct5 / n, "loss": loss / n, "count": n}
 
 # %% ../nbs/01_squeeze.ipynb #017564ce
@@ -153,14 +154,14 @@ def teacher_spec(cfg: RunConfig, spec: DatasetSpec) -> dict:
     return dict(name=cfg.squeeze.model, num_classes=spec.num_classes, in_channels=spec.channels,
                 resolution=spec.resolution, small_input=cfg.squeeze.small_input)
 
-# %% ../nbs/01_squeeze.ipynb #2b338005
+# %% ../nbs/01_squeeze.ipynb #a5b17273
 def run_squeeze(cfg: RunConfig, run_dir) -> dict:
     "Stage 1: the teacher and its class-wise BN statistics, written to `run_dir/squeeze`."
     run_dir, done = open_stage(run_dir, "squeeze", cfg)
     if done is not None: return done
     if cfg.squeeze.class_bn not in ("exact", "ema", "none"):
         raise ConfigError(f"squeeze.class_bn must be 'exact', 'ema' or 'none', got {cfg.squeeze.class_bn!r}")
-    seed_everything(cfg.seed)
+    seed_everything(cfg.squeeze.seed)
     device, spec, out = pick_device(cfg.device), get_dataset(cfg.data.name), run_dir / "squeeze"
     test = to_device(load_split(cfg.data.name, "test", cfg.data.root, cfg.data.download), device)
     build = teacher_spec(cfg, spec)
@@ -172,7 +173,7 @@ def run_squeeze(cfg: RunConfig, run_dir) -> dict:
     if needs_train or cfg.squeeze.class_bn != "none":
         train = load_split(cfg.data.name, "train", cfg.data.root, cfg.data.download)
         train = to_device(train if train.images is not None or len(train) > 200_000 else train.in_memory(), device)
-    if needs_train: history = train_classifier(model, train, spec, cfg.squeeze, device, cfg.seed)
+    if needs_train: history = train_classifier(model, train, spec, cfg.squeeze, device, cfg.squeeze.seed)
     timings["train_seconds"] = time.perf_counter() - start
     model.eval().requires_grad_(False)
     metrics = {f"test_{k}": v for k, v in evaluate(model, test, spec, device).items()}
@@ -181,7 +182,7 @@ def run_squeeze(cfg: RunConfig, run_dir) -> dict:
     artifacts = ["teacher.safetensors", "teacher.json", "metrics.json"]
     if cfg.squeeze.class_bn != "none":
         start = time.perf_counter()
-        save_class_bn(out / "class_bn.safetensors", collect_class_bn(model, train, spec, cfg.squeeze, device, cfg.seed),
+        save_class_bn(out / "class_bn.safetensors", collect_class_bn(model, train, spec, cfg.squeeze, device, cfg.squeeze.seed),
                       cfg.squeeze.class_bn)
         timings["class_bn_seconds"] = time.perf_counter() - start; artifacts.append("class_bn.safetensors")
     save_model(model, out / "teacher.safetensors", build)
