@@ -130,9 +130,9 @@ def run_demo(run_dir="runs/demo", preset: str = "digits", overrides=()) -> dict:
             execute_notebook(name, run_dir / "notebooks" / variant, dict(preset=preset, run_dir=str(target), overrides=extra))
     return demo_table(run_dir, preset, overrides, time.perf_counter() - start)
 
-# %% ../nbs/06_cli.ipynb #845f1e26
+# %% ../nbs/06_cli.ipynb #3b40d7a0
 def demo_table(run_dir: Path, preset: str, overrides, seconds: float) -> dict:
-    "Collect the demo's metrics, write results.md / results.json and a figure, and return the numbers."
+    "Collect the demo's metrics, write results.md / results.json and the figures, and return the numbers."
     cfg = make_config(preset, overrides)
     teacher = stage_status(run_dir / "distilled", "squeeze", cfg)["metrics"]["test_top1"]
     students = {}
@@ -151,7 +151,7 @@ def demo_table(run_dir: Path, preset: str, overrides, seconds: float) -> dict:
     _demo_figure(run_dir, cfg, rows)
     return results
 
-# %% ../nbs/06_cli.ipynb #481ea00a
+# %% ../nbs/06_cli.ipynb #28225b06
 def _demo_figure(run_dir: Path, cfg: RunConfig, rows):
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -167,6 +167,10 @@ def _demo_figure(run_dir: Path, cfg: RunConfig, rows):
     axes[2].set_ylim(0, 105)
     (run_dir / "figures").mkdir(exist_ok=True)
     fig.tight_layout(); fig.savefig(run_dir / "figures" / "demo.png", dpi=90); plt.close(fig)
+    from sre2l.recover import recovered_vs_real, trajectory
+    for name, figure in (("recovered_vs_real.png", recovered_vs_real(run_dir / "distilled", cfg)),
+                         ("trajectory.png", trajectory(run_dir / "distilled"))):
+        if figure is not None: figure.savefig(run_dir / "figures" / name, dpi=90, bbox_inches="tight"); plt.close(figure)
 
 # %% ../nbs/06_cli.ipynb #b410327a
 def main(argv: list[str] | None = None) -> int:

@@ -344,7 +344,7 @@ def recovered_vs_real(run_dir, cfg: RunConfig, classes: int = 10, ipc: int = 10)
     show_images(real, nrow=ipc, title="real", ax=axes[1])
     return fig
 
-# %% ../nbs/02_recover.ipynb #fb7e8627
+# %% ../nbs/02_recover.ipynb #514100bd
 def trajectory(run_dir, unit_file: str | None = None):
     "Figure: snapshots of one unit's images during optimisation (rows = steps)."
     from sre2l.core import resolve_run_dir, load_metadata
@@ -355,8 +355,12 @@ def trajectory(run_dir, unit_file: str | None = None):
     if not files: return None
     file = folder / unit_file if unit_file else files[0]
     snaps, meta = load_tensors(file)["images"], load_metadata(file)
+    members = meta["members"]
+    classes = sorted({c for c, _ in members}); ipcs = sorted({k for _, k in members})
+    what = (f"classes {classes[0]}-{classes[-1]}, IPC index {ipcs[0]}" if len(ipcs) == 1
+            else f"class {classes[0]}, IPC indices {ipcs[0]}-{ipcs[-1]}")
     fig = show_images(snaps.flatten(0, 1), nrow=snaps.shape[1], figsize=(snaps.shape[1], snaps.shape[0]),
-                      title=f"{file.stem}: a snapshot every {meta['every']} steps")
+                      title=f"{what}: one row every {meta['every']} steps, top to bottom")
     return fig
 
 # %% ../nbs/02_recover.ipynb #43c2b8ac
