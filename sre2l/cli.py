@@ -52,7 +52,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError: pass
     raise argparse.ArgumentTypeError(f"--shard expects I/N with 0 <= I < N, got {text!r}")
 
-# %% ../nbs/06_cli.ipynb #bd076653
+# %% ../nbs/06_cli.ipynb #db304e00
 STAGE_VERBS = ("squeeze", "recover", "relabel", "validate")
 
 def _common(p: argparse.ArgumentParser, run_dir_default: str = "runs/default"):
@@ -85,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
                                      "real subset of the same size, then print and write a results table.",
                          epilog=keys, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p, "runs/demo")
+    p = verbs.add_parser("import-images", help="make an official-layout image folder (a released set) the run's recover stage",
+                         epilog=keys, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", help="folder with new{cls:03d}/class{cls:03d}_id{ipc:03d}.* images")
+    _common(p)
+    p = verbs.add_parser("import-labels", help="convert an official epoch_*/batch_*.tar label folder into the run's store",
+                         epilog=keys, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", help="folder with epoch_0/, epoch_1/, ... of batch_*.tar files")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="the files are pickles: read them (weights-only, numpy scalars allowed) only if you trust their source")
+    _common(p)
+    p = verbs.add_parser("export-labels", help="write the run's label store in the official epoch_*/batch_*.tar layout")
+    p.add_argument("--run-dir", required=True, help="run folder with a finished relabel stage")
+    p.add_argument("--to", required=True, help="folder to write epoch_*/batch_*.tar into")
     verbs.add_parser("presets", help="list the presets and where their values come from")
     p = verbs.add_parser("config", help="print the resolved configuration as JSON", epilog=keys,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,7 +185,7 @@ def _demo_figure(run_dir: Path, cfg: RunConfig, rows):
                          ("trajectory.png", trajectory(run_dir / "distilled"))):
         if figure is not None: figure.savefig(run_dir / "figures" / name, dpi=90, bbox_inches="tight"); plt.close(figure)
 
-# %% ../nbs/06_cli.ipynb #b410327a
+# %% ../nbs/06_cli.ipynb #7d326431
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `sre2l` command."
     args = build_parser().parse_args(argv)
@@ -183,8 +196,18 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.verb == "reproduce":
             raise Sre2lError(f"reproduce {args.table!r}: not yet implemented (table specs and the papermill grid come with the reproduce stage)")
+        if args.verb == "export-labels":
+            from sre2l.relabel import export_official_labels
+            print(export_official_labels(resolve_run_dir(args.run_dir), args.to)); return 0
         cfg = make_config(args.preset, args.overrides)
         if args.verb == "config": print(json.dumps(config_dict(cfg), indent=2)); return 0
+        if args.verb == "import-images":
+            from sre2l.recover import import_distilled
+            print(import_distilled(args.folder, cfg, args.run_dir)["images"], "images imported"); return 0
+        if args.verb == "import-labels":
+            from sre2l.relabel import import_official_labels
+            manifest = import_official_labels(args.folder, cfg, resolve_run_dir(args.run_dir), args.trust_pickle)
+            print(manifest["stored_batches"], "batches imported"); return 0
         if args.verb == "demo":
             results = run_demo(args.run_dir, args.preset, args.overrides)
             print((resolve_run_dir(args.run_dir) / "results.md").read_text()); return 0

@@ -100,7 +100,7 @@ class RecoverConfig:
     channels_last: bool = True  # channels-last memory format for the images and the teacher
     snapshot_every: int = 0  # keep the images every N steps for the trajectory view (0 = off)
 
-# %% ../nbs/00_core.ipynb #4c556058
+# %% ../nbs/00_core.ipynb #cd818183
 @dataclass
 class RelabelConfig:
     "Stage 3: FKD-mix soft labels for stored crops."
@@ -112,6 +112,11 @@ class RelabelConfig:
     mix: str = "cutmix"  # per-batch mixing: 'cutmix', 'mixup' or 'none'
     cutmix_alpha: float = 1.0  # CutMix lambda ~ Beta(alpha, alpha)
     mixup_alpha: float = 0.8  # Mixup lambda ~ Beta(alpha, alpha)
+    order: str = "kit"  # batch order: 'kit' (a seeded permutation per epoch) or 'official' (torch RandomSampler, as exported)
+    order_seed: int = 42  # seed of the 'official' sampler (the official --fkd-seed)
+    prune_ratio: float = 0.0  # LPLD: store only the first floor((1 - r) x epochs x batches) batches; 40x is 0.975
+    logits: str = "fp16"  # teacher outputs stored: 'fp16' (every class) or 'topk' (top-k values fp16, indices int32)
+    topk: int = 10  # classes kept per crop with logits='topk'
 
 # %% ../nbs/00_core.ipynb #9332f797
 @dataclass
@@ -519,13 +524,14 @@ def prepare_run(run_dir, cfg: RunConfig) -> Path:
     save_json(run_dir / "config.json", {"config": data, "config_hash": hash_json(data)})
     return run_dir
 
-# %% ../nbs/00_core.ipynb #78ac21f2
+# %% ../nbs/00_core.ipynb #b41e38e0
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     "Dotted keys whose values differ between two config dicts."
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict): out += _differences(a, b, f"{prefix}{key}.")
+        elif key not in old: out.append(f"{prefix}{key}: absent in the folder (made by an older sre2l), {b!r} now")
         elif a != b: out.append(f"{prefix}{key}: {a!r} in the folder, {b!r} now")
     return out
 

@@ -27,8 +27,8 @@ from .squeeze import load_teacher, evaluate, to_device
 # %% auto #0
 __all__ = ['WorkUnit', 'work_units', 'unit_iterations', 'BNMatching', 'draw_augmentation', 'augment_units', 'bn_targets',
            'initial_images', 'draw_bn_teachers', 'load_bn_teacher', 'valid_range', 'to_uint8', 'group_loss',
-           'recover_group', 'has_bn', 'group_units', 'shard_from_env', 'run_recover', 'recovered_vs_real', 'trajectory',
-           'explorer']
+           'recover_group', 'has_bn', 'group_units', 'shard_from_env', 'run_recover', 'import_distilled',
+           'recovered_vs_real', 'trajectory', 'explorer']
 
 # %% ../nbs/02_recover.ipynb #c92edfef
 @dataclass
@@ -327,6 +327,28 @@ def run_recover(cfg: RunConfig, run_dir,
     return write_manifest(out, "recover", cfg, artifacts, inputs={"squeeze": run_dir / "squeeze" / "manifest.json"},
                           timings={"seconds": seconds},
                           extra={"images": len(distilled), "teacher_top1_on_images": teacher_acc})
+
+# %% ../nbs/02_recover.ipynb #6ed7f9f2
+def import_distilled(source,  # folder with new{cls:03d}/class{cls:03d}_id{ipc:03d}.* images
+                     cfg: RunConfig, run_dir) -> dict:
+    "Copy an official-layout image set into `run_dir/recover/images` and write its manifest."
+    import shutil
+    run_dir, done = open_stage(run_dir, "recover", cfg)
+    if done is not None: return done
+    spec, image_dir = get_dataset(cfg.data.name), run_dir / "recover" / "images"
+    images = read_distilled(source, cfg.recover.ipc, spec.channels, spec.num_classes)
+    per_class = {}
+    for file in Path(source).glob("new*/class*_id*.*"):
+        c, k = (int(v) for v in file.stem[5:].split("_id"))
+        per_class.setdefault(c, []).append((k, file))
+    artifacts = []
+    for c, files in sorted(per_class.items()):
+        for _, file in sorted(files)[: cfg.recover.ipc]:
+            target = image_dir / file.parent.name / file.name
+            target.parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(file, target)
+            artifacts.append(str(target.relative_to(run_dir / "recover")))
+    return write_manifest(run_dir / "recover", "recover", cfg, artifacts,
+                          extra={"images": len(images), "imported_from": str(Path(source).resolve())})
 
 # %% ../nbs/02_recover.ipynb #a723bf15
 def recovered_vs_real(run_dir, cfg: RunConfig, classes: int = 10, ipc: int = 10):

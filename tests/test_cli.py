@@ -54,7 +54,7 @@ def test_stages_end_to_end_and_refuse_a_changed_config(tmp_path):
     import shutil
     shutil.rmtree(run_dir / "validate")
     longer = run([tool("sre2l"), "validate", "--run-dir", tmp_path / "run", *TINY[:-2], "--set", "validate.epochs=3"])
-    assert longer.returncode == 2 and "validate.epochs=3 but the label store has only 2 epochs" in longer.stderr
+    assert longer.returncode == 2 and "validate.epochs=3 but the label store has only 2 complete epochs" in longer.stderr
 
 
 def test_python_dash_m_entry_point():

@@ -83,3 +83,40 @@ def test_no_unsafe_torch_load_in_the_package():
     for module in (ROOT / "sre2l").glob("*.py"):
         for call in re.findall(r"torch\.load\([^)]*\)", module.read_text()):
             assert "weights_only=True" in call, f"{module.name}: {call}"
+
+
+def test_pruned_store_is_the_prefix_of_the_full_store(first_run, cfg, tmp_path):
+    from sre2l.core import make_config
+    from sre2l.relabel import load_epoch, kept_batches
+    from sre2l.validate import run_validate
+    overrides = ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=8", "recover.batch_size=4",
+                 "relabel.epochs=3", "relabel.batch_size=8", "validate.epochs=2", "device=cpu"]
+    pruned_cfg = make_config("digits", overrides + ["relabel.prune_ratio=0.5"])
+    for stage in ("squeeze", "recover"): shutil.copytree(first_run / stage, tmp_path / stage)
+    manifest = run_relabel(pruned_cfg, tmp_path)
+    assert kept_batches(30, 8, 3, 0.5) == 6 and manifest["stored_batches"] == 6 and manifest["complete_epochs"] == 1
+    full = [load_epoch(epoch_file(first_run / "relabel" / "labels", e)) for e in range(3)]
+    pruned = [load_epoch(epoch_file(tmp_path / "relabel" / "labels", e)) for e in range(2)]
+    assert not epoch_file(tmp_path / "relabel" / "labels", 2).exists()
+    assert [len(p) for p in pruned] == [4, 2]
+    for epoch in range(2):
+        for (plan, logits), (full_plan, full_logits) in zip(pruned[epoch], full[epoch]):
+            assert torch.equal(plan.indices, full_plan.indices) and torch.equal(logits, full_logits)
+    with pytest.raises(Exception, match="only 1 complete epochs .pruned with prune_ratio=0.5"):
+        run_validate(pruned_cfg, tmp_path)
+
+
+def test_topk_store_trains_and_keeps_exact_indices(first_run, tmp_path):
+    from sre2l.core import make_config
+    from sre2l.relabel import load_epoch
+    from sre2l.validate import run_validate
+    topk_cfg = make_config("digits", ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=8", "recover.batch_size=4",
+                                      "relabel.epochs=3", "relabel.batch_size=8", "validate.epochs=2", "device=cpu",
+                                      "relabel.logits=topk", "relabel.topk=3"])
+    for stage in ("squeeze", "recover"): shutil.copytree(first_run / stage, tmp_path / stage)
+    run_relabel(topk_cfg, tmp_path)
+    (plan, (values, indices)), = load_epoch(epoch_file(tmp_path / "relabel" / "labels", 0))[:1]
+    (_, full_logits), = load_epoch(epoch_file(first_run / "relabel" / "labels", 0))[:1]
+    assert values.dtype == torch.float16 and indices.dtype == torch.int32 and values.shape == (8, 3)
+    assert torch.equal(indices.long(), full_logits.float().topk(3, 1).indices)
+    assert run_validate(topk_cfg, tmp_path)["metrics"]["epochs"] == 2

@@ -109,3 +109,25 @@ def test_bf16_and_compile_paths_run(squeezed, tmp_path):
     (comp,), _, _ = recover_group(teacher, unit, spec, make_config("lpld_digits", BASE).recover, 0, "cpu",
                                   forward=compiled, raw=True)
     assert (comp - fp32).abs().max() < 1e-3
+
+
+def test_sigkilled_recover_restarts_to_the_same_files(squeezed, tmp_path):
+    import os, signal, subprocess, sys, time
+    args = ["--preset", "lpld_digits", *sum((["--set", o] for o in BASE + [
+        "recover.batch_mode=cross-class", "recover.bn_target=global", "recover.group_images=5",
+        "recover.iterations=60", "recover.ipc=4"]), [])]
+    sre2l = [sys.executable, "-m", "sre2l.cli", "recover"]
+    env = {**os.environ, "SRE2L_NO_PROGRESS": "1"}
+    clean = with_teacher(squeezed, tmp_path / "clean")
+    assert subprocess.run(sre2l + ["--run-dir", str(clean), *args], env=env, capture_output=True).returncode == 0
+    killed = with_teacher(squeezed, tmp_path / "killed")
+    process = subprocess.Popen(sre2l + ["--run-dir", str(killed), *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((killed / "recover").rglob("*.png"))) < 10: time.sleep(0.05)
+    process.send_signal(signal.SIGKILL); process.wait()
+    written = len(list((killed / "recover").rglob("*.png")))
+    assert 10 <= written < 40 and read_manifest(killed / "recover") is None, written
+    assert subprocess.run(sre2l + ["--run-dir", str(killed), *args], env=env, capture_output=True).returncode == 0
+    assert images_of(killed) == images_of(clean)
+    assert read_manifest(killed / "recover")["artifacts"] == read_manifest(clean / "recover")["artifacts"]
