@@ -120,3 +120,27 @@ def test_topk_store_trains_and_keeps_exact_indices(first_run, tmp_path):
     assert values.dtype == torch.float16 and indices.dtype == torch.int32 and values.shape == (8, 3)
     assert torch.equal(indices.long(), full_logits.float().topk(3, 1).indices)
     assert run_validate(topk_cfg, tmp_path)["metrics"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("args, published", [
+    ((50_000, 1000, 300, 128), 28.33 * 2 ** 30),  # LPLD README: ImageNet-1K IPC 50, full labels
+    ((50_000, 1000, 300, 128, True, 0.975), 0.71 * 2 ** 30),  # ... at 40x
+    ((10_000, 200, 100, 64, False), 449e6),  # Tiny-ImageNet IPC 50, 100 epochs, no mixing
+])
+def test_official_sizes_match_lpld_within_one_percent(args, published):
+    from sre2l.relabel import official_store_bytes
+    assert abs(official_store_bytes(*args) / published - 1) < 0.01
+
+
+def test_storage_prediction_equals_measurement_and_preflight_refuses(first_run, cfg, tmp_path, monkeypatch):
+    manifest = read_manifest(first_run / "relabel")
+    storage = manifest["storage"]
+    assert storage["predicted"]["total"] == storage["measured"] > 0 and storage["images"] > 0
+    import shutil as shell, collections
+    from sre2l import relabel
+    for stage in ("squeeze", "recover"): shell.copytree(first_run / stage, tmp_path / stage)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(relabel.shutil, "disk_usage", lambda path: usage(10 ** 6, 10 ** 6, 1000))
+    with pytest.raises(Exception, match=r"needs about [0-9.]+ MB but .* has only 0.0 MB free"):
+        run_relabel(cfg, tmp_path)
+    assert not (tmp_path / "relabel" / "labels").exists() or not any((tmp_path / "relabel" / "labels").iterdir())
