@@ -52,7 +52,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError: pass
     raise argparse.ArgumentTypeError(f"--shard expects I/N with 0 <= I < N, got {text!r}")
 
-# %% ../nbs/06_cli.ipynb #db304e00
+# %% ../nbs/06_cli.ipynb #20f50e72
 STAGE_VERBS = ("squeeze", "recover", "relabel", "validate")
 
 def _common(p: argparse.ArgumentParser, run_dir_default: str = "runs/default"):
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = verbs.add_parser(verb, help=descriptions[verb], description=descriptions[verb], epilog=keys,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(p)
-        if verb == "recover":
+        if verb in ("recover", "relabel"):
             p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                            help="run only groups I, I+N, I+2N, ... of the work (0 <= I < N), for N separately launched "
                                 "processes; under torchrun the rank and world size are used instead")

@@ -25,10 +25,10 @@ import torch
 __all__ = ['PRESETS', 'PRESET_SOURCES', 'STAGES', 'log', 'Sre2lError', 'ConfigError', 'DataConfig', 'SqueezeConfig',
            'RecoverConfig', 'RelabelConfig', 'ValidateConfig', 'RunConfig', 'set_value', 'register_preset',
            'list_presets', 'make_config', 'config_dict', 'config_from_dict', 'hash_json', 'stage_config',
-           'seed_everything', 'unit_seed', 'generator', 'pick_device', 'atomic_write', 'save_json', 'load_json',
-           'save_tensors', 'load_tensors', 'load_metadata', 'sha256_file', 'versions', 'write_manifest',
-           'read_manifest', 'find_project_root', 'resolve_run_dir', 'prepare_run', 'stage_status', 'require_stage',
-           'open_stage', 'build_missing', 'setup_logging', 'progress']
+           'seed_everything', 'unit_seed', 'generator', 'pick_device', 'shard_from_env', 'check_shard', 'atomic_write',
+           'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_metadata', 'sha256_file', 'versions',
+           'write_manifest', 'read_manifest', 'find_project_root', 'resolve_run_dir', 'prepare_run', 'stage_status',
+           'require_stage', 'open_stage', 'build_missing', 'setup_logging', 'progress']
 
 # %% ../nbs/00_core.ipynb #92bf55b3
 class Sre2lError(Exception):
@@ -100,7 +100,7 @@ class RecoverConfig:
     channels_last: bool = True  # channels-last memory format for the images and the teacher
     snapshot_every: int = 0  # keep the images every N steps for the trajectory view (0 = off)
 
-# %% ../nbs/00_core.ipynb #cd818183
+# %% ../nbs/00_core.ipynb #f7d83398
 @dataclass
 class RelabelConfig:
     "Stage 3: FKD-mix soft labels for stored crops."
@@ -112,6 +112,10 @@ class RelabelConfig:
     mix: str = "cutmix"  # per-batch mixing: 'cutmix', 'mixup' or 'none'
     cutmix_alpha: float = 1.0  # CutMix lambda ~ Beta(alpha, alpha)
     mixup_alpha: float = 0.8  # Mixup lambda ~ Beta(alpha, alpha)
+    teachers: str = ""  # PRISM: candidate teachers beside the squeeze teacher, comma-separated names or file:<path>
+    teacher_weights: str = ""  # weights of those teachers (torchvision enum, e.g. IMAGENET1K_V1)
+    ensemble: str = "frobenius-mean"  # combine rule: 'frobenius-mean' (PRISM r18) or 'weighted-rownorm' (r50, r101)
+    primary_weight: float = 0.5  # 'weighted-rownorm': weight of the squeeze teacher; the others share the rest
     order: str = "kit"  # batch order: 'kit' (a seeded permutation per epoch) or 'official' (torch RandomSampler, as exported)
     order_seed: int = 42  # seed of the 'official' sampler (the official --fkd-seed)
     prune_ratio: float = 0.0  # LPLD: store only the first floor((1 - r) x epochs x batches) batches; 40x is 0.975
@@ -292,7 +296,7 @@ def _sre2l_cifar100():
                  validate__model="resnet18", validate__epochs=400, validate__temperature=30.0,
                  validate__decay_bn_bias=True)
 
-# %% ../nbs/00_core.ipynb #d1e3919d
+# %% ../nbs/00_core.ipynb #1dbb6669
 @register_preset("lpld_in1k", source="he-y/soft-label-pruning-for-dataset-distillation imagenet1k_forward/recover.sh, LPLD_in1k_[4k].yaml")
 def _lpld_in1k():
     cfg = _sre2l_in1k(); cfg.preset = "lpld_in1k"
@@ -317,13 +321,15 @@ def _lpld_in21k():
                  relabel__batch_size=32, relabel__mix="none", validate__lr=2e-3)
 
 @register_preset("prism_in1k", source="Brian-Moser/prism recover/data_synthesis.py, relabel_r18.sh "
-                 "(teacher ensemble and mse_gt come with the relabel and validate stages)")
+                 "(the mse_gt loss comes with the validate stage)")
 def _prism_in1k():
     cfg = _sre2l_in1k(); cfg.preset = "prism_in1k"
     return _with(cfg, recover__init="real", recover__lr=0.05, recover__iteration_schedule="prism-cyclic",
                  recover__bn_teachers="mobilenet_v2,efficientnet_b0,shufflenet_v2_x0_5,alexnet",
                  recover__bn_teacher_weights="IMAGENET1K_V1", recover__bn_teacher_prob=0.5,
-                 relabel__batch_size=50, relabel__crop_scale_min=0.25)
+                 relabel__batch_size=50, relabel__crop_scale_min=0.25,
+                 relabel__teachers="mobilenet_v2,alexnet,shufflenet_v2_x0_5", relabel__teacher_weights="IMAGENET1K_V1",
+                 relabel__ensemble="frobenius-mean")
 
 # %% ../nbs/00_core.ipynb #fbe5c5b7
 def make_config(preset: str = "digits",  # preset name
@@ -397,6 +403,17 @@ def pick_device(device: str = "auto",  # 'auto', 'cpu', 'cuda' or 'cuda:N'
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} was asked for, but torch sees no CUDA device")
     return torch.device(device)
+
+# %% ../nbs/00_core.ipynb #5575dbd3
+def shard_from_env() -> tuple[int, int]:
+    "(rank, world size) under torchrun, else (0, 1)."
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+def check_shard(shard: tuple) -> tuple[int, int]:
+    "A valid (index, count) shard, or a clear error."
+    if not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise ConfigError(f"shard {shard[0]}/{shard[1]} is not a valid index/count (need 0 <= index < count)")
+    return int(shard[0]), int(shard[1])
 
 # %% ../nbs/00_core.ipynb #853c00a6
 @contextmanager

@@ -21,7 +21,7 @@ from .models import create_model, load_checkpoint, save_model, ClassBNStats, sav
 
 # %% auto #0
 __all__ = ['batches', 'to_device', 'augment', 'epoch_factor', 'param_groups', 'make_optimizer', 'evaluate', 'train_classifier',
-           'write_history', 'collect_class_bn', 'teacher_spec', 'run_squeeze', 'load_teacher']
+           'write_history', 'collect_class_bn', 'teacher_spec', 'run_squeeze', 'load_teacher', 'load_named_teacher']
 
 # %% ../nbs/01_squeeze.ipynb #2f9cd0a3
 def batches(data: ImageSet,  # images and labels
@@ -199,3 +199,12 @@ def load_teacher(run_dir, cfg: RunConfig, device) -> nn.Module:
     from sre2l.models import load_model
     require_stage(run_dir, "squeeze", cfg)
     return load_model(Path(run_dir) / "squeeze" / "teacher.safetensors").to(device).eval().requires_grad_(False)
+
+# %% ../nbs/01_squeeze.ipynb #d62840e4
+def load_named_teacher(name: str,  # registry name, or file:<path to a model saved with save_model>
+                       weights: str, spec: DatasetSpec, device) -> nn.Module:
+    "A further frozen teacher by name (with `weights`) or from a file saved by the kit."
+    from sre2l.models import load_model
+    model = load_model(name[5:]) if name.startswith("file:") else create_model(
+        name, spec.num_classes, spec.channels, spec.resolution, weights=weights)
+    return model.to(device).eval().requires_grad_(False)

@@ -85,3 +85,15 @@ def test_torchrun_and_manual_shards_match_one_process(tmp_path):
     launched_artifacts = json.loads((tmp_path / "torchrun" / "recover" / "manifest.json").read_text())["artifacts"]
     images = {k: v for k, v in expected.items() if k.startswith("images/")}
     assert len(images) == 40 and {k: v for k, v in launched_artifacts.items() if k.startswith("images/")} == images
+
+
+def test_relabel_under_torchrun(tmp_path):
+    small = ["--set", "squeeze.epochs=2", "--set", "recover.ipc=2", "--set", "recover.iterations=3",
+             "--set", "relabel.epochs=3", "--set", "relabel.batch_size=8", "--set", "device=cpu"]
+    for verb in ("squeeze", "recover"):
+        assert run([tool("sre2l"), verb, "--run-dir", tmp_path, *small]).returncode == 0
+    launched = run([tool("torchrun"), "--nproc-per-node", "2", "-m", "sre2l.cli", "relabel", "--run-dir", tmp_path, *small])
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    manifest = json.loads((tmp_path / "relabel" / "manifest.json").read_text())
+    assert manifest["stored_batches"] == 9 and not list((tmp_path / "relabel" / "labels").rglob("parts/*/*"))
+    assert run([tool("sre2l"), "validate", "--run-dir", tmp_path, *small, "--set", "validate.epochs=3"]).returncode == 0

@@ -144,3 +144,37 @@ def test_storage_prediction_equals_measurement_and_preflight_refuses(first_run, 
     with pytest.raises(Exception, match=r"needs about [0-9.]+ MB but .* has only 0.0 MB free"):
         run_relabel(cfg, tmp_path)
     assert not (tmp_path / "relabel" / "labels").exists() or not any((tmp_path / "relabel" / "labels").iterdir())
+
+
+def test_ensemble_store_holds_the_combined_teachers(first_run, tmp_path):
+    from sre2l.core import make_config
+    from sre2l.models import create_model, save_model
+    from sre2l.relabel import load_epoch, combine_logits
+    extra = create_model("convnet-d2-w8", 10, 1, 16)
+    save_model(extra, tmp_path / "extra.safetensors", dict(name="convnet-d2-w8", num_classes=10, in_channels=1, resolution=16))
+    ensemble_cfg = make_config("digits", ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=8", "recover.batch_size=4",
+                                          "relabel.epochs=1", "relabel.batch_size=8", "device=cpu",
+                                          f"relabel.teachers=file:{tmp_path / 'extra.safetensors'}",
+                                          "relabel.ensemble=weighted-rownorm"])
+    run_dir = tmp_path / "run"
+    for stage in ("squeeze", "recover"): shutil.copytree(first_run / stage, run_dir / stage)
+    manifest = run_relabel(ensemble_cfg, run_dir)
+    assert manifest["ensemble"]["rule"] == "weighted-rownorm"
+    spec, teacher = get_dataset("digits"), load_teacher(run_dir, ensemble_cfg, "cpu")
+    images = read_distilled(run_dir / "recover" / "images", 3, 1, 10).images
+    plan, stored = load_epoch(epoch_file(run_dir / "relabel" / "labels", 0))[0]
+    x = replay_batch(images, plan, spec, 16)
+    with torch.no_grad(): expected = combine_logits([teacher(x), extra.eval()(x)], "weighted-rownorm")
+    assert torch.allclose(stored.float(), expected, atol=2e-2, rtol=1e-2)
+
+
+def test_relabel_shards_make_the_same_store(first_run, cfg, tmp_path):
+    for stage in ("squeeze", "recover"): shutil.copytree(first_run / stage, tmp_path / stage)
+    first = run_relabel(cfg, tmp_path, shard=(0, 2))
+    assert first["complete"] is False and first["epochs_left"] == 3
+    assert len(list((tmp_path / "relabel" / "labels" / "parts").rglob("*.safetensors"))) == 6  # 4 batches/epoch, even ones
+    assert read_manifest(tmp_path / "relabel") is None
+    run_relabel(cfg, tmp_path, shard=(1, 2))
+    assert not (tmp_path / "relabel" / "labels" / "parts" / "epoch_0000").exists()
+    assert hashes(tmp_path / "relabel") == hashes(first_run / "relabel")
+    assert read_manifest(tmp_path / "relabel")["stored_batches"] == 12
