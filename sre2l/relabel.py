@@ -32,7 +32,7 @@ __all__ = ['FORMAT_VERSION', 'BatchPlan', 'cutmix_box', 'official_order', 'draw_
            'kept_batches', 'prune_ratio_for', 'teacher_probs', 'epoch_file', 'save_epoch', 'load_epoch',
            'image_list_hash', 'teacher_logits', 'store_bytes', 'official_store_bytes', 'human_bytes', 'preflight',
            'store_facts', 'run_relabel', 'read_official_batch', 'import_official_labels', 'export_official_labels',
-           'storage_table']
+           'crop_overlay', 'label_histograms', 'storage_table']
 
 # %% ../nbs/03_relabel.ipynb #db6f92d9
 @dataclass
@@ -403,6 +403,54 @@ def _label_shard(plans, epoch, label_dir, label, images, spec, topk, shard):
         raise
     save_epoch(epoch_file(label_dir, epoch), [p for p, _ in merged], [t for _, t in merged])
     shutil.rmtree(part_dir, ignore_errors=True)
+
+# %% ../nbs/03_relabel.ipynb #d81619cd
+def crop_overlay(run_dir, cfg: RunConfig, image: int = 0,  # index in the distilled set
+                 epochs: int = 6, topk: int = 2, ax=None):
+    "Figure: the stored crop boxes of one image with their top-k teacher classes."
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    from sre2l.core import resolve_run_dir
+    from sre2l.plots import show_images, use_style
+    run_dir, spec = resolve_run_dir(run_dir), get_dataset(cfg.data.name)
+    distilled = read_distilled(run_dir / "recover" / "images", cfg.recover.ipc, spec.channels, spec.num_classes)
+    manifest = read_manifest(run_dir / "relabel", verify=False)
+    use_style()
+    if ax is None: _, ax = plt.subplots(figsize=(4.5, 4.5))
+    show_images(distilled.images[image:image + 1], nrow=1, ax=ax, title=f"image {image} (class {int(distilled.labels[image])})")
+    side, colours = distilled.images.shape[-1], plt.cm.tab10.colors
+    for e in range(min(epochs, manifest["complete_epochs"] or 1)):
+        for plan, target in load_epoch(epoch_file(run_dir / "relabel" / "labels", e)):
+            hit = (plan.indices == image).nonzero().flatten()
+            if not len(hit): continue
+            i = int(hit[0]); top, left, h, w = (plan.boxes[i] * side).tolist()
+            probs = teacher_probs(tuple(t[i:i + 1] for t in target) if isinstance(target, tuple) else target[i:i + 1], 1.0, spec.num_classes)[0]
+            best = probs.topk(topk)
+            text = f"e{e}: " + ", ".join(f"{int(c)} {p:.2f}" for p, c in zip(best.values, best.indices))
+            colour = colours[e % 10]
+            ax.add_patch(Rectangle((left + 1 - 0.5, top + 1 - 0.5), w, h, fill=False, lw=1.5, color=colour,
+                                   ls="--" if plan.flips[i] else "-"))
+            ax.text(1, 1 + side + 1.5 * (e + 1) * side / 12, text, color=colour, fontsize=8, va="top")
+    ax.set_ylim(side * (1 + (epochs + 1) / 8) + 2, 0)
+    return ax.figure
+
+# %% ../nbs/03_relabel.ipynb #6e0da7dc
+def label_histograms(run_dir, cfg: RunConfig, epoch: int = 0):
+    "Figure: top-1 probability and entropy (nats) of the stored labels of one epoch, at T=1 and the validate T."
+    import matplotlib.pyplot as plt
+    from sre2l.core import resolve_run_dir
+    from sre2l.plots import use_style
+    stored = load_epoch(epoch_file(resolve_run_dir(run_dir) / "relabel" / "labels", epoch))
+    classes = get_dataset(cfg.data.name).num_classes
+    use_style(); fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+    for t in sorted({1.0, cfg.validate.temperature}):
+        probs = torch.cat([teacher_probs(target, t, classes) for _, target in stored])
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
+        axes[0].hist(probs.max(1).values.numpy(), bins=20, range=(0, 1), alpha=0.6, label=f"T={t:g}")
+        axes[1].hist(entropy.numpy(), bins=20, range=(0, math.log(classes)), alpha=0.6, label=f"T={t:g}")
+    axes[0].set_xlabel("top-1 probability"); axes[1].set_xlabel("entropy (nats)")
+    for ax in axes: ax.set_ylabel("stored crops"); ax.legend()
+    return fig
 
 # %% ../nbs/03_relabel.ipynb #01526ba3
 def storage_table(num_classes: int = 1000, ipcs=(10, 50, 100, 200), compressions=(1, 10, 20, 40),
