@@ -100,7 +100,7 @@ class RecoverConfig:
     channels_last: bool = True  # channels-last memory format for the images and the teacher
     snapshot_every: int = 0  # keep the images every N steps for the trajectory view (0 = off)
 
-# %% ../nbs/00_core.ipynb #f7d83398
+# %% ../nbs/00_core.ipynb #fe9889cc
 @dataclass
 class RelabelConfig:
     "Stage 3: FKD-mix soft labels for stored crops."
@@ -109,6 +109,8 @@ class RelabelConfig:
     crop_scale_min: float = 0.08  # RandomResizedCrop scale, lower end
     crop_scale_max: float = 1.0  # RandomResizedCrop scale, upper end
     flip: bool = True  # per-image random horizontal flip
+    cutout: bool = False  # LPLD ImageNet-21K: per-image Cutout (random centre, random RGB fill), used instead of the flip
+    cutout_size: float = 0.5  # Cutout box side as a fraction of the image side
     mix: str = "cutmix"  # per-batch mixing: 'cutmix', 'mixup' or 'none'
     cutmix_alpha: float = 1.0  # CutMix lambda ~ Beta(alpha, alpha)
     mixup_alpha: float = 0.8  # Mixup lambda ~ Beta(alpha, alpha)
@@ -296,7 +298,7 @@ def _sre2l_cifar100():
                  validate__model="resnet18", validate__epochs=400, validate__temperature=30.0,
                  validate__decay_bn_bias=True)
 
-# %% ../nbs/00_core.ipynb #1dbb6669
+# %% ../nbs/00_core.ipynb #ebb48770
 @register_preset("lpld_in1k", source="he-y/soft-label-pruning-for-dataset-distillation imagenet1k_forward/recover.sh, LPLD_in1k_[4k].yaml")
 def _lpld_in1k():
     cfg = _sre2l_in1k(); cfg.preset = "lpld_in1k"
@@ -311,14 +313,15 @@ def _lpld_tiny():
                  recover__r_bn=0.05, recover__batch_size=100, relabel__batch_size=64)
 
 @register_preset("lpld_in21k", source="he-y/soft-label-pruning-for-dataset-distillation in21k_recover.sh, LPLD_in21k_[2k].yaml "
-                 "(teacher: the user's resnet18_21k checkpoint; Cutout relabel comes with the relabel stage)")
+                 "(teacher: the user's resnet18_21k checkpoint, --set squeeze.checkpoint=...)")
 def _lpld_in21k():
     cfg = _sre2l_in1k(); cfg.preset = "lpld_in21k"
     return _with(cfg, data__name="imagenet-21k", squeeze__model="timm:resnet18", squeeze__weights="",
                  squeeze__class_bn="ema", squeeze__augment="rrc", squeeze__flip=True, squeeze__batch_size=256,
                  recover__ipc=10, recover__iterations=2000, recover__lr=0.05, recover__r_bn=0.25,
                  recover__bn_target="class", recover__batch_mode="within-class", recover__batch_size=10,
-                 relabel__batch_size=32, relabel__mix="none", validate__lr=2e-3)
+                 relabel__batch_size=32, relabel__mix="none", relabel__flip=False, relabel__cutout=True,
+                 validate__lr=2e-3)
 
 @register_preset("prism_in1k", source="Brian-Moser/prism recover/data_synthesis.py, relabel_r18.sh "
                  "(the mse_gt loss comes with the validate stage)")

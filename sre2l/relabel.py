@@ -28,13 +28,13 @@ from .data import DatasetSpec, get_dataset, read_distilled, sample_crop_boxes, c
 from .squeeze import load_teacher, load_named_teacher, to_device
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'BatchPlan', 'cutmix_box', 'official_order', 'draw_epoch', 'replay_batch', 'combine_logits',
-           'kept_batches', 'prune_ratio_for', 'teacher_probs', 'epoch_file', 'save_epoch', 'load_epoch',
-           'image_list_hash', 'teacher_logits', 'store_bytes', 'official_store_bytes', 'human_bytes', 'preflight',
-           'store_facts', 'run_relabel', 'read_official_batch', 'import_official_labels', 'export_official_labels',
-           'crop_overlay', 'label_histograms', 'storage_table']
+__all__ = ['FORMAT_VERSION', 'BatchPlan', 'cutmix_box', 'official_order', 'draw_epoch', 'replay_batch', 'apply_cutout',
+           'combine_logits', 'kept_batches', 'prune_ratio_for', 'teacher_probs', 'epoch_file', 'save_epoch',
+           'load_epoch', 'image_list_hash', 'teacher_logits', 'store_bytes', 'official_store_bytes', 'human_bytes',
+           'preflight', 'store_facts', 'run_relabel', 'read_official_batch', 'import_official_labels',
+           'export_official_labels', 'crop_overlay', 'label_histograms', 'storage_table']
 
-# %% ../nbs/03_relabel.ipynb #db6f92d9
+# %% ../nbs/03_relabel.ipynb #85891db5
 @dataclass
 class BatchPlan:
     "Every random choice of one stored batch."
@@ -44,8 +44,9 @@ class BatchPlan:
     mix_partner: torch.Tensor  # int64 [B] position of each image's mixing partner (identity when not mixing)
     mix_lambda: float  # weight of the image itself
     mix_box: torch.Tensor  # int32 [4] CutMix rows/columns (r1, c1, r2, c2); zeros when not CutMix
+    cutout: torch.Tensor | None = None  # float32 [B, 7] (centre y, x, height, width as fractions; fill r, g, b) or None
 
-# %% ../nbs/03_relabel.ipynb #a1a22e7d
+# %% ../nbs/03_relabel.ipynb #de40e774
 def cutmix_box(size: int, lam: float, rng: np.random.Generator) -> list[int]:
     "The official rand_bbox: a box of side size*sqrt(1-lam) around a uniform centre, clipped."
     cut = int(size * np.sqrt(1.0 - lam))
@@ -83,10 +84,14 @@ def draw_epoch(num_images: int,  # images in the distilled set
             partner = torch.randperm(n, generator=gen)
             lam = float(rng.beta(*(2 * [rl.cutmix_alpha if rl.mix == "cutmix" else rl.mixup_alpha])))
             if rl.mix == "cutmix": box = cutmix_box(size, lam, rng)
-        plans.append(BatchPlan(idx, boxes.float(), flips, partner, lam, torch.tensor(box, dtype=torch.int32)))
+        cutout = None
+        if rl.cutout:  # LPLD ImageNet-21K: centre uniform in the image, side cutout_size, fill a random colour
+            centre, fill = torch.rand(n, 2, generator=gen), torch.rand(n, 3, generator=gen)
+            cutout = torch.cat([centre, torch.full((n, 2), rl.cutout_size), fill], 1)
+        plans.append(BatchPlan(idx, boxes.float(), flips, partner, lam, torch.tensor(box, dtype=torch.int32), cutout))
     return plans
 
-# %% ../nbs/03_relabel.ipynb #f16f06f1
+# %% ../nbs/03_relabel.ipynb #62d49a54
 def replay_batch(images: torch.Tensor,  # uint8 [N, C, H, W] distilled set, on the device
                  plan: BatchPlan,  # the stored batch's random choices
                  spec: DatasetSpec,  # normalisation
@@ -97,6 +102,7 @@ def replay_batch(images: torch.Tensor,  # uint8 [N, C, H, W] distilled set, on t
     height, width = batch.shape[-2:]
     boxes = plan.boxes.to(device) * torch.tensor([height, width, height, width], device=device, dtype=torch.float32)
     x = flip_where(crop_resize(normalize(batch, spec.mean, spec.std), boxes, size), plan.flips)
+    if plan.cutout is not None: x = apply_cutout(x, plan.cutout.to(device), spec)
     partner = plan.mix_partner.to(device)
     r1, c1, r2, c2 = plan.mix_box.tolist()
     if r2 > r1 and c2 > c1:
@@ -104,6 +110,22 @@ def replay_batch(images: torch.Tensor,  # uint8 [N, C, H, W] distilled set, on t
     elif plan.mix_lambda != 1.0:
         x = plan.mix_lambda * x + (1 - plan.mix_lambda) * x[partner]
     return x
+
+# %% ../nbs/03_relabel.ipynb #59ca3236
+def apply_cutout(x: torch.Tensor,  # normalised images [B, C, S, S]
+                 cutout: torch.Tensor,  # [B, 7]: centre y, x, height, width (fractions), fill r, g, b in [0, 1]
+                 spec: DatasetSpec) -> torch.Tensor:
+    "Fill each image's Cutout box with its colour, in one masked operation."
+    size, channels = x.shape[-1], x.shape[1]
+    lo = ((cutout[:, :2] - cutout[:, 2:4] / 2) * size).floor().clamp(0, size)
+    hi = ((cutout[:, :2] + cutout[:, 2:4] / 2) * size).floor().clamp(0, size)
+    steps = torch.arange(size, device=x.device)
+    rows = (steps >= lo[:, :1]) & (steps < hi[:, :1])
+    cols = (steps >= lo[:, 1:2]) & (steps < hi[:, 1:2])
+    mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
+    fill = (cutout[:, 4:4 + channels].view(-1, channels, 1, 1) - mean) / std
+    return torch.where((rows[:, :, None] & cols[:, None, :])[:, None], fill, x)
 
 # %% ../nbs/03_relabel.ipynb #0b608098
 def combine_logits(logits: list, rule: str = "frobenius-mean", primary_weight: float = 0.5) -> torch.Tensor:
@@ -139,7 +161,7 @@ def teacher_probs(target, temperature: float, num_classes: int) -> torch.Tensor:
         return probs.scatter_(1, indices.long(), F.softmax(values.float() / temperature, 1))
     return F.softmax(target.float() / temperature, 1)
 
-# %% ../nbs/03_relabel.ipynb #a1e512c3
+# %% ../nbs/03_relabel.ipynb #e4938f4e
 FORMAT_VERSION = 1
 _FIELDS = ("indices", "boxes", "flips", "mix_partner", "mix_lambda", "mix_box")
 
@@ -154,6 +176,7 @@ def save_epoch(path, plans: list[BatchPlan], logits: list, topk: int = 0):
         if isinstance(z, tuple): outputs = [("topk_values", z[0]), ("topk_indices", z[1])]
         elif not topk: outputs = [("logits", z.half())]
         else: outputs = [("topk_values", z.topk(topk, 1).values.half()), ("topk_indices", z.topk(topk, 1).indices.int())]
+        if plan.cutout is not None: outputs.append(("cutout", plan.cutout.float()))
         for name, value in [("indices", plan.indices), ("boxes", plan.boxes), ("flips", plan.flips.to(torch.uint8)),
                             ("mix_partner", plan.mix_partner), ("mix_lambda", torch.tensor([plan.mix_lambda], dtype=torch.float32)),
                             ("mix_box", plan.mix_box), *outputs]:
@@ -167,8 +190,9 @@ def load_epoch(path) -> list[tuple[BatchPlan, torch.Tensor | tuple]]:
     out = []
     for b in range(count):
         t = {f: tensors[f"b{b:05d}.{f}"] for f in _FIELDS}
-        plan = BatchPlan(t["indices"], t["boxes"], t["flips"].bool(), t["mix_partner"], float(t["mix_lambda"][0]), t["mix_box"])
         key = f"b{b:05d}"
+        plan = BatchPlan(t["indices"], t["boxes"], t["flips"].bool(), t["mix_partner"], float(t["mix_lambda"][0]), t["mix_box"],
+                         tensors.get(f"{key}.cutout"))
         target = tensors[f"{key}.logits"] if f"{key}.logits" in tensors else (tensors[f"{key}.topk_values"], tensors[f"{key}.topk_indices"])
         out.append((plan, target))
     return out
@@ -184,33 +208,34 @@ def teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
     "The frozen teacher's logits of a batch."
     return teacher(x).float()
 
-# %% ../nbs/03_relabel.ipynb #27f87f16
+# %% ../nbs/03_relabel.ipynb #42917db9
 @functools.lru_cache(maxsize=64)
-def _epoch_parts(num_images: int, num_classes: int, batch_size: int, keep: int, topk: int) -> dict:
+def _epoch_parts(num_images: int, num_classes: int, batch_size: int, keep: int, topk: int, cutout: bool = False) -> dict:
     "Bytes of one stored epoch of `keep` batches, by part, measured on a representative epoch."
     plans, logits = [], []
     for b in range(keep):
         n = min(batch_size, num_images - b * batch_size)
         plans.append(BatchPlan(torch.zeros(n, dtype=torch.long), torch.zeros(n, 4), torch.zeros(n, dtype=torch.bool),
-                               torch.zeros(n, dtype=torch.long), 1.0, torch.zeros(4, dtype=torch.int32)))
+                               torch.zeros(n, dtype=torch.long), 1.0, torch.zeros(4, dtype=torch.int32),
+                               torch.zeros(n, 7) if cutout else None))
         logits.append(torch.zeros(n, num_classes))
     with tempfile.TemporaryDirectory() as folder:
         save_epoch(Path(folder) / "e.safetensors", plans, logits, topk)
         total = (Path(folder) / "e.safetensors").stat().st_size
     images = sum(len(p.indices) for p in plans)
     labels = images * (topk * 6 if topk else num_classes * 2)
-    augmentation = images * (8 + 16 + 1 + 8) + keep * (4 + 16)
+    augmentation = images * (8 + 16 + 1 + 8 + (28 if cutout else 0)) + keep * (4 + 16)
     return {"labels": labels, "augmentation": augmentation, "format": total - labels - augmentation}
 
 def store_bytes(num_images: int, num_classes: int, epochs: int, batch_size: int,
-                prune_ratio: float = 0.0, topk: int = 0) -> dict:
+                prune_ratio: float = 0.0, topk: int = 0, cutout: bool = False) -> dict:
     "Predicted bytes of the kit's label store, by part (labels, augmentation, format) and in total."
     per_epoch = math.ceil(num_images / batch_size)
     kept = kept_batches(num_images, batch_size, epochs, prune_ratio)
     full, rest = divmod(kept, per_epoch)
-    parts = {k: full * v for k, v in _epoch_parts(num_images, num_classes, batch_size, per_epoch, topk).items()}
+    parts = {k: full * v for k, v in _epoch_parts(num_images, num_classes, batch_size, per_epoch, topk, cutout).items()}
     if rest:
-        for k, v in _epoch_parts(num_images, num_classes, batch_size, rest, topk).items(): parts[k] += v
+        for k, v in _epoch_parts(num_images, num_classes, batch_size, rest, topk, cutout).items(): parts[k] += v
     return {**parts, "total": sum(parts.values()), "batches": kept}
 
 # %% ../nbs/03_relabel.ipynb #d9ffd19b
@@ -243,7 +268,7 @@ def preflight(folder, needed: int, what: str = "the label store"):
         raise Sre2lError(f"{what} needs about {human_bytes(needed)} but {probe} has only {human_bytes(free)} free; "
                          f"free some space, prune labels (relabel.prune_ratio) or store top-k logits (relabel.logits=topk)")
 
-# %% ../nbs/03_relabel.ipynb #d678fcf3
+# %% ../nbs/03_relabel.ipynb #39506023
 def store_facts(cfg: RunConfig, spec: DatasetSpec, num_images: int, image_dir, stored_batches: int, **extra) -> dict:
     "The manifest facts of a label store."
     rl, per_epoch = cfg.relabel, math.ceil(num_images / cfg.relabel.batch_size)
@@ -252,13 +277,14 @@ def store_facts(cfg: RunConfig, spec: DatasetSpec, num_images: int, image_dir, s
             "batches_per_epoch": per_epoch, "stored_batches": stored_batches, "complete_epochs": stored_batches // per_epoch,
             "prune_ratio": rl.prune_ratio, "seed": cfg.seed, "order": rl.order,
             "crop_scale": [rl.crop_scale_min, rl.crop_scale_max], "flip": rl.flip,
+            "cutout": rl.cutout_size if rl.cutout else None,
             "mix": {"type": rl.mix, "cutmix_alpha": rl.cutmix_alpha, "mixup_alpha": rl.mixup_alpha},
             "normalization": {"mean": spec.mean, "std": spec.std},
             "logits": rl.logits if rl.logits == "fp16" else f"top{rl.topk}",
             "ensemble": {"teachers": [n.strip() for n in rl.teachers.split(",") if n.strip()], "rule": rl.ensemble,
                          "primary_weight": rl.primary_weight} if rl.teachers else None, **extra}
 
-# %% ../nbs/03_relabel.ipynb #69360b2c
+# %% ../nbs/03_relabel.ipynb #94b57d2d
 def run_relabel(cfg: RunConfig, run_dir,
                 shard: tuple | None = None) -> dict:  # (index, count) of this process; default from torchrun's env
     "Stage 3: the FKD-mix label store of the recovered images, in `run_dir/relabel`."
@@ -284,7 +310,7 @@ def run_relabel(cfg: RunConfig, run_dir,
     stored_epochs = math.ceil(kept / per_epoch)
     start, label_dir = time.perf_counter(), out / "labels"
     predicted = store_bytes(len(images), spec.num_classes, rl.epochs, rl.batch_size, rl.prune_ratio,
-                            rl.topk if rl.logits == "topk" else 0)
+                            rl.topk if rl.logits == "topk" else 0, rl.cutout)
     existing = sum(epoch_file(label_dir, e).stat().st_size for e in range(stored_epochs) if epoch_file(label_dir, e).is_file())
     preflight(out, predicted["total"] - existing)
     todo = [e for e in range(stored_epochs) if not epoch_file(label_dir, e).is_file()]

@@ -178,3 +178,22 @@ def test_relabel_shards_make_the_same_store(first_run, cfg, tmp_path):
     assert not (tmp_path / "relabel" / "labels" / "parts" / "epoch_0000").exists()
     assert hashes(tmp_path / "relabel") == hashes(first_run / "relabel")
     assert read_manifest(tmp_path / "relabel")["stored_batches"] == 12
+
+
+def test_cutout_store_replays_and_is_predicted(first_run, tmp_path):
+    from sre2l.core import make_config
+    from sre2l.relabel import load_epoch
+    cutout_cfg = make_config("digits", ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=8", "recover.batch_size=4",
+                                        "relabel.epochs=2", "relabel.batch_size=8", "device=cpu", "relabel.flip=false",
+                                        "relabel.cutout=true", "relabel.mix=none"])
+    for stage in ("squeeze", "recover"): shutil.copytree(first_run / stage, tmp_path / stage)
+    manifest = run_relabel(cutout_cfg, tmp_path)
+    assert manifest["storage"]["predicted"]["total"] == manifest["storage"]["measured"] and manifest["cutout"] == 0.5
+    spec, teacher = get_dataset("digits"), load_teacher(tmp_path, cutout_cfg, "cpu")
+    images = read_distilled(tmp_path / "recover" / "images", 3, 1, 10).images
+    plan, logits = load_epoch(epoch_file(tmp_path / "relabel" / "labels", 1))[0]
+    assert plan.cutout.shape == (8, 7)
+    with torch.no_grad(): fresh = teacher(replay_batch(images, plan, spec, spec.resolution))
+    assert torch.allclose(fresh.half().float(), logits.float(), atol=1e-2, rtol=1e-3)
+    plan.cutout = None
+    with torch.no_grad(): assert not torch.allclose(teacher(replay_batch(images, plan, spec, spec.resolution)).half().float(), logits.float(), atol=1e-2)
