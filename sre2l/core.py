@@ -100,12 +100,19 @@ class RecoverConfig:
     channels_last: bool = True  # channels-last memory format for the images and the teacher
     snapshot_every: int = 0  # keep the images every N steps for the trajectory view (0 = off)
 
-# %% ../nbs/00_core.ipynb #fe9889cc
+# %% ../nbs/00_core.ipynb #6e313e18
 @dataclass
 class RelabelConfig:
     "Stage 3: FKD-mix soft labels for stored crops."
+    mode: str = "fkd-mix"  # 'fkd-mix' (SRe2L: stored batches per epoch) or 'region' (FKD: a pool of crops per image)
     epochs: int = 300  # stored epochs of augmentation plans and teacher logits
     batch_size: int = 1024  # stored batch size (validate replays exactly these batches)
+    num_crops: int = 500  # region mode: crops stored per image
+    num_seg: int = 50  # region mode: crops per teacher forward (num_crops must be a multiple)
+    label_type: str = "marginal_smoothing_k5"  # region mode: hard, smoothing, marginal_smoothing_kK or marginal_renorm_kK
+    teacher_temperature: float = 1.0  # region mode: softmax temperature of the teacher before quantisation
+    reference: str = ""  # region mode: a region store whose crops (boxes, flips) are reused, for a second teacher
+    evaluate: bool = False  # check the teacher's top-1 on the real test split before labelling
     crop_scale_min: float = 0.08  # RandomResizedCrop scale, lower end
     crop_scale_max: float = 1.0  # RandomResizedCrop scale, upper end
     flip: bool = True  # per-image random horizontal flip

@@ -31,9 +31,12 @@ def kd_loss(student_logits: torch.Tensor, target,  # stored fp16 logits, or (top
     loss = F.kl_div(F.log_softmax(student_logits / temperature, 1), probs, reduction="batchmean")
     return loss * temperature ** 2 if scale_t2 else loss
 
-# %% ../nbs/04_validate.ipynb #8425bbbf
+# %% ../nbs/04_validate.ipynb #36112659
 def check_store(relabel_manifest: dict, image_dir, epochs: int):
     "Refuse a store made for other images or with too few epochs."
+    if relabel_manifest.get("mode") == "region":
+        raise Sre2lError("the label store holds FKD region labels; training from them (soft cross-entropy over the crop "
+                         "pool) is not implemented yet: relabel with relabel.mode=fkd-mix")
     complete = relabel_manifest["complete_epochs"]
     if complete < epochs:
         pruned = f" (pruned with prune_ratio={relabel_manifest['prune_ratio']}; label pools come with the validate stage)" \

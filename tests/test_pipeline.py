@@ -197,3 +197,26 @@ def test_cutout_store_replays_and_is_predicted(first_run, tmp_path):
     assert torch.allclose(fresh.half().float(), logits.float(), atol=1e-2, rtol=1e-3)
     plan.cutout = None
     with torch.no_grad(): assert not torch.allclose(teacher(replay_batch(images, plan, spec, spec.resolution)).half().float(), logits.float(), atol=1e-2)
+
+
+def test_region_mode_with_teacher_check_and_reference_crops(first_run, tmp_path):
+    from sre2l.core import make_config, load_tensors
+    from sre2l.relabel import recover_labels
+    from sre2l.validate import run_validate
+    base = ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=8", "recover.batch_size=4", "device=cpu",
+            "relabel.mode=region", "relabel.num_crops=6", "relabel.num_seg=3", "relabel.evaluate=true"]
+    first_cfg = make_config("digits", base + ["relabel.label_type=marginal_smoothing_k3"])
+    for stage in ("squeeze", "recover"): shutil.copytree(first_run / stage, tmp_path / "a" / stage)
+    manifest = run_relabel(first_cfg, tmp_path / "a")
+    assert manifest["mode"] == "region" and 0 < manifest["teacher_test_top1"] <= 100
+    regions = load_tensors(tmp_path / "a" / "relabel" / "regions.safetensors")
+    assert regions["indices"].shape == (30, 6, 3) and regions["values"].dtype == torch.float16
+    full = recover_labels(regions["indices"].flatten(0, 1), regions["values"].flatten(0, 1), "marginal_smoothing_k3", 10)
+    assert torch.allclose(full.sum(1), torch.ones(180), atol=1e-5)
+    second_cfg = make_config("digits", base + ["relabel.label_type=hard", f"relabel.reference={tmp_path / 'a' / 'relabel'}"])
+    for stage in ("squeeze", "recover"): shutil.copytree(first_run / stage, tmp_path / "b" / stage)
+    run_relabel(second_cfg, tmp_path / "b")
+    second = load_tensors(tmp_path / "b" / "relabel" / "regions.safetensors")
+    assert torch.equal(second["boxes"], regions["boxes"]) and torch.equal(second["indices"][..., 0], regions["indices"][..., 0])
+    with pytest.raises(Exception, match="region labels; training from them"):
+        run_validate(first_cfg, tmp_path / "a")
