@@ -24,11 +24,11 @@ import torch
 # %% auto #0
 __all__ = ['PRESETS', 'PRESET_SOURCES', 'STAGES', 'log', 'Sre2lError', 'ConfigError', 'DataConfig', 'SqueezeConfig',
            'RecoverConfig', 'RelabelConfig', 'ValidateConfig', 'RunConfig', 'set_value', 'register_preset',
-           'list_presets', 'make_config', 'config_dict', 'config_from_dict', 'hash_json', 'stage_config',
-           'seed_everything', 'unit_seed', 'generator', 'pick_device', 'shard_from_env', 'check_shard', 'atomic_write',
-           'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_metadata', 'sha256_file', 'versions',
-           'write_manifest', 'read_manifest', 'find_project_root', 'resolve_run_dir', 'prepare_run', 'stage_status',
-           'require_stage', 'open_stage', 'build_missing', 'setup_logging', 'progress']
+           'list_presets', 'make_config', 'parameter_names', 'notebook_overrides', 'config_dict', 'config_from_dict',
+           'hash_json', 'stage_config', 'seed_everything', 'unit_seed', 'generator', 'pick_device', 'shard_from_env',
+           'check_shard', 'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_metadata',
+           'sha256_file', 'versions', 'write_manifest', 'read_manifest', 'find_project_root', 'resolve_run_dir',
+           'prepare_run', 'stage_status', 'require_stage', 'open_stage', 'build_missing', 'setup_logging', 'progress']
 
 # %% ../nbs/00_core.ipynb #92bf55b3
 class Sre2lError(Exception):
@@ -359,6 +359,21 @@ def _split_override(text: str) -> tuple[str, str]:
     if "=" not in text: raise ConfigError(f"--set expects key=value, got {text!r}")
     key, value = text.split("=", 1)
     return key.strip(), value
+
+# %% ../nbs/00_core.ipynb #118bc309
+def parameter_names(cfg: RunConfig | None = None) -> dict:
+    "{notebook parameter name: dotted key}: unique field names and section__field for every key."
+    keys = _field_names(cfg or RunConfig())
+    short = [k.rsplit(".", 1)[-1] for k in keys]
+    names = {k.replace(".", "__"): k for k in keys}
+    names.update({s: k for s, k in zip(short, keys) if short.count(s) == 1})
+    return names
+
+def notebook_overrides(namespace: dict, before: set) -> list[str]:
+    "The --set strings of configuration keys injected into a notebook (names absent before its parameters cell)."
+    names = parameter_names()
+    return [f"{names[n]}={v}" for n, v in namespace.items() if n not in before and n in names
+            and n not in ("preset", "run_dir", "overrides")]
 
 # %% ../nbs/00_core.ipynb #0dfae581
 STAGES = ("squeeze", "recover", "relabel", "validate")

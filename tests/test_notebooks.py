@@ -43,3 +43,15 @@ def test_every_notebook_runs(repo_copy):
     result = run([tool("nbdev_test"), "--n_workers", "0", "--timing"], cwd=repo_copy)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (repo_copy / "runs" / "lesson" / "validate" / "manifest.json").is_file()
+
+
+def test_papermill_takes_configuration_keys_as_parameters(tmp_path):
+    papermill = pytest.importorskip("papermill")
+    run_dir = tmp_path / "run"
+    papermill.execute_notebook(str(ROOT / "nbs" / "03_relabel.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                               parameters=dict(run_dir=str(run_dir), ipc=2, iterations=3, squeeze__epochs=1,
+                                               relabel__epochs=4, prune_ratio=0.5, overrides=["device=cpu"]),
+                               cwd=str(ROOT / "nbs"), progress_bar=False)
+    manifest = json.loads((run_dir / "relabel" / "manifest.json").read_text())
+    assert manifest["prune_ratio"] == 0.5 and manifest["stored_batches"] == 2 and manifest["images"] == 20
+    assert manifest["config"]["squeeze"]["epochs"] == 1 and manifest["config"]["recover"]["iterations"] == 3
