@@ -16,13 +16,13 @@ Teachers have random weights (the speed does not depend on them). Prints a Markd
 import argparse
 import math
 import random
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms as T
 
+from timing import timed, machine
 from sre2l.core import RecoverConfig, pick_device
 from sre2l.data import DatasetSpec
 from sre2l.models import create_model, bn_layers
@@ -63,13 +63,6 @@ def reference_recover(teacher, labels, spec, rc, iterations, device):
     teacher.requires_grad_(False)
 
 
-def timed(fn, device):
-    if device.type == "cuda": torch.cuda.synchronize()
-    start = time.perf_counter(); fn()
-    if device.type == "cuda": torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="cpu", help="model and shape (default: %(default)s)")
@@ -106,9 +99,8 @@ def main():
         kit(RecoverConfig(**fast), args.warmup, compiled)
         rows.append(("(c) kit + bf16 + torch.compile", timed(lambda: kit(RecoverConfig(**fast), args.iterations, compiled), device)))
 
-    gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\nrecover, {args.variant}: {name} at {resolution} px, {units} units x {per_unit} images, "
-          f"{args.iterations} timed steps, {gpu}, torch {torch.__version__}\n")
+          f"{args.iterations} timed steps, {machine(device)}\n")
     print("| path | image-iterations/s | vs (a) |\n|---|---|---|")
     reference_rate = images * args.iterations / rows[0][1]
     for label, seconds in rows:

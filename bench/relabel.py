@@ -16,7 +16,6 @@ The images are random JPEGs written to a temporary folder; the teacher has rando
 import argparse
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
+from timing import timed, machine
 from sre2l.core import RelabelConfig, pick_device
 from sre2l.data import DatasetSpec, IMAGENET_MEAN, IMAGENET_STD, read_distilled, distilled_path
 from sre2l.models import create_model
@@ -72,13 +72,6 @@ def kit(images, teacher, spec, rl, epochs, device, out, bf16=False):
         save_epoch(epoch_file(out, epoch), plans, logits)
 
 
-def timed(fn, device):
-    if device.type == "cuda": torch.cuda.synchronize()
-    start = time.perf_counter(); fn()
-    if device.type == "cuda": torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="cpu", help="shape (default: %(default)s)")
@@ -110,9 +103,8 @@ def main():
             lambda: kit(images, kit_teacher, spec, rl, args.epochs, device, folder / "b"), device)))
         rows.append(("(c) kit replay, bf16 teacher", timed(
             lambda: kit(images, kit_teacher, spec, rl, args.epochs, device, folder / "c", bf16=True), device)))
-    gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\nrelabel, {args.variant}: ResNet-18 at {size} px, {n} images, batch {batch_size}, {args.epochs} epochs, "
-          f"{workers} workers for (a), {gpu}, torch {torch.__version__}\n")
+          f"{workers} workers for (a), {machine(device)}\n")
     print("| path | images/s | vs (a) |\n|---|---|---|")
     for label, seconds in rows:
         rate = n * args.epochs / seconds
