@@ -221,5 +221,6 @@ d = { 'settings': { 'branch': 'main',
                                'sre2l.squeeze.write_history': ('squeeze.html#write_history', 'sre2l/squeeze.py')},
             'sre2l.validate': { 'sre2l.validate.check_store': ('validate.html#check_store', 'sre2l/validate.py'),
                                 'sre2l.validate.kd_loss': ('validate.html#kd_loss', 'sre2l/validate.py'),
+                                'sre2l.validate.pool_schedule': ('validate.html#pool_schedule', 'sre2l/validate.py'),
                                 'sre2l.validate.run_validate': ('validate.html#run_validate', 'sre2l/validate.py'),
                                 'sre2l.validate.train_student': ('validate.html#train_student', 'sre2l/validate.py')}}}

@@ -131,7 +131,7 @@ class RelabelConfig:
     logits: str = "fp16"  # teacher outputs stored: 'fp16' (every class) or 'topk' (top-k values fp16, indices int32)
     topk: int = 10  # classes kept per crop with logits='topk'
 
-# %% ../nbs/00_core.ipynb #9332f797
+# %% ../nbs/00_core.ipynb #e9d4bfbf
 @dataclass
 class ValidateConfig:
     "Stage 4: train a student on the stored soft labels and test it on real data."
@@ -146,6 +146,8 @@ class ValidateConfig:
     warmup_epochs: int = 0  # linear warm-up epochs before the per-epoch cosine
     temperature: float = 20.0  # KL temperature
     kl_t2: bool = False  # multiply the KL loss by T^2 (Tiny-ImageNet script; the ImageNet script does not)
+    pool_granularity: str = "epoch"  # LPLD label pool: 'epoch' (replay whole stored epochs) or 'batch' (assemble epochs from stored batches)
+    pool_metric: str = "order"  # 'order' (stored order) or 'random' (seeded draws with replacement from the pool)
     eval_every: int = 10  # evaluate on the test split every N epochs (and at the end)
     eval_batch_size: int = 512  # evaluation batch size
 

@@ -220,3 +220,20 @@ def test_region_mode_with_teacher_check_and_reference_crops(first_run, tmp_path)
     assert torch.equal(second["boxes"], regions["boxes"]) and torch.equal(second["indices"][..., 0], regions["indices"][..., 0])
     with pytest.raises(Exception, match="region labels; training from them"):
         run_validate(first_cfg, tmp_path / "a")
+
+
+def test_pruned_store_trains_from_a_label_pool(first_run, tmp_path):
+    from sre2l.core import make_config
+    from sre2l.validate import run_validate, pool_schedule
+    overrides = ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=8", "recover.batch_size=4",
+                 "relabel.epochs=3", "relabel.batch_size=8", "device=cpu", "relabel.prune_ratio=0.5", "validate.epochs=3"]
+    for stage in ("squeeze", "recover"): shutil.copytree(first_run / stage, tmp_path / stage)
+    in_order = make_config("digits", overrides)
+    relabel = run_relabel(in_order, tmp_path)
+    with pytest.raises(Exception, match="train from a label pool"):
+        run_validate(in_order, tmp_path)
+    pooled = make_config("digits", overrides + ["validate.pool_granularity=batch", "validate.pool_metric=random"])
+    schedule = pool_schedule(relabel, pooled.validate, pooled.seed)
+    assert len(schedule) == 3 and all(len(keys) == 4 for keys in schedule)
+    assert {k for keys in schedule for k in keys} <= {(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)}  # stored, full batches
+    assert run_validate(pooled, tmp_path)["metrics"]["epochs"] == 3
