@@ -25,9 +25,9 @@ from .models import bn_layers, load_class_bn
 from .squeeze import load_teacher, load_named_teacher, evaluate, to_device
 
 # %% auto #0
-__all__ = ['WorkUnit', 'work_units', 'unit_iterations', 'BNMatching', 'draw_augmentation', 'augment_units', 'bn_targets',
-           'initial_images', 'draw_bn_teachers', 'valid_range', 'to_uint8', 'group_loss', 'recover_group', 'has_bn',
-           'group_units', 'run_recover', 'import_distilled', 'recovered_vs_real', 'trajectory', 'explorer']
+__all__ = ['WorkUnit', 'work_units', 'unit_iterations', 'BNMatching', 'draw_augmentation', 'stack_draws', 'augment_units',
+           'bn_targets', 'initial_images', 'draw_bn_teachers', 'valid_range', 'to_uint8', 'group_loss', 'recover_group',
+           'has_bn', 'group_units', 'run_recover', 'import_distilled', 'recovered_vs_real', 'trajectory', 'explorer']
 
 # %% ../nbs/02_recover.ipynb #c92edfef
 @dataclass
@@ -96,7 +96,7 @@ class BNMatching:
         loss, self.terms = torch.stack(self.terms).sum(0), []
         return loss
 
-# %% ../nbs/02_recover.ipynb #7c7a4099
+# %% ../nbs/02_recover.ipynb #660d2693
 def draw_augmentation(rc: RecoverConfig, height: int, width: int, gen: torch.Generator) -> tuple:
     "One unit's (crop box or None, flip, (dy, dx)) for one step, drawn in a fixed order."
     box = sample_crop_boxes(1, height, width, (rc.crop_scale_min, rc.crop_scale_max), generator=gen)[0] if rc.crop else None
@@ -107,13 +107,16 @@ def draw_augmentation(rc: RecoverConfig, height: int, width: int, gen: torch.Gen
     shift = tuple(torch.randint(low, rc.jitter + 1, (2,), generator=gen).tolist()) if rc.jitter else (0, 0)
     return box, flip, shift
 
-def augment_units(x: torch.Tensor, draws: list, per_unit: int) -> torch.Tensor:
-    "Apply each unit's (box, flip, shift) to its `per_unit` images, in one resample."
-    size = x.shape[-1]
-    boxes = None if draws[0][0] is None else torch.stack([d[0] for d in draws]).repeat_interleave(per_unit, 0)
-    flips = torch.tensor([d[1] for d in draws]).repeat_interleave(per_unit)
-    shifts = torch.tensor([d[2] for d in draws]).repeat_interleave(per_unit, 0)
-    return crop_resize(x, boxes, size, flips, shifts)
+def stack_draws(draws: list, device="cpu") -> tuple:
+    "Units' draws [(box, flip, shift)] as tensors (boxes [U, 4] or None, flips [U], shifts [U, 2]) on `device`."
+    boxes = None if draws[0][0] is None else torch.stack([d[0] for d in draws]).to(device)
+    return boxes, torch.tensor([d[1] for d in draws]).to(device), torch.tensor([d[2] for d in draws]).to(device)
+
+def augment_units(x: torch.Tensor, draws, per_unit: int) -> torch.Tensor:
+    "Apply each unit's (box, flip, shift), a list of draws or `stack_draws` tensors, to its `per_unit` images in one resample."
+    boxes, flips, shifts = stack_draws(draws, x.device) if isinstance(draws, list) else draws
+    return crop_resize(x, None if boxes is None else boxes.repeat_interleave(per_unit, 0), x.shape[-1],
+                       flips.repeat_interleave(per_unit), shifts.repeat_interleave(per_unit, 0))
 
 # %% ../nbs/02_recover.ipynb #a9d4c5b7
 def bn_targets(group: list, rc: RecoverConfig, class_stats: dict | None, layer_names: list, device):
@@ -167,7 +170,7 @@ def group_loss(teacher, matchers: list, x_aug: torch.Tensor, labels: torch.Tenso
     bn = torch.stack([m.pop() for m in matchers]).sum(0) if matchers else torch.zeros(units, device=x_aug.device)
     return ce, bn / (1 + len(bn_models))  # PRISM: mean over the K BN teachers (1 when there are no extra ones)
 
-# %% ../nbs/02_recover.ipynb #22f93642
+# %% ../nbs/02_recover.ipynb #5a533e24
 def recover_group(teacher: nn.Module,  # frozen teacher in eval mode (logits and BN statistics)
                   group: list,  # work units of equal size
                   spec: DatasetSpec,  # data set (shape, normalisation)
@@ -191,13 +194,18 @@ def recover_group(teacher: nn.Module,  # frozen teacher in eval mode (logits and
     low, high = valid_range(spec, device)
     curves = torch.zeros(2, iterations, units, device=device)
     snapshots = []
+    # every step's augmentation, drawn up front from each unit's generator in the same order as step by step,
+    # and moved to the device once: no host-to-device copy (and so no wait for the GPU) inside the loop
+    steps = [stack_draws([draw_augmentation(rc, spec.resolution, spec.resolution, g) for g in gens]) for _ in range(iterations)]
+    boxes = None if steps[0][0] is None else torch.stack([b for b, _, _ in steps]).to(device)
+    flips, shifts = torch.stack([f for _, f, _ in steps]).to(device), torch.stack([s for _, _, s in steps]).to(device)
     with contextlib.ExitStack() as stack:
         matchers = [stack.enter_context(BNMatching(m, rc.first_bn_multiplier)) for m in [teacher, *bn_models] if has_bn(m)]
         for m in matchers[:1]: m.targets = targets
         for m in matchers: m.units = units
         for step in range(iterations):
             optimizer.param_groups[0]["lr"] = 0.5 * (1 + math.cos(math.pi * step / iterations)) * rc.lr
-            draws = [draw_augmentation(rc, spec.resolution, spec.resolution, g) for g in gens]
+            draws = (None if boxes is None else boxes[step], flips[step], shifts[step])
             ce, bn = group_loss(teacher if forward is None else forward, matchers, augment_units(x, draws, per_unit), labels, units, rc, bn_models)
             loss = (ce + rc.r_bn * bn).sum()
             optimizer.zero_grad(set_to_none=True); loss.backward(); optimizer.step()

@@ -163,7 +163,7 @@ def teacher_probs(target, temperature: float, num_classes: int) -> torch.Tensor:
         return probs.scatter_(1, indices.long(), F.softmax(values.float() / temperature, 1))
     return F.softmax(target.float() / temperature, 1)
 
-# %% ../nbs/03_relabel.ipynb #e4938f4e
+# %% ../nbs/03_relabel.ipynb #1cc8c101
 FORMAT_VERSION = 1
 _FIELDS = ("indices", "boxes", "flips", "mix_partner", "mix_lambda", "mix_box")
 
@@ -177,7 +177,9 @@ def save_epoch(path, plans: list[BatchPlan], logits: list, topk: int = 0):
     for b, (plan, z) in enumerate(zip(plans, logits)):
         if isinstance(z, tuple): outputs = [("topk_values", z[0]), ("topk_indices", z[1])]
         elif not topk: outputs = [("logits", z.half())]
-        else: outputs = [("topk_values", z.topk(topk, 1).values.half()), ("topk_indices", z.topk(topk, 1).indices.int())]
+        else:
+            top = z.topk(topk, 1)
+            outputs = [("topk_values", top.values.half()), ("topk_indices", top.indices.int())]
         if plan.cutout is not None: outputs.append(("cutout", plan.cutout.float()))
         for name, value in [("indices", plan.indices), ("boxes", plan.boxes), ("flips", plan.flips.to(torch.uint8)),
                             ("mix_partner", plan.mix_partner), ("mix_lambda", torch.tensor([plan.mix_lambda], dtype=torch.float32)),

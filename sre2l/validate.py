@@ -68,19 +68,22 @@ def check_store(relabel_manifest: dict, image_dir, epochs: int, pool: str = "epo
         raise Sre2lError(f"the label store was made for another image list than {image_dir} (image_list_sha256 "
                          f"{relabel_manifest['image_list_sha256'][:12]} vs {image_list_hash(image_dir)[:12]}); relabel again")
 
-# %% ../nbs/04_validate.ipynb #4a6e4fdb
-def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc, device, test=None,
-                  schedule: list | None = None) -> list[dict]:  # (epoch, batch) keys per training epoch; default: in order
+# %% ../nbs/04_validate.ipynb #4a107802
+def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc, device,
+                  schedule: list,  # (stored epoch, batch) keys of each training epoch, from pool_schedule
+                  test=None) -> list[dict]:
     "Train `student` on the replayed store with the KL loss; returns per-epoch history."
     optimizer = make_optimizer(vc.optimizer, param_groups(student, vc.weight_decay, vc.decay_bn_bias), vc.lr, vc.momentum)
     history, cache = [], {}
-    def stored(key):  # epoch files are read once and kept (a pool revisits them)
-        if key[0] not in cache: cache[key[0]] = load_epoch(epoch_file(label_dir, key[0]))
-        return cache[key[0]][key[1]]
     for epoch in progress(range(vc.epochs), desc="validate"):
         for group in optimizer.param_groups: group["lr"] = vc.lr * epoch_factor(epoch, vc.epochs, vc.warmup_epochs)
         student.train(); total = torch.zeros((), device=device); steps = 0
-        keys = schedule[epoch] if schedule is not None else [(epoch, b) for b in range(len(load_epoch(epoch_file(label_dir, epoch))))]
+        keys = schedule[epoch]
+        # stored epochs stay loaded while consecutive training epochs use them and are dropped after,
+        # so memory holds what one training epoch needs, not the whole store
+        needed = {e for e, _ in keys}
+        cache = {e: cache[e] if e in cache else load_epoch(epoch_file(label_dir, e)) for e in sorted(needed)}
+        stored = lambda key: cache[key[0]][key[1]]
         for plan, logits in map(stored, keys):
             x = replay_batch(images, plan, spec, spec.resolution)
             target = tuple(t.to(device) for t in logits) if isinstance(logits, tuple) else logits.to(device)
@@ -93,7 +96,7 @@ def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc,
         history.append(row)
     return history
 
-# %% ../nbs/04_validate.ipynb #d237925f
+# %% ../nbs/04_validate.ipynb #36cbe82d
 def run_validate(cfg: RunConfig, run_dir) -> dict:
     "Stage 4: train a student on `run_dir`'s distilled set and labels; test top-1 on the real test split."
     run_dir, done = open_stage(run_dir, "validate", cfg)
@@ -111,7 +114,7 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
                  small_input=vc.small_input)
     student = create_model(**build).to(device)
     start = time.perf_counter()
-    history = train_student(student, images, label_dir, spec, vc, device, test, pool_schedule(relabel, vc, cfg.seed))
+    history = train_student(student, images, label_dir, spec, vc, device, pool_schedule(relabel, vc, cfg.seed), test)
     seconds = time.perf_counter() - start
     tested = [r for r in history if "test_top1" in r]
     metrics = {"test_top1": tested[-1]["test_top1"], "test_top5": tested[-1]["test_top5"],
