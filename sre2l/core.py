@@ -144,8 +144,15 @@ class ValidateConfig:
     weight_decay: float = 0.01  # weight decay
     decay_bn_bias: bool = False  # also decay BatchNorm and bias parameters (the Tiny and CIFAR scripts do)
     warmup_epochs: int = 0  # linear warm-up epochs before the per-epoch cosine
+    loss: str = "kl"  # 'kl' (KL to the stored logits at temperature T) or 'mse_gt' (PRISM: MSE on raw logits + ce_weight x CE)
     temperature: float = 20.0  # KL temperature
     kl_t2: bool = False  # multiply the KL loss by T^2 (Tiny-ImageNet script; the ImageNet script does not)
+    keep_topk: int = 0  # build the teacher target from its k largest logits only (0 = every class)
+    ce_weight: float = 0.1  # 'mse_gt': weight of the cross-entropy to the un-mixed image's class
+    accumulation_steps: int = 1  # micro-batches per stored batch; one optimiser step per stored batch (BN sees micro-batches)
+    precision: str = "fp32"  # 'fp32' or 'bf16' (student forward and backward under autocast; loss in fp32)
+    channels_last: bool = False  # channels-last memory format for the student and its inputs (faster on GPUs)
+    checkpoint_every: int = 10  # save a resumable checkpoint every N epochs (0 = never); a rerun resumes from it
     pool_granularity: str = "epoch"  # LPLD label pool: 'epoch' (replay whole stored epochs) or 'batch' (assemble epochs from stored batches)
     pool_metric: str = "order"  # 'order' (stored order) or 'random' (seeded draws with replacement from the pool)
     eval_every: int = 10  # evaluate on the test split every N epochs (and at the end)
@@ -332,8 +339,8 @@ def _lpld_in21k():
                  relabel__batch_size=32, relabel__mix="none", relabel__flip=False, relabel__cutout=True,
                  validate__lr=2e-3)
 
-@register_preset("prism_in1k", source="Brian-Moser/prism recover/data_synthesis.py, relabel_r18.sh "
-                 "(the mse_gt loss comes with the validate stage)")
+@register_preset("prism_in1k", source="Brian-Moser/prism recover/data_synthesis.py, relabel_r18.sh, train_FKD_parallel.py "
+                 "(its cosine with a discontinuous tail after 5E/6 is a bug, not reproduced: plain per-epoch cosine)")
 def _prism_in1k():
     cfg = _sre2l_in1k(); cfg.preset = "prism_in1k"
     return _with(cfg, recover__init="real", recover__lr=0.05, recover__iteration_schedule="prism-cyclic",
@@ -341,7 +348,8 @@ def _prism_in1k():
                  recover__bn_teacher_weights="IMAGENET1K_V1", recover__bn_teacher_prob=0.5,
                  relabel__batch_size=50, relabel__crop_scale_min=0.25,
                  relabel__teachers="mobilenet_v2,alexnet,shufflenet_v2_x0_5", relabel__teacher_weights="IMAGENET1K_V1",
-                 relabel__ensemble="frobenius-mean")
+                 relabel__ensemble="frobenius-mean",
+                 validate__loss="mse_gt", validate__ce_weight=0.1, validate__accumulation_steps=2)
 
 # %% ../nbs/00_core.ipynb #fbe5c5b7
 def make_config(preset: str = "digits",  # preset name

@@ -13,14 +13,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import (RunConfig, Sre2lError, ConfigError, log, progress, pick_device, generator, seed_everything, open_stage,
-                        stage_status, require_stage, write_manifest, save_json)
+                        stage_status, require_stage, write_manifest, save_json, atomic_write, hash_json, stage_config)
 from .data import get_dataset, load_split, read_distilled
 from .models import create_model, save_model
 from .squeeze import evaluate, epoch_factor, param_groups, make_optimizer, write_history, to_device
 from .relabel import load_epoch, epoch_file, replay_batch, image_list_hash, teacher_probs
 
 # %% auto #0
-__all__ = ['kd_loss', 'pool_schedule', 'check_store', 'train_student', 'run_validate']
+__all__ = ['LOSSES', 'kd_loss', 'keep_top_logits', 'student_loss', 'pool_schedule', 'check_store', 'save_checkpoint',
+           'load_checkpoint', 'train_student', 'run_validate']
 
 # %% ../nbs/04_validate.ipynb #16295401
 def kd_loss(student_logits: torch.Tensor, target,  # stored fp16 logits, or (top-k values, indices)
@@ -30,6 +31,25 @@ def kd_loss(student_logits: torch.Tensor, target,  # stored fp16 logits, or (top
     probs = teacher_probs(target, temperature, student_logits.shape[1])
     loss = F.kl_div(F.log_softmax(student_logits / temperature, 1), probs, reduction="batchmean")
     return loss * temperature ** 2 if scale_t2 else loss
+
+def keep_top_logits(target, k: int):
+    "The teacher's k largest logits as (values, indices); the target unchanged when k is 0 or covers it."
+    values, indices = target if isinstance(target, tuple) else (target, None)
+    if k <= 0 or k >= values.shape[1]: return target
+    top, where = values.float().topk(k, 1)
+    return top, where if indices is None else indices.gather(1, where)
+
+# %% ../nbs/04_validate.ipynb #84e0b366
+LOSSES = ("kl", "mse_gt")
+
+def student_loss(student_logits: torch.Tensor, target,  # stored logits or (top-k values, indices)
+                 labels: torch.Tensor,  # classes of the un-mixed images of the batch
+                 vc) -> torch.Tensor:  # ValidateConfig
+    "The training loss of one (micro-)batch, in fp32, as `vc.loss` names it."
+    logits = student_logits.float()
+    if vc.loss == "kl": return kd_loss(logits, keep_top_logits(target, vc.keep_topk), vc.temperature, vc.kl_t2)
+    if vc.loss == "mse_gt": return F.mse_loss(logits, target.float()) + vc.ce_weight * F.cross_entropy(logits, labels)
+    raise ConfigError(f"validate.loss must be one of {', '.join(LOSSES)}, got {vc.loss!r}")
 
 # %% ../nbs/04_validate.ipynb #a4746d41
 def pool_schedule(manifest: dict, vc, seed: int) -> list[list[tuple[int, int]]]:
@@ -53,8 +73,9 @@ def pool_schedule(manifest: dict, vc, seed: int) -> list[list[tuple[int, int]]]:
             for e in range(vc.epochs)]
 
 # %% ../nbs/04_validate.ipynb #9a474057
-def check_store(relabel_manifest: dict, image_dir, epochs: int, pool: str = "epoch/order"):
-    "Refuse a store made for other images, or with too few complete epochs for an in-order replay."
+def check_store(relabel_manifest: dict, image_dir, epochs: int, pool: str = "epoch/order",
+                loss: str = "kl"):  # the validate loss; 'mse_gt' needs every logit
+    "Refuse a store made for other images, with too few complete epochs for an in-order replay, or without what the loss needs."
     if relabel_manifest.get("mode") == "region":
         raise Sre2lError("the label store holds FKD region labels; training from them (soft cross-entropy over the crop "
                          "pool) is not implemented yet: relabel with relabel.mode=fkd-mix")
@@ -64,18 +85,58 @@ def check_store(relabel_manifest: dict, image_dir, epochs: int, pool: str = "epo
                  f"--set validate.pool_granularity=batch --set validate.pool_metric=random)" if relabel_manifest["prune_ratio"] else ""
         raise Sre2lError(f"validate.epochs={epochs} but the label store has only {complete} complete epochs{pruned}; "
                          f"set validate.epochs <= {complete} or relabel with more epochs")
+    if loss == "mse_gt" and relabel_manifest.get("logits", "fp16") != "fp16":
+        raise Sre2lError(f"validate.loss=mse_gt compares every raw logit, but the label store keeps only the "
+                         f"{relabel_manifest['logits']} logits; relabel with relabel.logits=fp16 or use validate.loss=kl")
     if relabel_manifest["image_list_sha256"] != image_list_hash(image_dir):
         raise Sre2lError(f"the label store was made for another image list than {image_dir} (image_list_sha256 "
                          f"{relabel_manifest['image_list_sha256'][:12]} vs {image_list_hash(image_dir)[:12]}); relabel again")
 
+# %% ../nbs/04_validate.ipynb #b9a4d66e
+def save_checkpoint(path, key: str,  # the validate configuration hash the run belongs to
+                    epochs_done: int, student: nn.Module, optimizer, history: list):
+    "Write a resumable checkpoint atomically: weights, optimiser state and history after `epochs_done` epochs."
+    state = {"key": key, "epochs_done": epochs_done, "student": student.state_dict(),
+             "optimizer": optimizer.state_dict(), "history": history}
+    with atomic_write(path) as f: torch.save(state, f)
+
+def load_checkpoint(path, key: str) -> dict | None:
+    "The checkpoint at `path` when it exists and belongs to `key`; None otherwise (another configuration's is ignored)."
+    path = Path(path)
+    if not path.is_file(): return None
+    try: state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise Sre2lError(f"cannot read the validate checkpoint {path} ({type(error).__name__}); delete it to start over") from None
+    if state.get("key") != key:
+        log.warning("validate: ignoring %s, written with another configuration", path); return None
+    return state
+
 # %% ../nbs/04_validate.ipynb #4a107802
+def _micro_batches(size: int, count: int) -> list[slice]:
+    "`count` contiguous, nearly equal slices of a batch of `size` (fewer when the batch is smaller)."
+    bounds = [round(i * size / count) for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
 def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc, device,
                   schedule: list,  # (stored epoch, batch) keys of each training epoch, from pool_schedule
-                  test=None) -> list[dict]:
-    "Train `student` on the replayed store with the KL loss; returns per-epoch history."
+                  test=None,  # real test split (ImageSet on the device) evaluated every vc.eval_every epochs
+                  labels: torch.Tensor | None = None,  # classes of the distilled images (loss 'mse_gt' needs them)
+                  checkpoint=None,  # checkpoint file: resumed from when present, written every vc.checkpoint_every epochs
+                  checkpoint_key: str = "") -> list[dict]:  # configuration hash a checkpoint must carry to be resumed
+    "Train `student` on the replayed store; returns per-epoch history."
+    if vc.precision not in ("fp32", "bf16"): raise ConfigError(f"validate.precision must be 'fp32' or 'bf16', got {vc.precision!r}")
+    if vc.accumulation_steps < 1: raise ConfigError(f"validate.accumulation_steps must be positive, got {vc.accumulation_steps}")
+    if vc.loss == "mse_gt" and labels is None: raise ConfigError("validate.loss=mse_gt needs the images' labels")
+    if vc.channels_last: student.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(vc.optimizer, param_groups(student, vc.weight_decay, vc.decay_bn_bias), vc.lr, vc.momentum)
-    history, cache = [], {}
-    for epoch in progress(range(vc.epochs), desc="validate"):
+    history, start = [], 0
+    state = load_checkpoint(checkpoint, checkpoint_key) if checkpoint is not None else None
+    if state is not None:
+        student.load_state_dict(state["student"]); optimizer.load_state_dict(state["optimizer"])
+        history, start = state["history"], state["epochs_done"]
+        log.info("validate: resuming after epoch %d from %s", start, checkpoint)
+    cache = {}
+    for epoch in progress(range(start, vc.epochs), desc="validate", initial=start, total=vc.epochs):
         for group in optimizer.param_groups: group["lr"] = vc.lr * epoch_factor(epoch, vc.epochs, vc.warmup_epochs)
         student.train(); total = torch.zeros((), device=device); steps = 0
         keys = schedule[epoch]
@@ -83,17 +144,25 @@ def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc,
         # so memory holds what one training epoch needs, not the whole store
         needed = {e for e, _ in keys}
         cache = {e: cache[e] if e in cache else load_epoch(epoch_file(label_dir, e)) for e in sorted(needed)}
-        stored = lambda key: cache[key[0]][key[1]]
-        for plan, logits in map(stored, keys):
+        for plan, target in (cache[e][b] for e, b in keys):
             x = replay_batch(images, plan, spec, spec.resolution)
-            target = tuple(t.to(device) for t in logits) if isinstance(logits, tuple) else logits.to(device)
-            loss = kd_loss(student(x), target, vc.temperature, vc.kl_t2)
-            optimizer.zero_grad(set_to_none=True); loss.backward(); optimizer.step()
-            total += loss.detach(); steps += 1
+            if vc.channels_last: x = x.contiguous(memory_format=torch.channels_last)
+            target = tuple(t.to(device) for t in target) if isinstance(target, tuple) else target.to(device)
+            y = labels[plan.indices.to(device)] if labels is not None else None
+            optimizer.zero_grad(set_to_none=True)
+            for part in _micro_batches(len(x), vc.accumulation_steps):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=vc.precision == "bf16"):
+                    out = student(x[part])
+                piece = tuple(t[part] for t in target) if isinstance(target, tuple) else target[part]
+                loss = student_loss(out, piece, None if y is None else y[part], vc) * ((part.stop - part.start) / len(x))
+                loss.backward(); total += loss.detach()
+            optimizer.step(); steps += 1
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total.item() / steps}
         if test is not None and ((epoch + 1) % vc.eval_every == 0 or epoch == vc.epochs - 1):
             row.update({f"test_{k}": v for k, v in evaluate(student, test, spec, device, vc.eval_batch_size).items()})
         history.append(row)
+        if checkpoint is not None and vc.checkpoint_every > 0 and (epoch + 1) % vc.checkpoint_every == 0 and epoch + 1 < vc.epochs:
+            save_checkpoint(checkpoint, checkpoint_key, epoch + 1, student, optimizer, history)
     return history
 
 # %% ../nbs/04_validate.ipynb #36cbe82d
@@ -103,18 +172,22 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     if done is not None: return done
     vc = cfg.validate
     if vc.epochs < 1: raise ConfigError(f"validate.epochs must be positive, got {vc.epochs}")
+    if vc.loss not in LOSSES: raise ConfigError(f"validate.loss must be one of {', '.join(LOSSES)}, got {vc.loss!r}")
     relabel = require_stage(run_dir, "relabel", cfg)
     image_dir, label_dir, out = run_dir / "recover" / "images", run_dir / "relabel" / "labels", run_dir / "validate"
-    check_store(relabel, image_dir, vc.epochs, f"{vc.pool_granularity}/{vc.pool_metric}")
+    check_store(relabel, image_dir, vc.epochs, f"{vc.pool_granularity}/{vc.pool_metric}", vc.loss)
     seed_everything(cfg.seed)
     device, spec = pick_device(cfg.device), get_dataset(cfg.data.name)
-    images = read_distilled(image_dir, cfg.recover.ipc, spec.channels, spec.num_classes).images.to(device)
+    distilled = read_distilled(image_dir, cfg.recover.ipc, spec.channels, spec.num_classes)
+    images, labels = distilled.images.to(device), distilled.labels.to(device)
     test = to_device(load_split(cfg.data.name, "test", cfg.data.root, cfg.data.download), device)
     build = dict(name=vc.model, num_classes=spec.num_classes, in_channels=spec.channels, resolution=spec.resolution,
                  small_input=vc.small_input)
     student = create_model(**build).to(device)
     start = time.perf_counter()
-    history = train_student(student, images, label_dir, spec, vc, device, pool_schedule(relabel, vc, cfg.seed), test)
+    checkpoint = out / "checkpoint.pt"
+    history = train_student(student, images, label_dir, spec, vc, device, pool_schedule(relabel, vc, cfg.seed), test,
+                            labels, checkpoint, hash_json(stage_config(cfg, "validate")))
     seconds = time.perf_counter() - start
     tested = [r for r in history if "test_top1" in r]
     metrics = {"test_top1": tested[-1]["test_top1"], "test_top5": tested[-1]["test_top5"],
@@ -124,6 +197,8 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     save_model(student, out / "student.safetensors", build)
     write_history(out / "history.csv", history)
     save_json(out / "metrics.json", metrics)
-    return write_manifest(out, "validate", cfg, ["student.safetensors", "student.json", "history.csv", "metrics.json"],
-                          inputs={"relabel": run_dir / "relabel" / "manifest.json"}, timings={"seconds": seconds},
-                          extra={"metrics": metrics})
+    manifest = write_manifest(out, "validate", cfg, ["student.safetensors", "student.json", "history.csv", "metrics.json"],
+                              inputs={"relabel": run_dir / "relabel" / "manifest.json"}, timings={"seconds": seconds},
+                              extra={"metrics": metrics})
+    checkpoint.unlink(missing_ok=True)  # the finished student replaces it
+    return manifest
