@@ -1,6 +1,7 @@
 """Determinism check: run squeeze, recover and relabel twice with the same configuration and compare the files.
 
-Prints, per stage, whether the two runs wrote identical files (sha256) and, where they differ, how much:
+Prints, per stage, whether the two runs wrote identical files (sha256) and, where they differ, how much
+(relabel is compared on the same recovered images, so that it measures relabel alone):
 the largest pixel difference of the recovered images and the largest difference of the stored logits.
 On the CPU the files are expected to be identical; on a GPU, cuDNN's algorithm choices may differ in the
 last bits, and this script measures by how much.
@@ -23,12 +24,16 @@ from sre2l.relabel import run_relabel
 
 
 def run_twice(preset, overrides, folder):
+    "Runs one and two share the teacher; run three also shares run one's images, so relabel is compared on equal inputs."
     cfg = make_config(preset, overrides)
-    run_squeeze(cfg, folder / "shared")  # one teacher, so that the comparison isolates recover and relabel
-    for name in ("one", "two"):
+    run_squeeze(cfg, folder / "shared")
+    for name, shared in (("one", ["squeeze"]), ("two", ["squeeze"]), ("three", ["squeeze", "recover"])):
         (folder / name).mkdir()
-        (folder / name / "squeeze").symlink_to(folder / "shared" / "squeeze", target_is_directory=True)
-        run_recover(cfg, folder / name); run_relabel(cfg, folder / name)
+        for stage in shared:
+            source = folder / ("shared" if stage == "squeeze" else "one") / stage
+            (folder / name / stage).symlink_to(source, target_is_directory=True)
+        if name != "three": run_recover(cfg, folder / name)
+        if name != "two": run_relabel(cfg, folder / name)
     return cfg
 
 
@@ -46,7 +51,8 @@ def main():
               f"{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != 'cpu' else ''}\n")
         print("| stage | files | identical | largest difference |\n|---|---|---|---|")
         for stage in ("recover", "relabel"):
-            one, two = (read_manifest(folder / n / stage)["artifacts"] for n in ("one", "two"))
+            pair = ("one", "two") if stage == "recover" else ("one", "three")
+            one, two = (read_manifest(folder / n / stage)["artifacts"] for n in pair)
             same = sum(one[k]["sha256"] == two[k]["sha256"] for k in one)
             if stage == "recover":
                 a, b = (read_distilled(folder / n / "recover" / "images").images.int() for n in ("one", "two"))
@@ -54,7 +60,7 @@ def main():
             else:
                 worst = 0.0
                 for e in range(cfg.relabel.epochs):
-                    for (_, x), (_, y) in zip(*(load_epoch(epoch_file(folder / n / "relabel" / "labels", e)) for n in ("one", "two"))):
+                    for (_, x), (_, y) in zip(*(load_epoch(epoch_file(folder / n / "relabel" / "labels", e)) for n in pair)):
                         worst = max(worst, (x.float() - y.float()).abs().max().item())
                 diff = f"{worst:.3g} (stored logit)"
             print(f"| {stage} | {len(one)} | {same} | {diff} |")

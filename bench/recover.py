@@ -3,9 +3,9 @@
 (a) reference: mirrors the official SRe2L loop: fp32, teacher parameters requiring grad, one work unit per
     batch, torchvision RandomResizedCrop/RandomHorizontalFlip on the 4-D batch then torch.roll, statistics
     from mean() and a permuted var(), a per-channel clip, and a host sync (loss.item()) every step;
-(b) kit: sre2l.recover.recover_group with the default settings (frozen teacher, channels-last, fused
-    statistics, all units grouped in one batch, no per-step sync);
-(c) kit with bf16 autocast and torch.compile.
+(b) kit: sre2l.recover.recover_group with the default settings (frozen teacher, channels-last, one-pass
+    statistics with a fused backward, all units grouped in one batch, noise drawn on the device, no per-step sync);
+(c) kit with bf16 autocast and torch.compile (of MatchingLoss: teacher and statistics in one graph).
 
     python bench/recover.py --variant cpu            # small, for CI and laptops
     python bench/recover.py --variant resnet18-224   # ImageNet-1K shape: ResNet-18, 224 px, batch 100
@@ -26,7 +26,7 @@ from timing import timed, machine
 from sre2l.core import RecoverConfig, pick_device
 from sre2l.data import DatasetSpec
 from sre2l.models import create_model, bn_layers
-from sre2l.recover import recover_group, work_units
+from sre2l.recover import recover_group, work_units, MatchingLoss
 
 VARIANTS = {  # model, classes, resolution, small_input, images per unit, units
     "cpu": ("resnet18", 10, 32, True, 10, 4),
@@ -47,7 +47,6 @@ def reference_recover(teacher, labels, spec, rc, iterations, device):
     x = torch.randn(len(labels), spec.channels, spec.resolution, spec.resolution, device=device, requires_grad=True)
     optimizer = torch.optim.Adam([x], lr=rc.lr, betas=(0.5, 0.9), eps=1e-8)
     crop = T.Compose([T.RandomResizedCrop(spec.resolution, scale=(0.08, 1.0)), T.RandomHorizontalFlip()])
-    mean, std = torch.tensor(spec.mean), torch.tensor(spec.std)
     for step in range(iterations):
         optimizer.param_groups[0]["lr"] = 0.5 * (1 + math.cos(math.pi * step / iterations)) * rc.lr
         shifted = torch.roll(crop(x), shifts=(random.randint(0, rc.jitter), random.randint(0, rc.jitter)), dims=(2, 3))
@@ -57,7 +56,7 @@ def reference_recover(teacher, labels, spec, rc, iterations, device):
         optimizer.zero_grad(); loss.backward(); optimizer.step()
         with torch.no_grad():
             for c in range(spec.channels):  # the official clip: one channel at a time
-                x[:, c] = torch.clamp(x[:, c], -mean[c] / std[c], (1 - mean[c]) / std[c])
+                x[:, c] = torch.clamp(x[:, c], -spec.mean[c] / spec.std[c], (1 - spec.mean[c]) / spec.std[c])
         loss.item()  # the official loop reads the loss every step
     for h in handles: h.remove()
     teacher.requires_grad_(False)
@@ -87,15 +86,15 @@ def main():
     rows.append(("(a) reference: official loop shape, fp32", timed(lambda: reference(args.iterations), device)))
 
     kit_teacher = teacher.to(memory_format=torch.channels_last)
-    def kit(rc, iterations, forward=None):
+    def kit(rc, iterations, matching=None):
         rc.iterations = iterations
-        recover_group(kit_teacher, group, spec, rc, 0, device, forward=forward)
+        recover_group(kit_teacher, group, spec, rc, 0, device, matching=matching)
     kit(RecoverConfig(**{**base.__dict__}), args.warmup)
     rows.append(("(b) kit default: grouped, frozen, channels-last, fp32",
                  timed(lambda: kit(RecoverConfig(**{**base.__dict__}), args.iterations), device)))
     if not args.no_compile:
-        compiled = torch.compile(kit_teacher)
         fast = dict(base.__dict__, precision="bf16")
+        compiled = torch.compile(MatchingLoss(kit_teacher, base.first_bn_multiplier, "bf16"))
         kit(RecoverConfig(**fast), args.warmup, compiled)
         rows.append(("(c) kit + bf16 + torch.compile", timed(lambda: kit(RecoverConfig(**fast), args.iterations, compiled), device)))
 

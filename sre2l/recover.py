@@ -25,9 +25,10 @@ from .models import bn_layers, load_class_bn
 from .squeeze import load_teacher, load_named_teacher, evaluate, to_device
 
 # %% auto #0
-__all__ = ['WorkUnit', 'work_units', 'unit_iterations', 'BNMatching', 'draw_augmentation', 'stack_draws', 'augment_units',
-           'bn_targets', 'initial_images', 'draw_bn_teachers', 'valid_range', 'to_uint8', 'group_loss', 'recover_group',
-           'has_bn', 'group_units', 'run_recover', 'import_distilled', 'recovered_vs_real', 'trajectory', 'explorer']
+__all__ = ['WorkUnit', 'work_units', 'unit_iterations', 'unit_stats', 'trace_bn_inputs', 'has_bn', 'MatchingLoss',
+           'draw_augmentation', 'stack_draws', 'augment_units', 'bn_targets', 'initial_images', 'draw_bn_teachers',
+           'valid_range', 'to_uint8', 'group_loss', 'recover_group', 'group_units', 'run_recover', 'import_distilled',
+           'recovered_vs_real', 'trajectory', 'explorer']
 
 # %% ../nbs/02_recover.ipynb #c92edfef
 @dataclass
@@ -64,37 +65,90 @@ def unit_iterations(unit: WorkUnit, rc: RecoverConfig) -> int:
     return max(1, round(rc.iterations * (1 - (unit.key[1] % 8) / 8)))
 
 # %% ../nbs/02_recover.ipynb #94f427c6
-class BNMatching:
-    "Forward hooks giving each unit's BN-statistics loss: `with BNMatching(teacher) as bn: teacher(x); bn.pop(U)`."
-    def __init__(self, model: nn.Module,
-                 first_multiplier: float = 10.0):  # weight m_1 of the first BN layer
-        self.layers = [m for _, m in bn_layers(model)]
-        self.names = [n for n, _ in bn_layers(model)]
-        self.weights = [first_multiplier] + [1.0] * (len(self.layers) - 1)
-        self.targets = None  # [(mean [U, C], var [U, C])] per layer; None = running statistics
-        self.handles, self.terms, self.units = [], [], 1
+class _UnitStats(torch.autograd.Function):
+    "Per-unit channel mean and biased variance of [N, C, H, W] viewed as U units, with a one-kernel backward."
+    @staticmethod
+    def forward(ctx, x, units: int):
+        xu = x.unflatten(0, (units, -1))  # [U, n, C, H, W]
+        if x.dtype == torch.float32: var, mean = torch.var_mean(xu, dim=(1, 3, 4), unbiased=False)
+        else:  # accumulate in fp32 without an fp32 copy of the activation
+            count = xu.numel() // (units * x.shape[1])
+            mean = xu.mean(dim=(1, 3, 4), dtype=torch.float32)
+            var = torch.linalg.vector_norm(xu, dim=(1, 3, 4), dtype=torch.float32).square() / count - mean.square()
+        ctx.save_for_backward(x, mean); ctx.units = units
+        return mean, var
 
-    def __enter__(self):
-        for i, layer in enumerate(self.layers): self.handles.append(layer.register_forward_hook(self._hook(i)))
-        return self
+    @staticmethod
+    def backward(ctx, grad_mean, grad_var):
+        x, mean = ctx.saved_tensors
+        count = x.numel() // (ctx.units * x.shape[1])
+        grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
+        grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
+        scale = (2 * grad_var / count)[:, None, :, None, None]  # d var / dx = 2 (x - mean) / N
+        shift = ((grad_mean - 2 * grad_var * mean) / count)[:, None, :, None, None]
+        grad = torch.addcmul(shift.to(x.dtype), x.unflatten(0, (ctx.units, -1)), scale.to(x.dtype))
+        return grad.flatten(0, 1), None
 
-    def __exit__(self, *exc):
-        for h in self.handles: h.remove()
-        self.handles = []
+def unit_stats(x: torch.Tensor, units: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    "(mean [U, C], biased variance [U, C]) of each unit's share of a BN input [U*n, C, H, W], in fp32."
+    return _UnitStats.apply(x, units)
 
-    def _hook(self, i):
-        def hook(module, args, output):
-            x = args[0].float().unflatten(0, (self.units, -1))  # [U, n, C, H, W]
-            var, mean = torch.var_mean(x, dim=(1, 3, 4), unbiased=False)
-            mean_ref, var_ref = self.targets[i] if self.targets is not None else (module.running_mean, module.running_var)
-            self.terms.append(self.weights[i] * (torch.linalg.vector_norm(var - var_ref, dim=-1) +
-                                                 torch.linalg.vector_norm(mean - mean_ref, dim=-1)))
-        return hook
+def trace_bn_inputs(model: nn.Module, names: list):
+    "A torch.fx copy of `model` returning (logits, [input of each named BN layer]); None when it cannot be traced."
+    try: graph_module = torch.fx.symbolic_trace(model)
+    except Exception: return None
+    found = {}
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module" and node.target in names:
+            if node.target in found: return None  # a layer used twice: let hooks see every call
+            found[node.target] = node.args[0]
+    if set(found) != set(names): return None
+    output = next(n for n in graph_module.graph.nodes if n.op == "output")
+    output.args = ((output.args[0], [found[n] for n in names]),)
+    graph_module.recompile()
+    return graph_module
 
-    def pop(self) -> torch.Tensor:
-        "Each unit's loss [U] summed over the forward passes since the last call."
-        loss, self.terms = torch.stack(self.terms).sum(0), []
-        return loss
+def has_bn(model: nn.Module) -> bool:
+    "Whether a model has BatchNorm2d layers."
+    return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+class MatchingLoss(nn.Module):
+    "Per-unit cross-entropy [U] and BN-matching loss [U] of a grouped batch through one frozen teacher."
+    def __init__(self, teacher: nn.Module,  # frozen, in eval mode
+                 first_multiplier: float = 10.0,  # weight m_1 of the first BN layer
+                 precision: str = "fp32"):  # 'bf16': the teacher runs under autocast
+        super().__init__()
+        self.teacher, self.bf16 = teacher, precision == "bf16"
+        named = bn_layers(teacher) if has_bn(teacher) else []
+        self.names, self.layers = [n for n, _ in named], [m for _, m in named]
+        self.weights = [first_multiplier] + [1.0] * (len(named) - 1)
+        self.traced = trace_bn_inputs(teacher, self.names) if named else None
+
+    def _logits_and_inputs(self, x):
+        if self.traced is not None: return self.traced(x)
+        found = [None] * len(self.layers)
+        def record(i): return lambda module, args, output: found.__setitem__(i, args[0])
+        handles = [layer.register_forward_hook(record(i)) for i, layer in enumerate(self.layers)]
+        try: logits = self.teacher(x)
+        finally:
+            for h in handles: h.remove()
+        return logits, found
+
+    def forward(self, x: torch.Tensor,  # augmented grouped batch [U*n, C, H, W]
+                labels: torch.Tensor | None = None,  # class per image; None = BN loss only
+                units: int = 1,  # work units in the batch
+                targets: list | None = None):  # per-layer (mean [U, C], var [U, C]); None = running statistics
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits, inputs = self._logits_and_inputs(x)
+        ce = (F.cross_entropy(logits.float(), labels, reduction="none").view(units, -1).mean(1) if labels is not None
+              else torch.zeros(units, device=x.device))
+        bn = torch.zeros(units, device=x.device)
+        for i, (inp, layer) in enumerate(zip(inputs, self.layers)):
+            mean, var = unit_stats(inp, units)
+            mean_ref, var_ref = targets[i] if targets is not None else (layer.running_mean, layer.running_var)
+            bn = bn + self.weights[i] * (torch.linalg.vector_norm(var - var_ref, dim=-1) +
+                                         torch.linalg.vector_norm(mean - mean_ref, dim=-1))
+        return ce, bn
 
 # %% ../nbs/02_recover.ipynb #660d2693
 def draw_augmentation(rc: RecoverConfig, height: int, width: int, gen: torch.Generator) -> tuple:
@@ -128,10 +182,12 @@ def bn_targets(group: list, rc: RecoverConfig, class_stats: dict | None, layer_n
     if missing: raise Sre2lError(f"class-BN statistics have no layer {missing[0]!r}; run squeeze again for this teacher")
     return [(class_stats[n][0][classes].to(device), class_stats[n][1][classes].to(device)) for n in layer_names]
 
-def initial_images(unit: WorkUnit, rc: RecoverConfig, spec: DatasetSpec, gen: torch.Generator, real=None) -> torch.Tensor:
+def initial_images(unit: WorkUnit, rc: RecoverConfig, spec: DatasetSpec,
+                   gen: torch.Generator,  # the unit's noise generator (its device is where the noise is drawn)
+                   real=None) -> torch.Tensor:
     "A unit's starting images in normalised space: N(0, 1), or real training images (PRISM)."
     shape = (len(unit.members), spec.channels, spec.resolution, spec.resolution)
-    if rc.init == "noise": return torch.randn(shape, generator=gen)
+    if rc.init == "noise": return torch.randn(shape, generator=gen, device=gen.device)
     if rc.init != "real": raise ConfigError(f"recover.init must be 'noise' or 'real', got {rc.init!r}")
     images, per_class = real
     picks = [per_class[c][k] for c, k in unit.members]
@@ -159,16 +215,13 @@ def to_uint8(x: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
     return ((x * std + mean).clamp(0, 1) * 255).to(torch.uint8)
 
 # %% ../nbs/02_recover.ipynb #727b732e
-def group_loss(teacher, matchers: list, x_aug: torch.Tensor, labels: torch.Tensor, units: int, rc: RecoverConfig,
-               bn_models: list = ()):
-    "Per-unit cross-entropy [U] and BN loss [U] of one augmented grouped batch."
-    autocast = torch.autocast(x_aug.device.type, dtype=torch.bfloat16, enabled=rc.precision == "bf16")
-    with autocast:
-        logits = teacher(x_aug)
-        for model in bn_models: model(x_aug)
-    ce = F.cross_entropy(logits.float(), labels, reduction="none").view(units, -1).mean(1)
-    bn = torch.stack([m.pop() for m in matchers]).sum(0) if matchers else torch.zeros(units, device=x_aug.device)
-    return ce, bn / (1 + len(bn_models))  # PRISM: mean over the K BN teachers (1 when there are no extra ones)
+def group_loss(matching, extras: list, x_aug: torch.Tensor, labels: torch.Tensor, units: int,
+               targets=None,  # the main teacher's per-layer targets, or None for its running statistics
+               teachers: int = 1):  # BN teachers in all (PRISM: 1 + the extra ones drawn, with or without BN)
+    "Per-unit cross-entropy [U] and BN loss [U] of one augmented grouped batch (`matching`: a MatchingLoss, maybe compiled)."
+    ce, bn = matching(x_aug, labels, units, targets)
+    for extra in extras: bn = bn + extra(x_aug, None, units)[1]
+    return ce, bn / teachers  # PRISM: mean over the BN teachers
 
 # %% ../nbs/02_recover.ipynb #5a533e24
 def recover_group(teacher: nn.Module,  # frozen teacher in eval mode (logits and BN statistics)
@@ -180,12 +233,13 @@ def recover_group(teacher: nn.Module,  # frozen teacher in eval mode (logits and
                   targets=None,  # per-layer (mean [U, C], var [U, C]) or None
                   bn_models: list = (),  # extra BN teachers (PRISM)
                   real=None,  # (ImageSet, per-class indices) for init='real'
-                  forward=None,  # the teacher's forward (compiled or not)
+                  matching=None,  # MatchingLoss of the teacher (maybe compiled); default: built here from rc
                   raw: bool = False):  # return the final images as normalised floats instead of uint8
     "Optimise a group of units together; returns (images per unit, loss curves per unit, snapshots per unit)."
     units, per_unit = len(group), len(group[0].members)
-    gens = [generator(seed, "recover", *u.key) for u in group]
-    x = torch.cat([initial_images(u, rc, spec, g, real) for u, g in zip(group, gens)]).to(device)
+    gens = [generator(seed, "recover", *u.key) for u in group]  # augmentation draws, on the CPU
+    noise = [generator(seed, "recover-init", *u.key, device=device) for u in group]  # starting noise, on the device
+    x = torch.cat([initial_images(u, rc, spec, g, real) for u, g in zip(group, noise)]).to(device)
     if rc.channels_last: x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
     labels = torch.tensor([c for u in group for c in u.classes], device=device)
@@ -199,29 +253,23 @@ def recover_group(teacher: nn.Module,  # frozen teacher in eval mode (logits and
     steps = [stack_draws([draw_augmentation(rc, spec.resolution, spec.resolution, g) for g in gens]) for _ in range(iterations)]
     boxes = None if steps[0][0] is None else torch.stack([b for b, _, _ in steps]).to(device)
     flips, shifts = torch.stack([f for _, f, _ in steps]).to(device), torch.stack([s for _, _, s in steps]).to(device)
-    with contextlib.ExitStack() as stack:
-        matchers = [stack.enter_context(BNMatching(m, rc.first_bn_multiplier)) for m in [teacher, *bn_models] if has_bn(m)]
-        for m in matchers[:1]: m.targets = targets
-        for m in matchers: m.units = units
-        for step in range(iterations):
-            optimizer.param_groups[0]["lr"] = 0.5 * (1 + math.cos(math.pi * step / iterations)) * rc.lr
-            draws = (None if boxes is None else boxes[step], flips[step], shifts[step])
-            ce, bn = group_loss(teacher if forward is None else forward, matchers, augment_units(x, draws, per_unit), labels, units, rc, bn_models)
-            loss = (ce + rc.r_bn * bn).sum()
-            optimizer.zero_grad(set_to_none=True); loss.backward(); optimizer.step()
-            with torch.no_grad(): x.copy_(torch.maximum(torch.minimum(x, high), low))
-            curves[0, step], curves[1, step] = ce.detach(), bn.detach()
-            if rc.snapshot_every and (step % rc.snapshot_every == 0 or step == iterations - 1):
-                snapshots.append(to_uint8(x.detach(), spec).cpu())
+    if matching is None: matching = MatchingLoss(teacher, rc.first_bn_multiplier, rc.precision)
+    extras = [MatchingLoss(m, rc.first_bn_multiplier, rc.precision) for m in bn_models if has_bn(m)]
+    for step in range(iterations):
+        optimizer.param_groups[0]["lr"] = 0.5 * (1 + math.cos(math.pi * step / iterations)) * rc.lr
+        draws = (None if boxes is None else boxes[step], flips[step], shifts[step])
+        ce, bn = group_loss(matching, extras, augment_units(x, draws, per_unit), labels, units, targets, 1 + len(bn_models))
+        loss = (ce + rc.r_bn * bn).sum()
+        optimizer.zero_grad(set_to_none=True); loss.backward(); optimizer.step()
+        with torch.no_grad(): x.copy_(torch.maximum(torch.minimum(x, high), low))
+        curves[0, step], curves[1, step] = ce.detach(), bn.detach()
+        if rc.snapshot_every and (step % rc.snapshot_every == 0 or step == iterations - 1):
+            snapshots.append(to_uint8(x.detach(), spec).cpu())
     images = (x.detach().float() if raw else to_uint8(x.detach(), spec)).cpu().split(per_unit)
     curves = curves.cpu()
     out_curves = [{"ce": curves[0, :, u].tolist(), "bn": curves[1, :, u].tolist()} for u in range(units)]
     out_snaps = [torch.stack([s[u * per_unit:(u + 1) * per_unit] for s in snapshots]) if snapshots else None for u in range(units)]
     return list(images), out_curves, out_snaps
-
-def has_bn(model: nn.Module) -> bool:
-    "Whether a model has BatchNorm2d layers."
-    return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 # %% ../nbs/02_recover.ipynb #e0302a47
 def group_units(units: list, rc: RecoverConfig, seed: int) -> list[list]:
@@ -263,7 +311,8 @@ def _recover_groups(teacher, spec, cfg, run_dir, device, shard):
     class_stats = load_class_bn(run_dir / "squeeze" / "class_bn.safetensors") if rc.bn_target == "class" else None
     names = [n for n, _ in bn_layers(teacher)]
     real = _real_images(cfg, spec) if rc.init == "real" else None
-    forward = torch.compile(teacher) if rc.compile else None
+    matching = MatchingLoss(teacher, rc.first_bn_multiplier, rc.precision)
+    if rc.compile: matching = torch.compile(matching)
     extra = {}
     for group in progress(todo, desc="recover"):
         sizes = {len(u.members) for u in group}
@@ -271,7 +320,7 @@ def _recover_groups(teacher, spec, cfg, run_dir, device, shard):
             bn_names = draw_bn_teachers(rc, part[0].key[1], cfg.seed) if rc.bn_teachers else ()
             bn_models = [extra.setdefault(n, load_named_teacher(n, rc.bn_teacher_weights, spec, device)) for n in bn_names]
             images, curves, snaps = recover_group(teacher, part, spec, rc, cfg.seed, device,
-                                                  bn_targets(part, rc, class_stats, names, device), bn_models, real, forward)
+                                                  bn_targets(part, rc, class_stats, names, device), bn_models, real, matching)
             for unit, imgs, curve, snap in zip(part, images, curves, snaps):
                 name = "_".join(map(str, unit.key[1:]))
                 save_json(out / "losses" / f"unit_{name}.json", curve)
