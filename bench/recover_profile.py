@@ -83,7 +83,7 @@ def main():
         recover_group(teacher, group, DatasetSpec("b", classes, resolution, 3, (0.5,) * 3, (0.25,) * 3), rc, 0, device, matching=fwd)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
             recover_group(teacher, group, DatasetSpec("b", classes, resolution, 3, (0.5,) * 3, (0.25,) * 3), rc, 0, device, matching=fwd)
-        print(f"\nprofile of 3 kit steps, {precision}{' compiled' if fwd else ''}:\n")
+        print(f"\nprofile of 3 kit steps, {precision}{' compiled' if fwd is not None else ''}:\n")
         sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
 

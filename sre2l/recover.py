@@ -244,7 +244,7 @@ def recover_group(teacher: nn.Module,  # frozen teacher in eval mode (logits and
     x.requires_grad_(True)
     labels = torch.tensor([c for u in group for c in u.classes], device=device)
     iterations = unit_iterations(group[0], rc)
-    optimizer = torch.optim.Adam([x], lr=rc.lr, betas=(0.5, 0.9), eps=1e-8)
+    optimizer = torch.optim.Adam([x], lr=rc.lr, betas=(0.5, 0.9), eps=1e-8, fused=x.is_cuda)  # fused: one kernel per step
     low, high = valid_range(spec, device)
     curves = torch.zeros(2, iterations, units, device=device)
     snapshots = []
@@ -261,7 +261,7 @@ def recover_group(teacher: nn.Module,  # frozen teacher in eval mode (logits and
         ce, bn = group_loss(matching, extras, augment_units(x, draws, per_unit), labels, units, targets, 1 + len(bn_models))
         loss = (ce + rc.r_bn * bn).sum()
         optimizer.zero_grad(set_to_none=True); loss.backward(); optimizer.step()
-        with torch.no_grad(): x.copy_(torch.maximum(torch.minimum(x, high), low))
+        with torch.no_grad(): x.clamp_(low, high)
         curves[0, step], curves[1, step] = ce.detach(), bn.detach()
         if rc.snapshot_every and (step % rc.snapshot_every == 0 or step == iterations - 1):
             snapshots.append(to_uint8(x.detach(), spec).cpu())
