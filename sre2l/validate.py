@@ -5,6 +5,8 @@
 # %% ../nbs/04_validate.ipynb #41ab9bc8
 from __future__ import annotations
 
+import copy
+import shutil
 import time
 from pathlib import Path
 
@@ -13,15 +15,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import (RunConfig, Sre2lError, ConfigError, log, progress, pick_device, generator, seed_everything, open_stage,
-                        stage_status, require_stage, write_manifest, save_json, atomic_write, hash_json, stage_config)
+                        stage_status, require_stage, write_manifest, save_json, atomic_write, hash_json, stage_config,
+                        set_value, resolve_run_dir)
 from .data import get_dataset, load_split, read_distilled
 from .models import create_model, save_model
 from .squeeze import evaluate, epoch_factor, param_groups, make_optimizer, write_history, to_device
-from .relabel import load_epoch, epoch_file, replay_batch, image_list_hash, teacher_probs
+from .recover import run_recover
+from .relabel import load_epoch, epoch_file, replay_batch, image_list_hash, teacher_probs, run_relabel
 
 # %% auto #0
 __all__ = ['LOSSES', 'kd_loss', 'keep_top_logits', 'student_loss', 'pool_schedule', 'check_store', 'save_checkpoint',
-           'load_checkpoint', 'train_student', 'run_validate']
+           'load_checkpoint', 'train_student', 'run_validate', 'share_stage', 'label_bytes', 'pruning_curve',
+           'plot_pruning']
 
 # %% ../nbs/04_validate.ipynb #16295401
 def kd_loss(student_logits: torch.Tensor, target,  # stored fp16 logits, or (top-k values, indices)
@@ -202,3 +207,66 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
                               extra={"metrics": metrics})
     checkpoint.unlink(missing_ok=True)  # the finished student replaces it
     return manifest
+
+# %% ../nbs/04_validate.ipynb #279061f0
+def share_stage(source: Path, target: Path):
+    "Link a finished stage folder into another run folder (a copy where links are not allowed)."
+    if target.exists() or target.is_symlink(): return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try: target.symlink_to(source.resolve(), target_is_directory=True)
+    except OSError: shutil.copytree(source, target)
+
+def _variant(cfg: RunConfig, **changes) -> RunConfig:
+    "A copy of `cfg` with dotted-key changes (written with '__' for '.')."
+    out = copy.deepcopy(cfg)
+    for key, value in changes.items(): set_value(out, key.replace("__", "."), value)
+    return out
+
+def label_bytes(relabel_manifest: dict) -> int:
+    "Bytes of a label store's files, from its manifest."
+    return sum(v["bytes"] for k, v in relabel_manifest["artifacts"].items() if k.startswith("labels/"))
+
+def pruning_curve(cfg: RunConfig, run_dir,
+                  ratios: tuple = (0.0, 0.9, 0.975),  # prune ratios; 0.9 is LPLD's 10x, 0.975 its 40x
+                  baseline: bool = True) -> list[dict]:  # also a random real subset of the same size
+    "Student test top-1 and label bytes per prune ratio, for the run's recovered images (and the baseline)."
+    run_dir = resolve_run_dir(run_dir)
+    require_stage(run_dir, "recover", cfg)
+    sources = {"recovered": run_dir}
+    if baseline:
+        real_cfg, real_dir = _variant(cfg, recover__method="real"), run_dir / "curves" / "random-real"
+        share_stage(run_dir / "squeeze", real_dir / "squeeze")
+        run_recover(real_cfg, real_dir); sources["random real"] = real_dir
+    rows = []
+    for name, images in sources.items():
+        for ratio in ratios:
+            changes = {"relabel__prune_ratio": ratio}
+            if name == "random real": changes["recover__method"] = "real"
+            if ratio: changes.update(validate__pool_granularity="batch", validate__pool_metric="random")
+            point = _variant(cfg, **changes)
+            folder = images if ratio == 0 else run_dir / "curves" / f"{name.replace(' ', '-')}-prune{ratio}"
+            if folder != images:
+                for stage in ("squeeze", "recover"): share_stage(images / stage, folder / stage)
+            relabel = run_relabel(point, folder)
+            metrics = run_validate(point, folder)["metrics"]
+            rows.append({"images": name, "prune_ratio": ratio, "kept": f"1/{round(1 / (1 - ratio))}",
+                         "stored_batches": relabel["stored_batches"], "label_bytes": label_bytes(relabel),
+                         "test_top1": metrics["test_top1"]})
+    return rows
+
+def plot_pruning(rows: list[dict], title: str = ""):
+    "Accuracy against the share of labels kept and against label bytes, one line per image set."
+    import matplotlib.pyplot as plt
+    from sre2l.plots import use_style
+    use_style()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for name in dict.fromkeys(r["images"] for r in rows):
+        points = sorted((r for r in rows if r["images"] == name), key=lambda r: r["prune_ratio"])
+        axes[0].plot([1 / (1 - r["prune_ratio"]) for r in points], [r["test_top1"] for r in points], "o-", label=name)
+        axes[1].plot([r["label_bytes"] / 1024 for r in points], [r["test_top1"] for r in points], "o-", label=name)
+    axes[0].set_xscale("log"); axes[0].set_xlabel("labels pruned by (1x = every stored batch)")
+    axes[1].set_xscale("log"); axes[1].set_xlabel("label storage (KiB)")
+    for ax in axes: ax.set_ylabel("student test top-1 (%)"); ax.grid(alpha=0.3); ax.legend()
+    if title: fig.suptitle(title)
+    fig.tight_layout()
+    return fig

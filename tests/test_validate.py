@@ -1,0 +1,104 @@
+"""Validate: resuming from a checkpoint, the losses on real stores, gradient accumulation."""
+import shutil
+
+import pytest
+import torch
+
+from sre2l.core import make_config, hash_json, stage_config
+from sre2l.data import get_dataset, read_distilled
+from sre2l.models import create_model
+from sre2l.squeeze import run_squeeze
+from sre2l.recover import run_recover
+from sre2l.relabel import run_relabel
+from sre2l import validate
+from sre2l.validate import train_student, pool_schedule, run_validate
+
+BASE = ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=8", "recover.batch_size=4",
+        "relabel.epochs=4", "relabel.batch_size=8", "validate.epochs=4", "device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    cfg = make_config("digits", BASE)
+    run_dir = tmp_path_factory.mktemp("store")
+    for stage in (run_squeeze, run_recover, run_relabel): stage(cfg, run_dir)
+    return run_dir
+
+
+def train(store, cfg, checkpoint=None, student=None):
+    import json
+    spec = get_dataset("digits")
+    distilled = read_distilled(store / "recover" / "images", 3, spec.channels, spec.num_classes)
+    torch.manual_seed(0)
+    student = student or create_model("convnet-d3-w64", 10, 1, spec.resolution)
+    manifest = json.loads((store / "relabel" / "manifest.json").read_text())
+    history = train_student(student, distilled.images, store / "relabel" / "labels", spec, cfg.validate, torch.device("cpu"),
+                            pool_schedule(manifest, cfg.validate, cfg.seed), None, distilled.labels, checkpoint,
+                            hash_json(stage_config(cfg, "validate")))
+    return student, history
+
+
+def test_resume_from_any_checkpoint_matches_the_uninterrupted_run(store, tmp_path, monkeypatch):
+    cfg = make_config("digits", BASE + ["validate.checkpoint_every=1"])
+    reference, reference_history = train(store, cfg)
+    save = validate.save_checkpoint
+    for stop_after in (1, 2, 3):  # kill right after the checkpoint of epoch `stop_after` is written
+        checkpoint = tmp_path / f"stop{stop_after}" / "checkpoint.pt"
+        def save_then_die(path, key, epochs_done, *args, stop_after=stop_after):
+            save(path, key, epochs_done, *args)
+            if epochs_done == stop_after: raise KeyboardInterrupt
+        monkeypatch.setattr(validate, "save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt): train(store, cfg, checkpoint)
+        monkeypatch.setattr(validate, "save_checkpoint", save)
+        resumed, history = train(store, cfg, checkpoint)
+        assert [r["epoch"] for r in history] == [0, 1, 2, 3]
+        assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()))
+        assert [r["train_loss"] for r in history] == [r["train_loss"] for r in reference_history]
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(store, tmp_path):
+    cfg = make_config("digits", BASE + ["validate.checkpoint_every=1", "validate.epochs=2"])
+    checkpoint = tmp_path / "checkpoint.pt"
+    train(store, cfg, checkpoint)  # leaves the epoch-1 checkpoint
+    other = make_config("digits", BASE + ["validate.checkpoint_every=1", "validate.epochs=2", "validate.lr=0.01"])
+    _, history = train(store, other, checkpoint)
+    assert [r["epoch"] for r in history] == [0, 1]  # started over
+
+
+def test_finished_validate_leaves_no_checkpoint(store, tmp_path):
+    cfg = make_config("digits", BASE + ["validate.checkpoint_every=1"])
+    for stage in ("squeeze", "recover", "relabel"): shutil.copytree(store / stage, tmp_path / stage)
+    run_validate(cfg, tmp_path)
+    assert not (tmp_path / "validate" / "checkpoint.pt").exists()
+
+
+def test_accumulation_gives_the_whole_batch_gradient_without_batchnorm(store):
+    # a student without BatchNorm gets the same gradient from 1 or 4 micro-batches, so ends with the same weights
+    def linear():
+        torch.manual_seed(0); return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
+    one, _ = train(store, make_config("digits", BASE + ["validate.epochs=2"]), student=linear())
+    four, _ = train(store, make_config("digits", BASE + ["validate.epochs=2", "validate.accumulation_steps=4"]), student=linear())
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(one.state_dict().values(), four.state_dict().values()))
+    three, _ = train(store, make_config("digits", BASE + ["validate.epochs=2", "validate.accumulation_steps=3"]), student=linear())
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(one.state_dict().values(), three.state_dict().values()))
+
+
+def test_mse_gt_trains_and_needs_full_logits(store, tmp_path):
+    cfg = make_config("digits", BASE + ["validate.loss=mse_gt", "validate.epochs=2"])
+    for stage in ("squeeze", "recover", "relabel"): shutil.copytree(store / stage, tmp_path / stage)
+    metrics = run_validate(cfg, tmp_path)["metrics"]
+    assert metrics["epochs"] == 2 and 0 <= metrics["test_top1"] <= 100
+    topk = make_config("digits", BASE + ["validate.loss=mse_gt", "relabel.logits=topk", "relabel.topk=3"])
+    topk_dir = tmp_path / "topk"
+    for stage in ("squeeze", "recover"): shutil.copytree(store / stage, topk_dir / stage)
+    run_relabel(topk, topk_dir)
+    with pytest.raises(Exception, match="mse_gt compares every raw logit"):
+        run_validate(topk, topk_dir)
+
+
+def test_bf16_channels_last_student_trains(store):
+    cfg = make_config("digits", BASE + ["validate.epochs=1", "validate.precision=bf16", "validate.channels_last=true"])
+    student, history = train(store, cfg)
+    assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
+    with pytest.raises(Exception, match="validate.precision must be"):
+        train(store, make_config("digits", BASE + ["validate.precision=fp16"]))
