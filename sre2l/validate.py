@@ -16,17 +16,18 @@ import torch.nn.functional as F
 
 from .core import (RunConfig, Sre2lError, ConfigError, log, progress, pick_device, generator, seed_everything, open_stage,
                         stage_status, require_stage, write_manifest, save_json, atomic_write, hash_json, stage_config,
-                        set_value, resolve_run_dir)
+                        set_value, resolve_run_dir, load_tensors)
 from .data import get_dataset, load_split, read_distilled
 from .models import create_model, save_model
 from .squeeze import evaluate, epoch_factor, param_groups, make_optimizer, write_history, to_device
 from .recover import run_recover
-from .relabel import load_epoch, epoch_file, replay_batch, image_list_hash, teacher_probs, run_relabel
+from .relabel import (load_epoch, epoch_file, replay_batch, image_list_hash, teacher_probs, run_relabel, BatchPlan,
+                           recover_labels)
 
 # %% auto #0
 __all__ = ['LOSSES', 'kd_loss', 'keep_top_logits', 'student_loss', 'pool_schedule', 'check_store', 'save_checkpoint',
-           'load_checkpoint', 'train_student', 'run_validate', 'share_stage', 'label_bytes', 'pruning_curve',
-           'plot_pruning']
+           'load_checkpoint', 'train_student', 'region_epoch', 'run_validate', 'share_stage', 'label_bytes',
+           'pruning_curve', 'plot_pruning']
 
 # %% ../nbs/04_validate.ipynb #16295401
 def kd_loss(student_logits: torch.Tensor, target,  # stored fp16 logits, or (top-k values, indices)
@@ -45,15 +46,16 @@ def keep_top_logits(target, k: int):
     return top, where if indices is None else indices.gather(1, where)
 
 # %% ../nbs/04_validate.ipynb #84e0b366
-LOSSES = ("kl", "mse_gt")
+LOSSES = ("kl", "mse_gt", "soft_ce")
 
 def student_loss(student_logits: torch.Tensor, target,  # stored logits or (top-k values, indices)
-                 labels: torch.Tensor,  # classes of the un-mixed images of the batch
+                 labels: torch.Tensor | None,  # classes of the un-mixed images of the batch (for 'mse_gt')
                  vc) -> torch.Tensor:  # ValidateConfig
     "The training loss of one (micro-)batch, in fp32, as `vc.loss` names it."
     logits = student_logits.float()
     if vc.loss == "kl": return kd_loss(logits, keep_top_logits(target, vc.keep_topk), vc.temperature, vc.kl_t2)
     if vc.loss == "mse_gt": return F.mse_loss(logits, target.float()) + vc.ce_weight * F.cross_entropy(logits, labels)
+    if vc.loss == "soft_ce": return -(target * F.log_softmax(logits, 1)).sum(1).mean()  # FKD: target = stored distribution
     raise ConfigError(f"validate.loss must be one of {', '.join(LOSSES)}, got {vc.loss!r}")
 
 # %% ../nbs/04_validate.ipynb #a4746d41
@@ -81,9 +83,11 @@ def pool_schedule(manifest: dict, vc, seed: int) -> list[list[tuple[int, int]]]:
 def check_store(relabel_manifest: dict, image_dir, epochs: int, pool: str = "epoch/order",
                 loss: str = "kl"):  # the validate loss; 'mse_gt' needs every logit
     "Refuse a store made for other images, with too few complete epochs for an in-order replay, or without what the loss needs."
-    if relabel_manifest.get("mode") == "region":
-        raise Sre2lError("the label store holds FKD region labels; training from them (soft cross-entropy over the crop "
-                         "pool) is not implemented yet: relabel with relabel.mode=fkd-mix")
+    if (relabel_manifest.get("mode") == "region") != (loss == "soft_ce"):
+        kind = "FKD region labels" if relabel_manifest.get("mode") == "region" else "FKD-mix teacher logits"
+        wanted = "soft_ce" if relabel_manifest.get("mode") == "region" else "kl or mse_gt"
+        raise Sre2lError(f"the label store holds {kind}, which validate.loss={loss} cannot train from; set validate.loss={wanted}")
+    if relabel_manifest.get("mode") == "region": return _check_images(relabel_manifest, image_dir)
     complete = relabel_manifest["complete_epochs"]
     if complete < epochs and pool == "epoch/order":
         pruned = f" (pruned with prune_ratio={relabel_manifest['prune_ratio']}: train from a label pool, e.g. " \
@@ -93,6 +97,9 @@ def check_store(relabel_manifest: dict, image_dir, epochs: int, pool: str = "epo
     if loss == "mse_gt" and relabel_manifest.get("logits", "fp16") != "fp16":
         raise Sre2lError(f"validate.loss=mse_gt compares every raw logit, but the label store keeps only the "
                          f"{relabel_manifest['logits']} logits; relabel with relabel.logits=fp16 or use validate.loss=kl")
+    _check_images(relabel_manifest, image_dir)
+
+def _check_images(relabel_manifest: dict, image_dir):
     if relabel_manifest["image_list_sha256"] != image_list_hash(image_dir):
         raise Sre2lError(f"the label store was made for another image list than {image_dir} (image_list_sha256 "
                          f"{relabel_manifest['image_list_sha256'][:12]} vs {image_list_hash(image_dir)[:12]}); relabel again")
@@ -123,7 +130,7 @@ def _micro_batches(size: int, count: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc, device,
-                  schedule: list,  # (stored epoch, batch) keys of each training epoch, from pool_schedule
+                  schedule,  # (stored epoch, batch) keys of each training epoch (pool_schedule), or epoch -> [(plan, target)]
                   test=None,  # real test split (ImageSet on the device) evaluated every vc.eval_every epochs
                   labels: torch.Tensor | None = None,  # classes of the distilled images (loss 'mse_gt' needs them)
                   checkpoint=None,  # checkpoint file: resumed from when present, written every vc.checkpoint_every epochs
@@ -144,12 +151,14 @@ def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc,
     for epoch in progress(range(start, vc.epochs), desc="validate", initial=start, total=vc.epochs):
         for group in optimizer.param_groups: group["lr"] = vc.lr * epoch_factor(epoch, vc.epochs, vc.warmup_epochs)
         student.train(); total = torch.zeros((), device=device); steps = 0
-        keys = schedule[epoch]
-        # stored epochs stay loaded while consecutive training epochs use them and are dropped after,
-        # so memory holds what one training epoch needs, not the whole store
-        needed = {e for e, _ in keys}
-        cache = {e: cache[e] if e in cache else load_epoch(epoch_file(label_dir, e)) for e in sorted(needed)}
-        for plan, target in (cache[e][b] for e, b in keys):
+        if callable(schedule): batches = schedule(epoch)  # e.g. region_epoch
+        else:
+            # stored epochs stay loaded while consecutive training epochs use them and are dropped after,
+            # so memory holds what one training epoch needs, not the whole store
+            needed = {e for e, _ in schedule[epoch]}
+            cache = {e: cache[e] if e in cache else load_epoch(epoch_file(label_dir, e)) for e in sorted(needed)}
+            batches = [cache[e][b] for e, b in schedule[epoch]]
+        for plan, target in batches:
             x = replay_batch(images, plan, spec, spec.resolution)
             if vc.channels_last: x = x.contiguous(memory_format=torch.channels_last)
             target = tuple(t.to(device) for t in target) if isinstance(target, tuple) else target.to(device)
@@ -169,6 +178,24 @@ def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc,
         if checkpoint is not None and vc.checkpoint_every > 0 and (epoch + 1) % vc.checkpoint_every == 0 and epoch + 1 < vc.epochs:
             save_checkpoint(checkpoint, checkpoint_key, epoch + 1, student, optimizer, history)
     return history
+
+# %% ../nbs/04_validate.ipynb #8c2ae444
+def region_epoch(regions: dict,  # an FKD region store: boxes, flips, indices (and values) per image and crop
+                 label_type: str, num_classes: int,
+                 epoch: int, batch_size: int, seed: int) -> list[tuple[BatchPlan, torch.Tensor]]:
+    "One training epoch from a region store: each image once, with its next stored crop, in seeded random batches."
+    n, crops = regions["boxes"].shape[:2]
+    # each image walks through its crops in its own seeded order, so epochs see distinct crops until the pool is used up
+    crop_order = torch.argsort(torch.rand(n, crops, generator=generator(seed, "region-crop-order")), 1)
+    crop = crop_order[:, epoch % crops]
+    batches = []
+    for part in torch.randperm(n, generator=generator(seed, "region-image-order", epoch)).split(batch_size):
+        chosen = crop[part]
+        plan = BatchPlan(part, regions["boxes"][part, chosen], regions["flips"][part, chosen].bool(),
+                         torch.arange(len(part)), 1.0, torch.zeros(4, dtype=torch.int32))
+        values = regions["values"][part, chosen] if "values" in regions else None
+        batches.append((plan, recover_labels(regions["indices"][part, chosen], values, label_type, num_classes)))
+    return batches
 
 # %% ../nbs/04_validate.ipynb #36cbe82d
 def run_validate(cfg: RunConfig, run_dir) -> dict:
@@ -191,7 +218,11 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     student = create_model(**build).to(device)
     start = time.perf_counter()
     checkpoint = out / "checkpoint.pt"
-    history = train_student(student, images, label_dir, spec, vc, device, pool_schedule(relabel, vc, cfg.seed), test,
+    if relabel["mode"] == "region":
+        regions = load_tensors(run_dir / "relabel" / "regions.safetensors")
+        schedule = lambda epoch: region_epoch(regions, relabel["label_type"], spec.num_classes, epoch, cfg.relabel.batch_size, cfg.seed)
+    else: schedule = pool_schedule(relabel, vc, cfg.seed)
+    history = train_student(student, images, label_dir, spec, vc, device, schedule, test,
                             labels, checkpoint, hash_json(stage_config(cfg, "validate")))
     seconds = time.perf_counter() - start
     tested = [r for r in history if "test_top1" in r]

@@ -218,8 +218,15 @@ def test_region_mode_with_teacher_check_and_reference_crops(first_run, tmp_path)
     run_relabel(second_cfg, tmp_path / "b")
     second = load_tensors(tmp_path / "b" / "relabel" / "regions.safetensors")
     assert torch.equal(second["boxes"], regions["boxes"]) and torch.equal(second["indices"][..., 0], regions["indices"][..., 0])
-    with pytest.raises(Exception, match="region labels; training from them"):
+    with pytest.raises(Exception, match="holds FKD region labels, which validate.loss=kl cannot train from"):
         run_validate(first_cfg, tmp_path / "a")
+    # soft cross-entropy over the crop pool trains: the loss falls over the epochs
+    soft_cfg = make_config("digits", base + ["relabel.label_type=marginal_smoothing_k3", "validate.loss=soft_ce",
+                                             "validate.epochs=8", "validate.lr=0.01"])
+    assert run_validate(soft_cfg, tmp_path / "a")["metrics"]["epochs"] == 8
+    import csv
+    losses = [float(r["train_loss"]) for r in csv.DictReader(open(tmp_path / "a" / "validate" / "history.csv"))]
+    assert len(losses) == 8 and losses[-1] < 0.8 * losses[0]
 
 
 def test_pruned_store_trains_from_a_label_pool(first_run, tmp_path):
