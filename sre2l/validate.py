@@ -5,7 +5,9 @@
 # %% ../nbs/04_validate.ipynb #41ab9bc8
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import shutil
 import time
 from pathlib import Path
@@ -13,10 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.distributed as dist
 
 from .core import (RunConfig, Sre2lError, ConfigError, log, progress, pick_device, generator, seed_everything, open_stage,
                         stage_status, require_stage, write_manifest, save_json, atomic_write, hash_json, stage_config,
-                        set_value, resolve_run_dir, load_tensors)
+                        set_value, resolve_run_dir, load_tensors, shard_from_env)
 from .data import get_dataset, load_split, read_distilled
 from .models import create_model, save_model
 from .squeeze import evaluate, epoch_factor, param_groups, make_optimizer, write_history, to_device
@@ -135,7 +138,7 @@ def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc,
                   labels: torch.Tensor | None = None,  # classes of the distilled images (loss 'mse_gt' needs them)
                   checkpoint=None,  # checkpoint file: resumed from when present, written every vc.checkpoint_every epochs
                   checkpoint_key: str = "") -> list[dict]:  # configuration hash a checkpoint must carry to be resumed
-    "Train `student` on the replayed store; returns per-epoch history."
+    "Train `student` on the replayed store; returns per-epoch history. Under torch.distributed each rank takes its slice of every batch."
     if vc.precision not in ("fp32", "bf16"): raise ConfigError(f"validate.precision must be 'fp32' or 'bf16', got {vc.precision!r}")
     if vc.accumulation_steps < 1: raise ConfigError(f"validate.accumulation_steps must be positive, got {vc.accumulation_steps}")
     if vc.loss == "mse_gt" and labels is None: raise ConfigError("validate.loss=mse_gt needs the images' labels")
@@ -147,8 +150,12 @@ def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc,
         student.load_state_dict(state["student"]); optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epochs_done"]
         log.info("validate: resuming after epoch %d from %s", start, checkpoint)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    model = student
+    if world > 1:  # DDP averages the ranks' gradients; each rank's loss is scaled by `world` so the average is the batch's
+        model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
     cache = {}
-    for epoch in progress(range(start, vc.epochs), desc="validate", initial=start, total=vc.epochs):
+    for epoch in progress(range(start, vc.epochs), desc="validate", initial=start, total=vc.epochs, disable=rank > 0):
         for group in optimizer.param_groups: group["lr"] = vc.lr * epoch_factor(epoch, vc.epochs, vc.warmup_epochs)
         student.train(); total = torch.zeros((), device=device); steps = 0
         if callable(schedule): batches = schedule(epoch)  # e.g. region_epoch
@@ -163,19 +170,24 @@ def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc,
             if vc.channels_last: x = x.contiguous(memory_format=torch.channels_last)
             target = tuple(t.to(device) for t in target) if isinstance(target, tuple) else target.to(device)
             y = labels[plan.indices.to(device)] if labels is not None else None
+            if len(x) < world: raise ConfigError(f"a stored batch of {len(x)} images cannot be split over {world} ranks")
+            mine = _micro_batches(len(x), world)[rank]  # this rank's slice of the batch
+            parts = [slice(mine.start + p.start, mine.start + p.stop) for p in _micro_batches(mine.stop - mine.start, vc.accumulation_steps)]
             optimizer.zero_grad(set_to_none=True)
-            for part in _micro_batches(len(x), vc.accumulation_steps):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=vc.precision == "bf16"):
-                    out = student(x[part])
-                piece = tuple(t[part] for t in target) if isinstance(target, tuple) else target[part]
-                loss = student_loss(out, piece, None if y is None else y[part], vc) * ((part.stop - part.start) / len(x))
-                loss.backward(); total += loss.detach()
+            for i, part in enumerate(parts):
+                with model.no_sync() if world > 1 and i < len(parts) - 1 else contextlib.nullcontext():
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=vc.precision == "bf16"):
+                        out = model(x[part])
+                    piece = tuple(t[part] for t in target) if isinstance(target, tuple) else target[part]
+                    loss = student_loss(out, piece, None if y is None else y[part], vc) * ((part.stop - part.start) / len(x))
+                    (loss * world).backward(); total += loss.detach()
             optimizer.step(); steps += 1
+        if world > 1: dist.all_reduce(total)  # once per epoch: the whole batches' loss for the history
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total.item() / steps}
-        if test is not None and ((epoch + 1) % vc.eval_every == 0 or epoch == vc.epochs - 1):
+        if test is not None and rank == 0 and ((epoch + 1) % vc.eval_every == 0 or epoch == vc.epochs - 1):
             row.update({f"test_{k}": v for k, v in evaluate(student, test, spec, device, vc.eval_batch_size).items()})
         history.append(row)
-        if checkpoint is not None and vc.checkpoint_every > 0 and (epoch + 1) % vc.checkpoint_every == 0 and epoch + 1 < vc.epochs:
+        if checkpoint is not None and rank == 0 and vc.checkpoint_every > 0 and (epoch + 1) % vc.checkpoint_every == 0 and epoch + 1 < vc.epochs:
             save_checkpoint(checkpoint, checkpoint_key, epoch + 1, student, optimizer, history)
     return history
 
@@ -209,7 +221,10 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     image_dir, label_dir, out = run_dir / "recover" / "images", run_dir / "relabel" / "labels", run_dir / "validate"
     check_store(relabel, image_dir, vc.epochs, f"{vc.pool_granularity}/{vc.pool_metric}", vc.loss)
     seed_everything(cfg.seed)
-    device, spec = pick_device(cfg.device), get_dataset(cfg.data.name)
+    rank, world = shard_from_env()
+    device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), get_dataset(cfg.data.name)
+    if world > 1 and not dist.is_initialized():  # launched by torchrun: one process per GPU (or CPU processes, gloo)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     distilled = read_distilled(image_dir, cfg.recover.ipc, spec.channels, spec.num_classes)
     images, labels = distilled.images.to(device), distilled.labels.to(device)
     test = to_device(load_split(cfg.data.name, "test", cfg.data.root, cfg.data.download), device)
@@ -225,6 +240,7 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     history = train_student(student, images, label_dir, spec, vc, device, schedule, test,
                             labels, checkpoint, hash_json(stage_config(cfg, "validate")))
     seconds = time.perf_counter() - start
+    if rank > 0: dist.barrier(); return {"stage": "validate", "rank": rank}  # rank 0 writes the results
     tested = [r for r in history if "test_top1" in r]
     metrics = {"test_top1": tested[-1]["test_top1"], "test_top5": tested[-1]["test_top5"],
                "best_test_top1": max(r["test_top1"] for r in tested), "images": len(images), "epochs": vc.epochs}
@@ -237,6 +253,7 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
                               inputs={"relabel": run_dir / "relabel" / "manifest.json"}, timings={"seconds": seconds},
                               extra={"metrics": metrics})
     checkpoint.unlink(missing_ok=True)  # the finished student replaces it
+    if world > 1: dist.barrier()
     return manifest
 
 # %% ../nbs/04_validate.ipynb #279061f0

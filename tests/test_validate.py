@@ -102,3 +102,20 @@ def test_bf16_channels_last_student_trains(store):
     assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
     with pytest.raises(Exception, match="validate.precision must be"):
         train(store, make_config("digits", BASE + ["validate.precision=fp16"]))
+
+
+def test_ddp_on_two_cpu_ranks_equals_accumulation_on_one(store, tmp_path):
+    import os, subprocess, sys
+    from safetensors.torch import load_file
+    overrides = BASE + ["validate.epochs=2", "validate.optimizer=sgd", "validate.lr=0.05"]  # SGD: sensitive to gradient scale
+    for name in ("ddp", "single"):
+        for stage in ("squeeze", "recover", "relabel"): shutil.copytree(store / stage, tmp_path / name / stage)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "sre2l.cli",
+               "validate", "--preset", "digits", "--run-dir", str(tmp_path / "ddp"), *sum((["--set", o] for o in overrides), [])]
+    result = subprocess.run(command, env={**os.environ, "SRE2L_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_validate(make_config("digits", overrides + ["validate.accumulation_steps=2"]), tmp_path / "single")
+    ddp, single = (load_file(tmp_path / n / "validate" / "student.safetensors") for n in ("ddp", "single"))
+    weights = [k for k in ddp if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert weights and all(torch.allclose(ddp[k], single[k], atol=1e-5) for k in weights)
