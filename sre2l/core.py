@@ -144,6 +144,7 @@ class ValidateConfig:
     weight_decay: float = 0.01  # weight decay
     decay_bn_bias: bool = False  # also decay BatchNorm and bias parameters (the Tiny and CIFAR scripts do)
     warmup_epochs: int = 0  # linear warm-up epochs before the per-epoch cosine
+    labels: str = "stored"  # 'stored' (replay the relabel store) or 'online' (the teacher labels each replayed batch on the fly; Tiny, CIFAR)
     loss: str = "kl"  # 'kl' (KL to the stored logits at temperature T) or 'mse_gt' (PRISM: MSE on raw logits + ce_weight x CE)
     temperature: float = 20.0  # KL temperature
     kl_t2: bool = False  # multiply the KL loss by T^2 (Tiny-ImageNet script; the ImageNet script does not)
@@ -299,10 +300,11 @@ def _sre2l_tiny():
                  relabel__epochs=100, relabel__batch_size=256, relabel__mix="none",
                  validate__model="resnet18", validate__epochs=100, validate__optimizer="sgd", validate__lr=0.2,
                  validate__weight_decay=1e-4, validate__decay_bn_bias=True, validate__warmup_epochs=5,
-                 validate__kl_t2=True, validate__eval_every=1)
+                 validate__kl_t2=True, validate__eval_every=1, validate__labels="online")
 
 @register_preset("sre2l_cifar100", source="VILA-Lab/SRe2L small_dataset/squeeze_cifar.sh, recover_cifar.sh, relabel_cifar.sh "
-                 "(online KD on Mixup is replaced by stored Mixup labels with random-resized crops until online KD exists)")
+                 "(online KD on Mixup as the script; its RandomCrop(32, padding 4) is replaced by random-resized crops, "
+                 "since the kit replays crops as boxes inside the image)")
 def _sre2l_cifar100():
     return _with(RunConfig(preset="sre2l_cifar100"), data__name="cifar100",
                  squeeze__model="resnet18", squeeze__epochs=200, squeeze__batch_size=128, squeeze__lr=0.1,
@@ -312,7 +314,7 @@ def _sre2l_cifar100():
                  recover__batch_size=100, recover__crop=False, recover__flip=False, recover__jitter=4,
                  relabel__epochs=400, relabel__batch_size=128, relabel__mix="mixup",
                  validate__model="resnet18", validate__epochs=400, validate__temperature=30.0,
-                 validate__decay_bn_bias=True)
+                 validate__decay_bn_bias=True, validate__labels="online")
 
 # %% ../nbs/00_core.ipynb #ebb48770
 @register_preset("lpld_in1k", source="he-y/soft-label-pruning-for-dataset-distillation imagenet1k_forward/recover.sh, LPLD_in1k_[4k].yaml")
@@ -326,7 +328,8 @@ def _lpld_in1k():
 def _lpld_tiny():
     cfg = _sre2l_tiny(); cfg.preset = "lpld_tiny"
     return _with(cfg, squeeze__class_bn="ema", recover__bn_target="class", recover__batch_mode="within-class",
-                 recover__r_bn=0.05, recover__batch_size=100, relabel__batch_size=64)
+                 recover__r_bn=0.05, recover__batch_size=100, relabel__batch_size=64,
+                 validate__labels="stored")  # LPLD trains from (pruned) stored labels
 
 @register_preset("lpld_in21k", source="he-y/soft-label-pruning-for-dataset-distillation in21k_recover.sh, LPLD_in21k_[2k].yaml "
                  "(teacher: the user's resnet18_21k checkpoint, --set squeeze.checkpoint=...)")

@@ -22,10 +22,10 @@ from .core import (RunConfig, Sre2lError, ConfigError, log, progress, pick_devic
                         set_value, resolve_run_dir, load_tensors, shard_from_env)
 from .data import get_dataset, load_split, read_distilled
 from .models import create_model, save_model
-from .squeeze import evaluate, epoch_factor, param_groups, make_optimizer, write_history, to_device
+from .squeeze import load_teacher, evaluate, epoch_factor, param_groups, make_optimizer, write_history, to_device
 from .recover import run_recover
 from .relabel import (load_epoch, epoch_file, replay_batch, image_list_hash, teacher_probs, run_relabel, BatchPlan,
-                           recover_labels)
+                           recover_labels, draw_epoch)
 
 # %% auto #0
 __all__ = ['LOSSES', 'kd_loss', 'keep_top_logits', 'student_loss', 'pool_schedule', 'check_store', 'save_checkpoint',
@@ -137,7 +137,8 @@ def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc,
                   test=None,  # real test split (ImageSet on the device) evaluated every vc.eval_every epochs
                   labels: torch.Tensor | None = None,  # classes of the distilled images (loss 'mse_gt' needs them)
                   checkpoint=None,  # checkpoint file: resumed from when present, written every vc.checkpoint_every epochs
-                  checkpoint_key: str = "") -> list[dict]:  # configuration hash a checkpoint must carry to be resumed
+                  checkpoint_key: str = "",  # configuration hash a checkpoint must carry to be resumed
+                  teacher: nn.Module | None = None) -> list[dict]:  # online KD: targets are this frozen teacher's logits
     "Train `student` on the replayed store; returns per-epoch history. Under torch.distributed each rank takes its slice of every batch."
     if vc.precision not in ("fp32", "bf16"): raise ConfigError(f"validate.precision must be 'fp32' or 'bf16', got {vc.precision!r}")
     if vc.accumulation_steps < 1: raise ConfigError(f"validate.accumulation_steps must be positive, got {vc.accumulation_steps}")
@@ -168,7 +169,10 @@ def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc,
         for plan, target in batches:
             x = replay_batch(images, plan, spec, spec.resolution)
             if vc.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-            target = tuple(t.to(device) for t in target) if isinstance(target, tuple) else target.to(device)
+            if teacher is not None:  # online KD: the teacher labels the very batch the student sees
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=vc.precision == "bf16"):
+                    target = teacher(x).float()
+            else: target = tuple(t.to(device) for t in target) if isinstance(target, tuple) else target.to(device)
             y = labels[plan.indices.to(device)] if labels is not None else None
             if len(x) < world: raise ConfigError(f"a stored batch of {len(x)} images cannot be split over {world} ranks")
             mine = _micro_batches(len(x), world)[rank]  # this rank's slice of the batch
@@ -217,9 +221,13 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     vc = cfg.validate
     if vc.epochs < 1: raise ConfigError(f"validate.epochs must be positive, got {vc.epochs}")
     if vc.loss not in LOSSES: raise ConfigError(f"validate.loss must be one of {', '.join(LOSSES)}, got {vc.loss!r}")
-    relabel = require_stage(run_dir, "relabel", cfg)
+    if vc.labels not in ("stored", "online"): raise ConfigError(f"validate.labels must be 'stored' or 'online', got {vc.labels!r}")
+    online = vc.labels == "online"
+    if online and vc.loss not in ("kl", "mse_gt"): raise ConfigError(f"validate.labels=online trains with kl or mse_gt, not {vc.loss}")
+    relabel = None if online else require_stage(run_dir, "relabel", cfg)
+    if online: require_stage(run_dir, "recover", cfg)
     image_dir, label_dir, out = run_dir / "recover" / "images", run_dir / "relabel" / "labels", run_dir / "validate"
-    check_store(relabel, image_dir, vc.epochs, f"{vc.pool_granularity}/{vc.pool_metric}", vc.loss)
+    if not online: check_store(relabel, image_dir, vc.epochs, f"{vc.pool_granularity}/{vc.pool_metric}", vc.loss)
     seed_everything(cfg.seed)
     rank, world = shard_from_env()
     device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), get_dataset(cfg.data.name)
@@ -233,12 +241,15 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     student = create_model(**build).to(device)
     start = time.perf_counter()
     checkpoint = out / "checkpoint.pt"
-    if relabel["mode"] == "region":
+    teacher = load_teacher(run_dir, cfg, device) if online else None
+    if online:  # fresh augmentation plans per epoch, drawn as relabel would draw them (relabel's crop and mix settings)
+        schedule = lambda epoch: [(plan, None) for plan in draw_epoch(len(images), epoch, cfg.relabel, spec.resolution, cfg.seed)]
+    elif relabel["mode"] == "region":
         regions = load_tensors(run_dir / "relabel" / "regions.safetensors")
         schedule = lambda epoch: region_epoch(regions, relabel["label_type"], spec.num_classes, epoch, cfg.relabel.batch_size, cfg.seed)
     else: schedule = pool_schedule(relabel, vc, cfg.seed)
     history = train_student(student, images, label_dir, spec, vc, device, schedule, test,
-                            labels, checkpoint, hash_json(stage_config(cfg, "validate")))
+                            labels, checkpoint, hash_json(stage_config(cfg, "validate")), teacher)
     seconds = time.perf_counter() - start
     if rank > 0: dist.barrier(); return {"stage": "validate", "rank": rank}  # rank 0 writes the results
     tested = [r for r in history if "test_top1" in r]
@@ -250,7 +261,8 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     write_history(out / "history.csv", history)
     save_json(out / "metrics.json", metrics)
     manifest = write_manifest(out, "validate", cfg, ["student.safetensors", "student.json", "history.csv", "metrics.json"],
-                              inputs={"relabel": run_dir / "relabel" / "manifest.json"}, timings={"seconds": seconds},
+                              inputs={"squeeze": run_dir / "squeeze" / "manifest.json", "recover": run_dir / "recover" / "manifest.json"}
+                              if online else {"relabel": run_dir / "relabel" / "manifest.json"}, timings={"seconds": seconds},
                               extra={"metrics": metrics})
     checkpoint.unlink(missing_ok=True)  # the finished student replaces it
     if world > 1: dist.barrier()

@@ -119,3 +119,18 @@ def test_ddp_on_two_cpu_ranks_equals_accumulation_on_one(store, tmp_path):
     ddp, single = (load_file(tmp_path / n / "validate" / "student.safetensors") for n in ("ddp", "single"))
     weights = [k for k in ddp if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert weights and all(torch.allclose(ddp[k], single[k], atol=1e-5) for k in weights)
+
+
+def test_online_kd_needs_no_store_and_matches_stored_labels(store, tmp_path):
+    overrides = BASE + ["validate.epochs=2"]
+    for stage in ("squeeze", "recover"): shutil.copytree(store / stage, tmp_path / "online" / stage)
+    for stage in ("squeeze", "recover", "relabel"): shutil.copytree(store / stage, tmp_path / "stored" / stage)
+    online = run_validate(make_config("digits", overrides + ["validate.labels=online"]), tmp_path / "online")
+    assert not (tmp_path / "online" / "relabel").exists() and "recover" in online["inputs"]
+    run_validate(make_config("digits", overrides), tmp_path / "stored")
+    # the online teacher sees the batches the store was made from: only the stored logits' fp16 rounding differs
+    from safetensors.torch import load_file
+    a, b = (load_file(tmp_path / n / "validate" / "student.safetensors") for n in ("online", "stored"))
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
+    with pytest.raises(Exception, match="validate.labels must be"):
+        run_validate(make_config("digits", overrides + ["validate.labels=live"]), tmp_path / "other")
