@@ -38,6 +38,7 @@ class ImageSet:
     paths: list | None = None  # image files when on disk
     resolution: int = 0  # side length files are decoded to
     channels: int = 3  # 1 (grey) or 3 (RGB)
+    resize: int = 0  # files: shorter side before the centre crop to `resolution` (0 = `resolution`)
 
     def __len__(self): return len(self.labels)
 
@@ -47,7 +48,7 @@ class ImageSet:
     def batch(self, indices) -> torch.Tensor:
         "uint8 [B, C, H, W] images at `indices`."
         if self.images is not None: return self.images[torch.as_tensor(indices, dtype=torch.long)]
-        return torch.stack([read_image(self.paths[int(i)], self.resolution, self.channels) for i in indices])
+        return torch.stack([read_image(self.paths[int(i)], self.resolution, self.channels, self.resize) for i in indices])
 
     def subset(self, indices) -> "ImageSet":
         "A new ImageSet holding only `indices`, in that order."
@@ -55,7 +56,7 @@ class ImageSet:
         return ImageSet(self.labels[idx], self.classes,
                         None if self.images is None else self.images[idx],
                         None if self.paths is None else [self.paths[int(i)] for i in idx],
-                        self.resolution, self.channels)
+                        self.resolution, self.channels, self.resize)
 
     def in_memory(self) -> "ImageSet":
         "The same set with every image decoded into one uint8 tensor."
@@ -64,15 +65,16 @@ class ImageSet:
                         self.resolution, self.channels)
 
 # %% ../nbs/00a_data.ipynb #91d56201
-def read_image(path, resolution: int = 0, channels: int = 3) -> torch.Tensor:
+def read_image(path, resolution: int = 0, channels: int = 3,
+               resize: int = 0) -> torch.Tensor:  # shorter side before the centre crop (0 = resolution); ImageNet eval: 256
     "Decode an image file to uint8 [C, H, W]; resized (shorter side) and centre-cropped to `resolution` if it differs."
     from PIL import Image
     with Image.open(path) as im:
         im = im.convert("L" if channels == 1 else "RGB")
-        if resolution and im.size != (resolution, resolution):
-            scale = resolution / min(im.size)
-            im = im.resize((max(resolution, round(im.size[0] * scale)), max(resolution, round(im.size[1] * scale))),
-                           Image.BILINEAR)
+        if resolution and (im.size != (resolution, resolution) or resize > resolution):
+            side = max(resize, resolution)
+            scale = side / min(im.size)
+            im = im.resize((max(side, round(im.size[0] * scale)), max(side, round(im.size[1] * scale))), Image.BILINEAR)
             left, top = (im.size[0] - resolution) // 2, (im.size[1] - resolution) // 2
             im = im.crop((left, top, left + resolution, top + resolution))
         array = np.asarray(im, dtype=np.uint8)
@@ -90,6 +92,7 @@ class DatasetSpec:
     std: tuple  # per-channel standard deviation
     loader: Callable = field(repr=False, default=None)  # (split, root, download) -> ImageSet
     where: str = ""  # where the files go, for the error when they are missing
+    test_resize: int = 0  # test images from files: shorter side before the centre crop (ImageNet: 256 for 224 px)
 
 DATASETS: dict[str, DatasetSpec] = {}
 
@@ -226,16 +229,18 @@ def _folder_loader(name: str):
         paths, labels, classes = scan_image_folder(folder)
         if len(classes) != spec.num_classes:
             raise DataError(f"{folder} has {len(classes)} class folders, but {name} has {spec.num_classes} classes")
-        return ImageSet(torch.tensor(labels, dtype=torch.long), classes, None, paths, spec.resolution, 3)
+        resize = spec.test_resize if split == "test" else 0  # the papers' eval: Resize(256), CenterCrop(224)
+        return ImageSet(torch.tensor(labels, dtype=torch.long), classes, None, paths, spec.resolution, 3, resize)
     return load
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-for _name, _n, _res, _mean, _std in [("tiny-imagenet", 200, 64, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
-                                     ("imagenet-1k", 1000, 224, IMAGENET_MEAN, IMAGENET_STD),
-                                     ("imagenet-21k", 10450, 224, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))]:
+for _name, _n, _res, _mean, _std, _resize in [
+        ("tiny-imagenet", 200, 64, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), 0),  # native 64 px, no resize
+        ("imagenet-1k", 1000, 224, IMAGENET_MEAN, IMAGENET_STD, 256),
+        ("imagenet-21k", 10450, 224, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 256)]:
     register_dataset(DatasetSpec(_name, _n, _res, 3, _mean, _std, _folder_loader(_name),
                                  f"Put it in ImageFolder layout under data/{_name}/train and data/{_name}/val, "
-                                 f"or pass --set data.root=<folder with train/ and val/>."))
+                                 f"or pass --set data.root=<folder with train/ and val/>.", _resize))
 
 # %% ../nbs/00a_data.ipynb #026a0ded
 def ipc_subset(labels: torch.Tensor,  # int64 [N] class labels
