@@ -9,8 +9,8 @@ label pool (batch granularity, random draws). Every stage skips what is already 
     python bench/fashion_table.py                                # IPC 10 and 50, 3 seeds, full/10x/40x
     python bench/fashion_table.py --ipc 10 --seeds 0 --run-dir runs/fashion-quick
 
-Writes figures/fashion_mnist_table.md and .json (the table, per-seed values, the command) and
-figures/fashion_mnist_pruning.png (accuracy against label budget).
+Writes figures/NAME_table.md and .json (the table, per-seed values, the command) and figures/NAME_pruning.png
+(accuracy against label budget); NAME is --name (default fashion_mnist).
 """
 import argparse
 import json
@@ -53,7 +53,7 @@ def run_seed(root, ipc, seed, overrides):
 def render(results, args, teachers, seconds):
     lines = ["# Fashion-MNIST: distilled sets and label budgets", "",
              f"Measured by the kit on {args.machine}; command: `{args.command}` ({seconds / 60:.0f} min).",
-             f"Student: ConvNet-3 (width 64), {args.epochs} epochs; teachers (ConvNet-3, test top-1): "
+             f"Student: {args.student}, {args.epochs} epochs; teachers ({args.teacher}, test top-1): "
              + ", ".join(f"{p} {t:.2f}%" for p, t in teachers.items()) + ".",
              "Test top-1 (%) on the 10,000 test images, mean +- std over seeds "
              f"{', '.join(map(str, args.seeds))}; label budget = stored label batches kept (LPLD pruning).", ""]
@@ -102,6 +102,7 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="run seeds (default: 0 1 2)")
     parser.add_argument("--run-dir", default="runs/fashion-table", help="parent folder of the runs (default: %(default)s)")
     parser.add_argument("--out", default="figures", help="where the table and figure go (default: %(default)s)")
+    parser.add_argument("--name", default="fashion_mnist", help="file name stem of the outputs (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra settings for every run, as for sre2l --set")
     args = parser.parse_args()
@@ -109,7 +110,8 @@ def main():
     import torch
     args.command = "python " + " ".join(sys.argv)
     args.machine = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-    args.epochs = make_config("fashion-mnist", args.overrides).validate.epochs
+    base = make_config("fashion-mnist", args.overrides)
+    args.epochs, args.student, args.teacher = base.validate.epochs, base.validate.model, base.squeeze.model
     root, out = resolve_run_dir(args.run_dir), (find_project_root() or Path.cwd()) / args.out
     results, start = [], time.perf_counter()
     for ipc in args.ipc:
@@ -120,10 +122,11 @@ def main():
             teachers = {p: json.loads((root / "teachers" / p / "squeeze" / "metrics.json").read_text())["test_top1"]
                         for p in sorted({m[0] for m in METHODS.values()})}
             out.mkdir(parents=True, exist_ok=True)
-            (out / "fashion_mnist_table.md").write_text(render(results, args, teachers, time.perf_counter() - start))
-            save_json(out / "fashion_mnist_table.json", {"command": args.command, "machine": args.machine, "results": results})
-    plot(results, args, out / "fashion_mnist_pruning.png")
-    print((out / "fashion_mnist_table.md").read_text())
+            (out / f"{args.name}_table.md").write_text(render(results, args, teachers, time.perf_counter() - start))
+            save_json(out / f"{args.name}_table.json", {"command": args.command, "machine": args.machine, "teachers": teachers,
+                                                        "student": args.student, "teacher": args.teacher, "results": results})
+    plot(results, args, out / f"{args.name}_pruning.png")
+    print((out / f"{args.name}_table.md").read_text())
 
 
 if __name__ == "__main__":
