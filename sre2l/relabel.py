@@ -29,12 +29,12 @@ from .data import DatasetSpec, get_dataset, read_distilled, sample_crop_boxes, c
 from .squeeze import load_teacher, load_named_teacher, to_device, evaluate
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'BatchPlan', 'cutmix_box', 'official_order', 'draw_epoch', 'replay_batch', 'apply_cutout',
-           'combine_logits', 'kept_batches', 'prune_ratio_for', 'teacher_probs', 'epoch_file', 'save_epoch',
-           'load_epoch', 'image_list_hash', 'teacher_logits', 'parse_label_type', 'quantize_labels', 'recover_labels',
-           'region_labels', 'store_bytes', 'official_store_bytes', 'human_bytes', 'preflight', 'store_facts',
-           'run_relabel', 'read_official_batch', 'import_official_labels', 'export_official_labels', 'crop_overlay',
-           'label_histograms', 'storage_table']
+__all__ = ['FORMAT_VERSION', 'BatchPlan', 'cutmix_box', 'official_order', 'draw_epoch', 'replay_batch', 'place_images',
+           'gather_batch', 'apply_cutout', 'combine_logits', 'kept_batches', 'prune_ratio_for', 'teacher_probs',
+           'epoch_file', 'save_epoch', 'load_epoch', 'image_list_hash', 'teacher_logits', 'parse_label_type',
+           'quantize_labels', 'recover_labels', 'region_labels', 'store_bytes', 'official_store_bytes', 'human_bytes',
+           'preflight', 'store_facts', 'run_relabel', 'read_official_batch', 'import_official_labels',
+           'export_official_labels', 'crop_overlay', 'label_histograms', 'storage_table']
 
 # %% ../nbs/03_relabel.ipynb #85891db5
 @dataclass
@@ -94,13 +94,14 @@ def draw_epoch(num_images: int,  # images in the distilled set
     return plans
 
 # %% ../nbs/03_relabel.ipynb #62d49a54
-def replay_batch(images: torch.Tensor,  # uint8 [N, C, H, W] distilled set, on the device
+def replay_batch(images: torch.Tensor,  # uint8 [N, C, H, W] distilled set, on the device (or pinned host memory)
                  plan: BatchPlan,  # the stored batch's random choices
                  spec: DatasetSpec,  # normalisation
-                 size: int) -> torch.Tensor:  # output side
+                 size: int,  # output side
+                 device=None) -> torch.Tensor:  # where to build the batch (default: where the images are)
     "The normalised, cropped, flipped and mixed batch of a plan."
-    device = images.device
-    batch = images[plan.indices.to(device)]
+    device = images.device if device is None else torch.device(device)
+    batch = gather_batch(images, plan.indices, device)
     height, width = batch.shape[-2:]
     boxes = plan.boxes.to(device) * torch.tensor([height, width, height, width], device=device, dtype=torch.float32)
     x = flip_where(crop_resize(normalize(batch, spec.mean, spec.std), boxes, size), plan.flips)
@@ -112,6 +113,35 @@ def replay_batch(images: torch.Tensor,  # uint8 [N, C, H, W] distilled set, on t
     elif plan.mix_lambda != 1.0:
         x = plan.mix_lambda * x + (1 - plan.mix_lambda) * x[partner]
     return x
+
+# %% ../nbs/03_relabel.ipynb #7d89349a
+def place_images(images: torch.Tensor,  # uint8 [N, C, H, W] distilled set, on the CPU
+                 device,  # where batches are built
+                 budget: float = 0.5) -> torch.Tensor:  # share of the GPU's free memory the set may take
+    "The set on `device` when it fits in `budget` of the free memory, else in pinned host memory (gathered per batch)."
+    device = torch.device(device)
+    if device.type != "cuda": return images.to(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    if images.numel() * images.element_size() <= budget * free: return images.to(device)
+    log.info("the distilled set (%s) does not fit in %.0f%% of the GPU's free memory (%s): kept in pinned host memory",
+             human_bytes(images.numel()), 100 * budget, human_bytes(free))
+    return images.pin_memory()
+
+_PINNED: dict = {}
+
+def _gather_host(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    "images[indices] written into a reusable (pinned, when the set is) host buffer."
+    shape = (len(indices), *images.shape[1:])
+    key = (shape, images.dtype, images.is_pinned())
+    if key not in _PINNED: _PINNED.clear(); _PINNED[key] = torch.empty(shape, dtype=images.dtype, pin_memory=images.is_pinned())
+    return torch.index_select(images, 0, indices.cpu(), out=_PINNED[key])
+
+def gather_batch(images: torch.Tensor, indices: torch.Tensor, device) -> torch.Tensor:
+    "images[indices] on `device`: an index where the set is, or a gather on the host and one asynchronous copy."
+    device = torch.device(device)
+    if images.device == device or images.device.type != "cpu": return images[indices.to(images.device)]
+    if device.type == "cuda": torch.cuda.current_stream(device).synchronize()  # the last copy out of the buffer is done
+    return _gather_host(images, indices).to(device, non_blocking=images.is_pinned())
 
 # %% ../nbs/03_relabel.ipynb #59ca3236
 def apply_cutout(x: torch.Tensor,  # normalised images [B, C, S, S]
@@ -247,6 +277,7 @@ def region_labels(teacher: nn.Module, images: torch.Tensor,  # uint8 [N, C, H, W
         raise ConfigError(f"relabel.num_crops={rl.num_crops} must be a multiple of relabel.num_seg={rl.num_seg}")
     parse_label_type(rl.label_type)
     n, height, width = len(images), images.shape[-2], images.shape[-1]
+    device = next(teacher.parameters()).device
     if reference is not None:
         if reference["boxes"].shape[0] != n or reference["boxes"].shape[1] < rl.num_crops:
             raise Sre2lError(f"the reference store has {tuple(reference['boxes'].shape[:2])} (images, crops); "
@@ -260,7 +291,7 @@ def region_labels(teacher: nn.Module, images: torch.Tensor,  # uint8 [N, C, H, W
     scale = torch.tensor([height, width, height, width], dtype=torch.float32)
     indices, values = [], []
     for i in progress(range(n), desc="region labels", leave=False):
-        image = normalize(images[i: i + 1], spec.mean, spec.std)
+        image = normalize(images[i: i + 1].to(device), spec.mean, spec.std)  # the set may be in host memory
         for start in range(0, rl.num_crops, rl.num_seg):
             part = slice(start, start + rl.num_seg)
             x = crop_resize(image.expand(rl.num_seg, -1, -1, -1), boxes[i, part] * scale, spec.resolution, flips[i, part])
@@ -361,7 +392,7 @@ def run_relabel(cfg: RunConfig, run_dir,
     device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), get_dataset(cfg.data.name)
     image_dir, out = run_dir / "recover" / "images", run_dir / "relabel"
     distilled = read_distilled(image_dir, cfg.recover.ipc, spec.channels, spec.num_classes)
-    images = distilled.images.to(device)
+    images = place_images(distilled.images, device)
     teacher = load_teacher(run_dir, cfg, device)
     checked = {}
     if rl.evaluate:  # FKD's --evaluate: the teacher's accuracy on real data, before any label is made
@@ -389,8 +420,8 @@ def run_relabel(cfg: RunConfig, run_dir,
     topk = rl.topk if rl.logits == "topk" else 0
     for epoch in progress(todo, desc="relabel"):
         plans = draw_epoch(len(images), epoch, rl, spec.resolution, cfg.seed)[: kept - epoch * per_epoch]
-        if shard[1] > 1: _label_shard(plans, epoch, label_dir, label, images, spec, topk, shard); continue
-        logits = [label(replay_batch(images, p, spec, spec.resolution)) for p in plans]
+        if shard[1] > 1: _label_shard(plans, epoch, label_dir, label, images, spec, topk, shard, device); continue
+        logits = [label(replay_batch(images, p, spec, spec.resolution, device)) for p in plans]
         save_epoch(epoch_file(label_dir, epoch), plans, logits, topk)
     left = [e for e in range(stored_epochs) if not epoch_file(label_dir, e).is_file()]
     if left:
@@ -510,11 +541,11 @@ def export_official_labels(run_dir, target) -> Path:
     return target
 
 # %% ../nbs/03_relabel.ipynb #06e07c50
-def _label_shard(plans, epoch, label_dir, label, images, spec, topk, shard):
+def _label_shard(plans, epoch, label_dir, label, images, spec, topk, shard, device):
     part_dir = label_dir / "parts" / f"epoch_{epoch:04d}"
     parts = [part_dir / f"batch_{b:05d}.safetensors" for b in range(len(plans))]
     for b in range(shard[0], len(plans), shard[1]):
-        if not parts[b].is_file(): save_epoch(parts[b], [plans[b]], [label(replay_batch(images, plans[b], spec, spec.resolution))], topk)
+        if not parts[b].is_file(): save_epoch(parts[b], [plans[b]], [label(replay_batch(images, plans[b], spec, spec.resolution, device))], topk)
     if not all(p.is_file() for p in parts): return
     try: merged = [load_epoch(p)[0] for p in parts]
     except Sre2lError:

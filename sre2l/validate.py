@@ -25,7 +25,7 @@ from .models import create_model, save_model
 from .squeeze import load_teacher, evaluate, epoch_factor, param_groups, make_optimizer, write_history, to_device
 from .recover import run_recover
 from .relabel import (load_epoch, epoch_file, replay_batch, image_list_hash, teacher_probs, run_relabel, BatchPlan,
-                           recover_labels, draw_epoch)
+                           recover_labels, draw_epoch, place_images)
 
 # %% auto #0
 __all__ = ['LOSSES', 'kd_loss', 'keep_top_logits', 'student_loss', 'pool_schedule', 'check_store', 'save_checkpoint',
@@ -167,7 +167,7 @@ def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc,
             cache = {e: cache[e] if e in cache else load_epoch(epoch_file(label_dir, e)) for e in sorted(needed)}
             batches = [cache[e][b] for e, b in schedule[epoch]]
         for plan, target in batches:
-            x = replay_batch(images, plan, spec, spec.resolution)
+            x = replay_batch(images, plan, spec, spec.resolution, device)
             if vc.channels_last: x = x.contiguous(memory_format=torch.channels_last)
             if teacher is not None:  # online KD: the teacher labels the very batch the student sees
                 with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=vc.precision == "bf16"):
@@ -234,7 +234,7 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     if world > 1 and not dist.is_initialized():  # launched by torchrun: one process per GPU (or CPU processes, gloo)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     distilled = read_distilled(image_dir, cfg.recover.ipc, spec.channels, spec.num_classes)
-    images, labels = distilled.images.to(device), distilled.labels.to(device)
+    images, labels = place_images(distilled.images, device), distilled.labels.to(device)
     test = to_device(load_split(cfg.data.name, "test", cfg.data.root, cfg.data.download), device)
     build = dict(name=vc.model, num_classes=spec.num_classes, in_channels=spec.channels, resolution=spec.resolution,
                  small_input=vc.small_input)
