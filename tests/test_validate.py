@@ -134,3 +134,28 @@ def test_online_kd_needs_no_store_and_matches_stored_labels(store, tmp_path):
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
     with pytest.raises(Exception, match="validate.labels must be"):
         run_validate(make_config("digits", overrides + ["validate.labels=live"]), tmp_path / "other")
+
+
+def test_sigkilled_validate_resumes_to_the_same_student(store, tmp_path):
+    import os, signal, subprocess, sys, time
+    from sre2l.core import sha256_file, read_manifest
+    overrides = BASE + ["validate.epochs=30", "validate.checkpoint_every=1", "validate.eval_every=30",
+                        "validate.pool_granularity=batch", "validate.pool_metric=random"]  # 30 epochs from a 4-epoch store
+    args = ["--preset", "digits", *sum((["--set", o] for o in overrides), [])]
+    sre2l = [sys.executable, "-m", "sre2l.cli", "validate"]
+    env = {**os.environ, "SRE2L_NO_PROGRESS": "1"}
+    for name in ("clean", "killed"):
+        for stage in ("squeeze", "recover", "relabel"): shutil.copytree(store / stage, tmp_path / name / stage)
+    assert subprocess.run(sre2l + ["--run-dir", str(tmp_path / "clean"), *args], env=env, capture_output=True).returncode == 0
+    process = subprocess.Popen(sre2l + ["--run-dir", str(tmp_path / "killed"), *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint, deadline = tmp_path / "killed" / "validate" / "checkpoint.pt", time.time() + 300
+    while time.time() < deadline and not checkpoint.exists(): time.sleep(0.01)
+    time.sleep(0.3)  # a few more epochs, so that the kill lands mid-run at a point the test does not choose
+    process.send_signal(signal.SIGKILL); process.wait()
+    assert checkpoint.exists() and read_manifest(tmp_path / "killed" / "validate") is None
+    done = torch.load(checkpoint, weights_only=True)["epochs_done"]
+    assert 1 <= done < 30, done
+    assert subprocess.run(sre2l + ["--run-dir", str(tmp_path / "killed"), *args], env=env, capture_output=True).returncode == 0
+    student = lambda name: sha256_file(tmp_path / name / "validate" / "student.safetensors")
+    assert student("killed") == student("clean")
