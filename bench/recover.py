@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms as T
 
-from timing import timed, machine
+from timing import timed, machine, print_table
 from sre2l.core import RecoverConfig, pick_device
 from sre2l.data import DatasetSpec
 from sre2l.models import create_model, bn_layers
@@ -101,13 +101,8 @@ def main():
         kit(RecoverConfig(**fast), args.warmup, compiled)
         rows.append(("(c) kit + bf16 + torch.compile", timed(lambda: kit(RecoverConfig(**fast), args.iterations, compiled), device)))
 
-    print(f"\nrecover, {args.variant}: {name} at {resolution} px, {units} units x {per_unit} images, "
-          f"{args.iterations} timed steps, {machine(device)}\n")
-    print("| path | image-iterations/s | vs (a) |\n|---|---|---|")
-    reference_rate = images * args.iterations / rows[0][1]
-    for label, seconds in rows:
-        rate = images * args.iterations / seconds
-        print(f"| {label} | {rate:,.0f} | {rate / reference_rate:.2f}x |")
+    print_table(f"recover, {args.variant}: {name} at {resolution} px, {units} units x {per_unit} images, "
+                f"{args.iterations} timed steps, {machine(device)}", "image-iterations/s", rows, images * args.iterations)
 
 
 if __name__ == "__main__":

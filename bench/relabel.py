@@ -14,7 +14,6 @@
 The images are random JPEGs written to a temporary folder; the teacher has random weights.
 """
 import argparse
-import math
 import tempfile
 from pathlib import Path
 
@@ -23,9 +22,9 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from timing import timed, machine
+from timing import timed, machine, print_table, random_jpegs, loader_args
 from sre2l.core import RelabelConfig, pick_device
-from sre2l.data import DatasetSpec, IMAGENET_MEAN, IMAGENET_STD, read_distilled, distilled_path
+from sre2l.data import DatasetSpec, IMAGENET_MEAN, IMAGENET_STD, read_distilled
 from sre2l.models import create_model
 from sre2l.relabel import draw_epoch, replay_batch, save_epoch, epoch_file, cutmix_box
 
@@ -75,9 +74,7 @@ def kit(images, teacher, spec, rl, epochs, device, out, bf16=False):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="cpu", help="shape (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per path (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers of path (a) (default: the variant's)")
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
+    loader_args(parser)
     args = parser.parse_args()
     device = pick_device(args.device)
     classes, ipc, size, small, batch_size, workers = VARIANTS[args.variant]
@@ -85,12 +82,8 @@ def main():
     spec = DatasetSpec("bench", classes, size, 3, IMAGENET_MEAN, IMAGENET_STD)
     teacher = create_model("resnet18", classes, 3, size, small_input=small).to(device).eval().requires_grad_(False)
     with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder); rng = np.random.default_rng(0)
-        for c in range(classes):
-            for k in range(ipc):
-                path = distilled_path(folder / "images", c, k); path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, quality=75)
-        files = sorted((folder / "images").rglob("*.jpg"))
+        folder = Path(folder)
+        files = random_jpegs(folder / "images", classes, ipc, size)
         n = len(files)
         reference(files[: batch_size], teacher, size, batch_size, workers, 1, device, folder / "warm-a")
         rows = [("(a) reference: workers + PIL + per-image crop, fp32", timed(
@@ -103,12 +96,8 @@ def main():
             lambda: kit(images, kit_teacher, spec, rl, args.epochs, device, folder / "b"), device)))
         rows.append(("(c) kit replay, bf16 teacher", timed(
             lambda: kit(images, kit_teacher, spec, rl, args.epochs, device, folder / "c", bf16=True), device)))
-    print(f"\nrelabel, {args.variant}: ResNet-18 at {size} px, {n} images, batch {batch_size}, {args.epochs} epochs, "
-          f"{workers} workers for (a), {machine(device)}\n")
-    print("| path | images/s | vs (a) |\n|---|---|---|")
-    for label, seconds in rows:
-        rate = n * args.epochs / seconds
-        print(f"| {label} | {rate:,.0f} | {rate / (n * args.epochs / rows[0][1]):.2f}x |")
+    print_table(f"relabel, {args.variant}: ResNet-18 at {size} px, {n} images, batch {batch_size}, {args.epochs} epochs, "
+                f"{workers} workers for (a), {machine(device)}", "images/s", rows, n * args.epochs)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from timing import timed, machine
+from timing import timed, machine, print_table, random_jpegs, loader_args
 from sre2l.core import RelabelConfig, ValidateConfig, pick_device
-from sre2l.data import DatasetSpec, IMAGENET_MEAN, IMAGENET_STD, read_distilled, distilled_path
+from sre2l.data import DatasetSpec, IMAGENET_MEAN, IMAGENET_STD, read_distilled
 from sre2l.models import create_model
 from sre2l.relabel import draw_epoch, save_epoch, epoch_file
 from sre2l.validate import train_student, kd_loss
@@ -73,9 +71,7 @@ def reference(files, student, plans_by_epoch, label_files, size, batch_size, wor
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="cpu", help="shape (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per path (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers of path (a) (default: the variant's)")
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
+    loader_args(parser)
     args = parser.parse_args()
     device = pick_device(args.device)
     classes, ipc, size, small, batch_size, workers = VARIANTS[args.variant]
@@ -88,12 +84,8 @@ def main():
         return create_model("resnet18", classes, 3, size, small_input=small).to(device)
 
     with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder); rng = np.random.default_rng(0)
-        for c in range(classes):
-            for k in range(ipc):
-                path = distilled_path(folder / "images", c, k); path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, quality=75)
-        files = sorted((folder / "images").rglob("*.jpg"))
+        folder = Path(folder)
+        files = random_jpegs(folder / "images", classes, ipc, size)
         n = len(files)
         plans = [draw_epoch(n, e, rl, size, 0) for e in range(args.epochs)]
         logits = [[torch.randn(len(p.indices), classes).half() for p in epoch] for epoch in plans]
@@ -116,13 +108,8 @@ def main():
             train_student(student(), images, folder / "store", spec, ValidateConfig(epochs=1, **options), device, [schedule[0][:3]])
             vc = ValidateConfig(epochs=args.epochs, **options)
             rows.append((label, timed(lambda: train_student(student(), images, folder / "store", spec, vc, device, schedule), device)))
-    print(f"\nvalidate, {args.variant}: ResNet-18 student at {size} px, {n} images, batch {batch_size}, {args.epochs} epochs, "
-          f"{workers} workers for (a), {machine(device)}\n")
-    print("| path | training images/s | vs (a) |\n|---|---|---|")
-    reference_rate = n * args.epochs / rows[0][1]
-    for label, seconds in rows:
-        rate = n * args.epochs / seconds
-        print(f"| {label} | {rate:,.0f} | {rate / reference_rate:.2f}x |")
+    print_table(f"validate, {args.variant}: ResNet-18 student at {size} px, {n} images, batch {batch_size}, {args.epochs} epochs, "
+                f"{workers} workers for (a), {machine(device)}", "training images/s", rows, n * args.epochs)
 
 
 if __name__ == "__main__":
