@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -630,11 +631,14 @@ import logging
 log = logging.getLogger("sre2l")
 
 def setup_logging(level=logging.INFO):
-    "Send the kit's log lines to stderr, once."
+    "Send the kit's log lines to stderr, once (following sys.stderr when a notebook or test replaces it)."
     if not log.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
+    for handler in log.handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stderr:
+            handler.stream = sys.stderr  # not setStream: it would flush the old stream, which may be closed
     log.setLevel(level)
     return log
 

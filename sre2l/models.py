@@ -149,8 +149,14 @@ def read_state_dict(path) -> dict:
 
 # %% ../nbs/00b_models.ipynb #66a27754
 def load_checkpoint(model: nn.Module, path) -> nn.Module:
-    "Load weights into `model`, naming missing and unexpected keys when they do not fit."
+    "Load weights into `model`, naming missing and unexpected keys, or the shapes, when they do not fit."
     state = read_state_dict(path)
+    own = model.state_dict()
+    wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if wrong:
+        key, theirs, ours = wrong[-1]  # the last differs first when only the classifier does (another class count)
+        raise Sre2lError(f"{path} does not fit this {type(model).__name__}: {key} is {list(theirs)} in the file but "
+                         f"{list(ours)} here ({len(wrong)} tensors differ; another class count, channel count or width?)")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise Sre2lError(f"{path} does not fit {type(model).__name__}: missing {result.missing_keys[:5]}, "

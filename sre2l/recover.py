@@ -27,8 +27,8 @@ from .squeeze import load_teacher, load_named_teacher, evaluate, to_device
 # %% auto #0
 __all__ = ['WorkUnit', 'work_units', 'unit_iterations', 'unit_stats', 'trace_bn_inputs', 'has_bn', 'MatchingLoss',
            'draw_augmentation', 'stack_draws', 'augment_units', 'bn_targets', 'initial_images', 'draw_bn_teachers',
-           'valid_range', 'to_uint8', 'group_loss', 'recover_group', 'group_units', 'run_recover', 'import_distilled',
-           'recovered_vs_real', 'trajectory', 'explorer']
+           'valid_range', 'to_uint8', 'group_loss', 'recover_group', 'group_units', 'check_teacher', 'run_recover',
+           'import_distilled', 'recovered_vs_real', 'trajectory', 'explorer']
 
 # %% ../nbs/02_recover.ipynb #c92edfef
 @dataclass
@@ -295,6 +295,10 @@ def _check(rc: RecoverConfig):
     if rc.bn_target == "class" and rc.bn_teachers:
         raise ConfigError("recover.bn_teachers (PRISM) match global statistics; use recover.bn_target=global with them")
 
+def check_teacher(teacher: nn.Module, rc: RecoverConfig):
+    "Refuse BN matching with a teacher that has no BatchNorm layers (there would be no statistics to match)."
+    if rc.method == "sre2l": bn_layers(teacher)  # raises, naming the model
+
 # %% ../nbs/02_recover.ipynb #67237868
 def _real_images(cfg, spec):
     train = load_split(cfg.data.name, "train", cfg.data.root, cfg.data.download)
@@ -353,6 +357,7 @@ def run_recover(cfg: RunConfig, run_dir,
     device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), get_dataset(cfg.data.name)
     out = run_dir / "recover"; image_dir, loss_dir = out / "images", out / "losses"
     teacher = load_teacher(run_dir, cfg, device)
+    check_teacher(teacher, rc)
     if rc.channels_last: teacher = teacher.to(memory_format=torch.channels_last)
     start = time.perf_counter()
     if rc.method == "sre2l": units = _recover_groups(teacher, spec, cfg, run_dir, device, shard)

@@ -350,8 +350,10 @@ def official_store_bytes(num_images: int, num_classes: int, epochs: int, batch_s
 
 # %% ../nbs/03_relabel.ipynb #ff3775d8
 def human_bytes(n: float) -> str:
-    "Bytes as GB or MB (decimal), for messages and tables."
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+    "Bytes as GB, MB or kB (decimal), or plain bytes below 1 kB, for messages and tables."
+    if n >= 1e8: return f"{n / 1e9:.2f} GB"
+    if n >= 1e5: return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{int(n)} B"
 
 def preflight(folder, needed: int, what: str = "the label store"):
     "Refuse to start when the disk holding `folder` has less free space than `needed` bytes."
