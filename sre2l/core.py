@@ -27,9 +27,10 @@ __all__ = ['PRESETS', 'PRESET_SOURCES', 'STAGES', 'log', 'Sre2lError', 'ConfigEr
            'RecoverConfig', 'RelabelConfig', 'ValidateConfig', 'RunConfig', 'set_value', 'register_preset',
            'list_presets', 'make_config', 'parameter_names', 'notebook_overrides', 'config_dict', 'config_from_dict',
            'hash_json', 'stage_config', 'seed_everything', 'unit_seed', 'generator', 'pick_device', 'shard_from_env',
-           'check_shard', 'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_metadata',
-           'sha256_file', 'versions', 'write_manifest', 'read_manifest', 'find_project_root', 'resolve_run_dir',
-           'prepare_run', 'stage_status', 'require_stage', 'open_stage', 'build_missing', 'setup_logging', 'progress']
+           'check_shard', 'claim', 'release', 'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors',
+           'load_metadata', 'sha256_file', 'versions', 'write_manifest', 'read_manifest', 'find_project_root',
+           'resolve_run_dir', 'prepare_run', 'stage_status', 'require_stage', 'open_stage', 'build_missing',
+           'setup_logging', 'progress']
 
 # %% ../nbs/00_core.ipynb #92bf55b3
 class Sre2lError(Exception):
@@ -453,6 +454,39 @@ def check_shard(shard: tuple) -> tuple[int, int]:
     if not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
         raise ConfigError(f"shard {shard[0]}/{shard[1]} is not a valid index/count (need 0 <= index < count)")
     return int(shard[0]), int(shard[1])
+
+# %% ../nbs/00_core.ipynb #92d92490
+def _owner() -> str:
+    import socket
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def claim(path) -> bool:
+    "Take the work item that `path` stands for, atomically; False when another live process holds it."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        try: handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try: owner = path.read_text()
+            except FileNotFoundError: continue  # released meanwhile: try again
+            if owner == _owner(): return True
+            host, _, pid = owner.rpartition(":")
+            if host != _owner().rpartition(":")[0] or not pid.isdigit() or _alive(int(pid)): return False
+            path.unlink(missing_ok=True)  # its process is gone (a killed run): take the item over
+            continue
+        with os.fdopen(handle, "w") as f: f.write(_owner())
+        return True
+    return False
+
+def release(path):
+    "Give up a claim (after the item's files are written)."
+    Path(path).unlink(missing_ok=True)
 
 # %% ../nbs/00_core.ipynb #853c00a6
 @contextmanager

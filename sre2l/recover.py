@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .core import (RunConfig, RecoverConfig, Sre2lError, ConfigError, log, progress, pick_device, generator,
                         seed_everything, open_stage, stage_status, require_stage, write_manifest, save_json, load_json,
-                        save_tensors, shard_from_env, check_shard)
+                        save_tensors, shard_from_env, check_shard, claim, release)
 from .data import (DatasetSpec, get_dataset, load_split, ipc_subset, distilled_path, read_distilled, read_image,
                         write_image, sample_crop_boxes, crop_resize, normalize)
 from .models import bn_layers, load_class_bn
@@ -319,20 +319,28 @@ def _recover_groups(teacher, spec, cfg, run_dir, device, shard):
     if rc.compile: matching = torch.compile(matching)
     extra = {}
     for group in progress(todo, desc="recover"):
-        sizes = {len(u.members) for u in group}
-        for part in ([group] if len(sizes) == 1 else [[u] for u in group]):
-            bn_names = draw_bn_teachers(rc, part[0].key[1], cfg.seed) if rc.bn_teachers else ()
-            bn_models = [extra.setdefault(n, load_named_teacher(n, rc.bn_teacher_weights, spec, device)) for n in bn_names]
-            images, curves, snaps = recover_group(teacher, part, spec, rc, cfg.seed, device,
-                                                  bn_targets(part, rc, class_stats, names, device), bn_models, real, matching)
-            for unit, imgs, curve, snap in zip(part, images, curves, snaps):
-                name = "_".join(map(str, unit.key[1:]))
-                save_json(out / "losses" / f"unit_{name}.json", curve)
-                if snap is not None: save_tensors(out / "snapshots" / f"unit_{name}.safetensors", {"images": snap},
-                                                  {"members": unit.members, "every": rc.snapshot_every})
-                for file, image in zip(unit.files(out / "images", rc.image_format), imgs):
-                    write_image(file, image, rc.jpeg_quality)
+        ticket = out / "claims" / f"group_{'_'.join(map(str, group[0].key[1:]))}.claim"
+        if not claim(ticket):  # another process on this folder is recovering this group
+            log.info("recover: %s is held by another process; skipped", ticket.name); continue
+        try: _recover_one_group(group, teacher, spec, cfg, out, device, class_stats, names, real, matching, extra)
+        finally: release(ticket)
     return units
+
+def _recover_one_group(group, teacher, spec, cfg, out, device, class_stats, names, real, matching, extra):
+    rc = cfg.recover
+    sizes = {len(u.members) for u in group}
+    for part in ([group] if len(sizes) == 1 else [[u] for u in group]):
+        bn_names = draw_bn_teachers(rc, part[0].key[1], cfg.seed) if rc.bn_teachers else ()
+        bn_models = [extra.setdefault(n, load_named_teacher(n, rc.bn_teacher_weights, spec, device)) for n in bn_names]
+        images, curves, snaps = recover_group(teacher, part, spec, rc, cfg.seed, device,
+                                              bn_targets(part, rc, class_stats, names, device), bn_models, real, matching)
+        for unit, imgs, curve, snap in zip(part, images, curves, snaps):
+            name = "_".join(map(str, unit.key[1:]))
+            save_json(out / "losses" / f"unit_{name}.json", curve)
+            if snap is not None: save_tensors(out / "snapshots" / f"unit_{name}.safetensors", {"images": snap},
+                                              {"members": unit.members, "every": rc.snapshot_every})
+            for file, image in zip(unit.files(out / "images", rc.image_format), imgs):
+                write_image(file, image, rc.jpeg_quality)
 
 # %% ../nbs/02_recover.ipynb #ce4d65b8
 def _copy_real_subset(cfg, spec, image_dir):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .core import (RunConfig, RelabelConfig, Sre2lError, ConfigError, log, progress, pick_device, generator,
                         unit_seed, seed_everything, open_stage, stage_status, require_stage, write_manifest,
-                        read_manifest, save_tensors, load_tensors, load_json, atomic_write, shard_from_env, check_shard)
+                        read_manifest, save_tensors, load_tensors, load_json, atomic_write, shard_from_env, check_shard, claim, release)
 from .data import DatasetSpec, get_dataset, read_distilled, sample_crop_boxes, crop_resize, flip_where, normalize
 from .squeeze import load_teacher, load_named_teacher, to_device, evaluate
 
@@ -423,8 +423,13 @@ def run_relabel(cfg: RunConfig, run_dir,
     for epoch in progress(todo, desc="relabel"):
         plans = draw_epoch(len(images), epoch, rl, spec.resolution, cfg.seed)[: kept - epoch * per_epoch]
         if shard[1] > 1: _label_shard(plans, epoch, label_dir, label, images, spec, topk, shard, device); continue
-        logits = [label(replay_batch(images, p, spec, spec.resolution, device)) for p in plans]
-        save_epoch(epoch_file(label_dir, epoch), plans, logits, topk)
+        ticket = out / "claims" / f"epoch_{epoch:04d}.claim"
+        if not claim(ticket): log.info("relabel: epoch %d is held by another process; skipped", epoch); continue
+        try:
+            if not epoch_file(label_dir, epoch).is_file():  # another process may have finished it meanwhile
+                logits = [label(replay_batch(images, p, spec, spec.resolution, device)) for p in plans]
+                save_epoch(epoch_file(label_dir, epoch), plans, logits, topk)
+        finally: release(ticket)
     left = [e for e in range(stored_epochs) if not epoch_file(label_dir, e).is_file()]
     if left:
         log.info("relabel: shard %d/%d finished; %d epochs wait for other shards", shard[0], shard[1], len(left))

@@ -160,3 +160,45 @@ def test_bn_matching_needs_a_teacher_with_batchnorm(finished, tmp_path):
     from sre2l.core import Sre2lError
     with pytest.raises(Sre2lError, match="has no BatchNorm2d layers"):
         check_teacher(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten()), make_config("digits").recover)
+
+
+def _recover_cli(run_dir, extra=()):
+    import sys
+    return [sys.executable, "-m", "sre2l.cli", "recover", "--run-dir", str(run_dir),
+            *sets("recover.ipc=4", "recover.iterations=20", "recover.group_images=10", *extra)]
+
+
+def _images(run_dir):
+    from sre2l.core import sha256_file
+    return {p.name: sha256_file(p) for p in sorted((run_dir / "recover" / "images").rglob("*.png"))}
+
+
+def test_a_group_claimed_by_a_live_process_is_left_to_it(finished, tmp_path):
+    import os, subprocess
+    from sre2l.core import claim, release
+    env = {**os.environ, "SRE2L_NO_PROGRESS": "1"}
+    for name in ("clean", "shared"): shutil.copytree(finished / "squeeze", tmp_path / name / "squeeze")
+    assert subprocess.run(_recover_cli(tmp_path / "clean"), env=env, capture_output=True).returncode == 0
+    ticket = tmp_path / "shared" / "recover" / "claims" / "group_1_0.claim"
+    assert claim(ticket)  # this (live) test process holds the group of IPC index 1
+    result = subprocess.run(_recover_cli(tmp_path / "shared"), env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and '"units_left": 1' in result.stdout, result.stdout + result.stderr
+    assert read_manifest(tmp_path / "shared" / "recover") is None and len(_images(tmp_path / "shared")) == 30
+    release(ticket)
+    assert subprocess.run(_recover_cli(tmp_path / "shared"), env=env, capture_output=True).returncode == 0
+    assert _images(tmp_path / "shared") == _images(tmp_path / "clean")
+
+
+def test_two_processes_on_one_folder_finish_it_without_damage(finished, tmp_path):
+    import os, subprocess
+    env = {**os.environ, "SRE2L_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    for name in ("clean", "shared"): shutil.copytree(finished / "squeeze", tmp_path / name / "squeeze")
+    assert subprocess.run(_recover_cli(tmp_path / "clean"), env=env, capture_output=True).returncode == 0
+    both = [subprocess.Popen(_recover_cli(tmp_path / "shared"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in both]
+    assert all(p.returncode == 0 for p in both), outputs
+    if read_manifest(tmp_path / "shared" / "recover") is None:  # both stopped before the last group: a third run seals it
+        assert subprocess.run(_recover_cli(tmp_path / "shared"), env=env, capture_output=True).returncode == 0
+    assert _images(tmp_path / "shared") == _images(tmp_path / "clean")
+    assert not list((tmp_path / "shared" / "recover").rglob("*.claim")) and not list((tmp_path / "shared").rglob("*.tmp"))
