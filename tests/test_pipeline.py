@@ -141,7 +141,7 @@ def test_storage_prediction_equals_measurement_and_preflight_refuses(first_run, 
     for stage in ("squeeze", "recover"): shell.copytree(first_run / stage, tmp_path / stage)
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(relabel.shutil, "disk_usage", lambda path: usage(10 ** 6, 10 ** 6, 1000))
-    with pytest.raises(Exception, match=r"needs about [0-9.]+ MB but .* has only 0.0 MB free"):
+    with pytest.raises(Exception, match=r"needs about [0-9.]+ kB but .* has only 1.0 kB free"):
         run_relabel(cfg, tmp_path)
     assert not (tmp_path / "relabel" / "labels").exists() or not any((tmp_path / "relabel" / "labels").iterdir())
 
