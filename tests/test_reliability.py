@@ -202,3 +202,30 @@ def test_two_processes_on_one_folder_finish_it_without_damage(finished, tmp_path
         assert subprocess.run(_recover_cli(tmp_path / "shared"), env=env, capture_output=True).returncode == 0
     assert _images(tmp_path / "shared") == _images(tmp_path / "clean")
     assert not list((tmp_path / "shared" / "recover").rglob("*.claim")) and not list((tmp_path / "shared").rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("stage, extra, outputs", [
+    ("recover", ["recover.ipc=4", "recover.iterations=60", "recover.group_images=10"], "recover/images"),
+    ("relabel", ["relabel.epochs=40"], "relabel/labels"),
+    ("validate", ["relabel.epochs=2", "validate.epochs=40", "validate.checkpoint_every=1", "validate.eval_every=40",
+                  "validate.pool_granularity=batch", "validate.pool_metric=random"], "validate/student.safetensors"),
+])
+def test_killed_five_times_at_random_points_then_finished_equals_a_clean_run(stage, extra, outputs, finished, tmp_path):
+    import os, random, signal, subprocess, sys, time
+    from sre2l.core import sha256_file
+    keep = {"recover": ("squeeze",), "relabel": ("squeeze", "recover"), "validate": ("squeeze", "recover", "relabel")}[stage]
+    env = {**os.environ, "SRE2L_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    command = lambda run_dir: [sys.executable, "-m", "sre2l.cli", stage, "--run-dir", str(run_dir), *sets(*extra)]
+    for name in ("clean", "killed"):
+        for kept in keep: shutil.copytree(finished / kept, tmp_path / name / kept)
+    assert subprocess.run(command(tmp_path / "clean"), env=env, capture_output=True).returncode == 0
+    rng = random.Random(f"{stage}-kills")
+    for _ in range(5):  # SIGKILL at a random moment, five times, restarting in the same folder each time
+        process = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 6.0))
+        process.send_signal(signal.SIGKILL); process.wait()
+    assert subprocess.run(command(tmp_path / "killed"), env=env, capture_output=True).returncode == 0
+    digest = lambda run_dir: {str(p.relative_to(run_dir)): sha256_file(p) for p in sorted((run_dir / outputs).parent.rglob("*"))
+                              if p.is_file() and p.name != "manifest.json" and "claims" not in p.parts}
+    assert digest(tmp_path / "killed") == digest(tmp_path / "clean")
+    assert not list((tmp_path / "killed").rglob("*.tmp"))
