@@ -117,16 +117,19 @@ def notebook_dir() -> Path:
     raise Sre2lError("the stage notebooks were not found; run `sre2l demo` from a clone of the repository "
                      "(installed with `pip install -e .`)")
 
-def execute_notebook(name: str, out_dir: Path, parameters: dict) -> Path:
+def execute_notebook(name: str, out_dir: Path, parameters: dict,
+                     cell_timeout: int = 1800) -> Path:  # seconds one cell may take, so that a hung kernel cannot stall a run
     "Execute one stage notebook with papermill; the executed copy goes to `out_dir`."
     try: import papermill
     except ImportError: raise Sre2lError("papermill is needed to execute notebooks: pip install papermill") from None
     source, target = notebook_dir() / name, out_dir / name
     out_dir.mkdir(parents=True, exist_ok=True)
     try: papermill.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
-                                    cwd=str(source.parent), progress_bar=False)
+                                    cwd=str(source.parent), progress_bar=False, execution_timeout=cell_timeout)
     except papermill.PapermillExecutionError as e:
         raise Sre2lError(f"{name} failed ({e.ename}: {e.evalue}); the executed notebook is {target}") from None
+    except TimeoutError:  # nbclient's CellTimeoutError: a cell (or a lost kernel reply) took longer than cell_timeout
+        raise Sre2lError(f"{name}: a cell gave no result within {cell_timeout} s; the partly executed notebook is {target}") from None
     return target
 
 # %% ../nbs/06_cli.ipynb #09a656fd
