@@ -13,7 +13,6 @@
 
 The images are random JPEGs written to a temporary folder; the teacher has random weights.
 """
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -22,9 +21,9 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from timing import timed, machine, print_table, random_jpegs, loader_args
-from sre2l.core import RelabelConfig, pick_device
-from sre2l.data import DatasetSpec, IMAGENET_MEAN, IMAGENET_STD, read_distilled
+from timing import timed, machine, print_table, random_jpegs, loader_bench_setup
+from sre2l.core import RelabelConfig
+from sre2l.data import IMAGENET_MEAN, IMAGENET_STD, read_distilled
 from sre2l.models import create_model
 from sre2l.relabel import draw_epoch, replay_batch, save_epoch, epoch_file, cutmix_box
 
@@ -72,14 +71,7 @@ def kit(images, teacher, spec, rl, epochs, device, out, bf16=False):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="cpu", help="shape (default: %(default)s)")
-    loader_args(parser)
-    args = parser.parse_args()
-    device = pick_device(args.device)
-    classes, ipc, size, small, batch_size, workers = VARIANTS[args.variant]
-    workers = workers if args.workers is None else args.workers
-    spec = DatasetSpec("bench", classes, size, 3, IMAGENET_MEAN, IMAGENET_STD)
+    args, device, (classes, ipc, size, small, batch_size), workers, spec = loader_bench_setup(__doc__, VARIANTS)
     teacher = create_model("resnet18", classes, 3, size, small_input=small).to(device).eval().requires_grad_(False)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)

@@ -42,8 +42,18 @@ def random_jpegs(folder, classes: int, ipc: int, size: int) -> list:
     return sorted(Path(folder).rglob("*.jpg"))
 
 
-def loader_args(parser):
-    "The options the relabel and validate benchmarks share."
+def loader_bench_setup(description: str, variants: dict):
+    "Parse the options the relabel and validate benchmarks share; (args, device, variant values, workers, spec)."
+    import argparse
+    from sre2l.core import pick_device
+    from sre2l.data import DatasetSpec, IMAGENET_MEAN, IMAGENET_STD
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", choices=sorted(variants), default="cpu", help="shape (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per path (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers of path (a) (default: the variant's)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
+    args = parser.parse_args()
+    classes, ipc, size, small, batch_size, workers = variants[args.variant]
+    spec = DatasetSpec("bench", classes, size, 3, IMAGENET_MEAN, IMAGENET_STD)
+    return args, pick_device(args.device), (classes, ipc, size, small, batch_size), \
+        workers if args.workers is None else args.workers, spec

@@ -15,7 +15,6 @@ All paths train the same student from the same label store (one run, same images
 The images are random JPEGs in a temporary folder and the stored logits are random (the speed does not depend
 on them). Prints a Markdown table.
 """
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -23,9 +22,9 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from timing import timed, machine, print_table, random_jpegs, loader_args
-from sre2l.core import RelabelConfig, ValidateConfig, pick_device
-from sre2l.data import DatasetSpec, IMAGENET_MEAN, IMAGENET_STD, read_distilled
+from timing import timed, machine, print_table, random_jpegs, loader_bench_setup
+from sre2l.core import RelabelConfig, ValidateConfig
+from sre2l.data import IMAGENET_MEAN, IMAGENET_STD, read_distilled
 from sre2l.models import create_model
 from sre2l.relabel import draw_epoch, save_epoch, epoch_file
 from sre2l.validate import train_student, kd_loss
@@ -69,14 +68,7 @@ def reference(files, student, plans_by_epoch, label_files, size, batch_size, wor
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="cpu", help="shape (default: %(default)s)")
-    loader_args(parser)
-    args = parser.parse_args()
-    device = pick_device(args.device)
-    classes, ipc, size, small, batch_size, workers = VARIANTS[args.variant]
-    workers = workers if args.workers is None else args.workers
-    spec = DatasetSpec("bench", classes, size, 3, IMAGENET_MEAN, IMAGENET_STD)
+    args, device, (classes, ipc, size, small, batch_size), workers, spec = loader_bench_setup(__doc__, VARIANTS)
     rl = RelabelConfig(epochs=args.epochs, batch_size=batch_size, mix="cutmix")
 
     def student():
