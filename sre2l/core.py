@@ -28,9 +28,9 @@ __all__ = ['PRESETS', 'PRESET_SOURCES', 'STAGES', 'log', 'Sre2lError', 'ConfigEr
            'list_presets', 'make_config', 'parameter_names', 'notebook_overrides', 'config_dict', 'config_from_dict',
            'hash_json', 'stage_config', 'seed_everything', 'unit_seed', 'generator', 'pick_device', 'shard_from_env',
            'check_shard', 'claim', 'release', 'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors',
-           'load_metadata', 'sha256_file', 'versions', 'write_manifest', 'read_manifest', 'find_project_root',
-           'resolve_run_dir', 'prepare_run', 'stage_status', 'require_stage', 'open_stage', 'build_missing',
-           'setup_logging', 'progress']
+           'load_metadata', 'sha256_file', 'versions', 'sweep_temporaries', 'write_manifest', 'read_manifest',
+           'find_project_root', 'resolve_run_dir', 'prepare_run', 'stage_status', 'require_stage', 'open_stage',
+           'build_missing', 'setup_logging', 'progress']
 
 # %% ../nbs/00_core.ipynb #92bf55b3
 class Sre2lError(Exception):
@@ -495,7 +495,8 @@ def atomic_write(path,  # destination file
     "Write to a temporary file beside `path`, then rename it into place."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the writer's pid is in the name, so that a temporary left by a killed process can be told apart and swept
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(handle, mode) as f:
             yield f
@@ -555,6 +556,13 @@ def versions() -> dict:
     return out
 
 # %% ../nbs/00_core.ipynb #ce61194e
+def sweep_temporaries(folder):
+    "Delete temporaries that killed processes left under `folder` (atomic_write names carry the writer's pid)."
+    for tmp in Path(folder).rglob(".*.tmp"):
+        parts = tmp.name[:-len(".tmp")].rsplit(".", 2)
+        if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != os.getpid() and not _alive(int(parts[1])):
+            tmp.unlink(missing_ok=True)
+
 def write_manifest(stage_dir,  # the stage's folder, e.g. runs/demo/recover
                    stage: str,  # stage name
                    cfg: RunConfig,  # configuration the stage ran with
@@ -564,6 +572,7 @@ def write_manifest(stage_dir,  # the stage's folder, e.g. runs/demo/recover
                    extra: dict | None = None):  # stage-specific facts (metrics, shapes)
     "Write `manifest.json` for a finished stage, hashing every artifact."
     stage_dir = Path(stage_dir)
+    sweep_temporaries(stage_dir)
     config = stage_config(cfg, stage)
     manifest = {
         "stage": stage, "format": 1, "config_hash": hash_json(config), "config": config,
