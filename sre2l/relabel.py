@@ -127,21 +127,28 @@ def place_images(images: torch.Tensor,  # uint8 [N, C, H, W] distilled set, on t
              human_bytes(images.numel()), 100 * budget, human_bytes(free))
     return images.pin_memory()
 
-_PINNED: dict = {}
+_PINNED: dict = {"key": None, "buffers": [], "events": [None, None], "turn": 0}
 
-def _gather_host(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    "images[indices] written into a reusable (pinned, when the set is) host buffer."
+def _gather_host(images: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, int]:
+    "images[indices] written into one of two alternating (pinned, when the set is) host buffers; (batch, buffer number)."
     shape = (len(indices), *images.shape[1:])
     key = (shape, images.dtype, images.is_pinned())
-    if key not in _PINNED: _PINNED.clear(); _PINNED[key] = torch.empty(shape, dtype=images.dtype, pin_memory=images.is_pinned())
-    return torch.index_select(images, 0, indices.cpu(), out=_PINNED[key])
+    if _PINNED["key"] != key:
+        _PINNED.update(key=key, events=[None, None], turn=0,
+                       buffers=[torch.empty(shape, dtype=images.dtype, pin_memory=images.is_pinned()) for _ in range(2)])
+    turn = _PINNED["turn"] = 1 - _PINNED["turn"]
+    if _PINNED["events"][turn] is not None: _PINNED["events"][turn].synchronize()  # its copy, two batches ago, is done
+    return torch.index_select(images, 0, indices.cpu(), out=_PINNED["buffers"][turn]), turn
 
 def gather_batch(images: torch.Tensor, indices: torch.Tensor, device) -> torch.Tensor:
     "images[indices] on `device`: an index where the set is, or a gather on the host and one asynchronous copy."
     device = torch.device(device)
     if images.device == device or images.device.type != "cpu": return images[indices.to(images.device)]
-    if device.type == "cuda": torch.cuda.current_stream(device).synchronize()  # the last copy out of the buffer is done
-    return _gather_host(images, indices).to(device, non_blocking=images.is_pinned())
+    batch, turn = _gather_host(images, indices)
+    out = batch.to(device, non_blocking=images.is_pinned())
+    if device.type == "cuda":  # waiting on this buffer's own copy only, not on the whole stream (no per-step stall)
+        _PINNED["events"][turn] = torch.cuda.Event(); _PINNED["events"][turn].record(torch.cuda.current_stream(device))
+    return out
 
 # %% ../nbs/03_relabel.ipynb #59ca3236
 def apply_cutout(x: torch.Tensor,  # normalised images [B, C, S, S]
