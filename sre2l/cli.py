@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import re
 import shutil
 import sys
@@ -20,7 +21,7 @@ from .core import (RunConfig, Sre2lError, make_config, list_presets, PRESET_SOUR
 
 # %% auto #0
 __all__ = ['STAGE_VERBS', 'STAGE_NOTEBOOKS', 'field_comments', 'config_help', 'parse_shard', 'build_parser', 'notebook_dir',
-           'execute_notebook', 'run_demo', 'demo_table', 'main']
+           'execute_notebook', 'run_demo', 'demo_table', 'build_site', 'main']
 
 # %% ../nbs/06_cli.ipynb #9b6932fb
 def field_comments(cls) -> dict:
@@ -102,8 +103,49 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("config", help="print the resolved configuration as JSON", epilog=keys,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
-    p = verbs.add_parser("reproduce", help="reproduce a paper table (not yet implemented)")
-    p.add_argument("table", help="table name")
+    from sre2l.reproduce import list_tables
+    p = verbs.add_parser("reproduce", help="run a paper table's cells through the stage notebooks; write its tables and figures",
+                         description="Execute every cell of a table with papermill (stage by stage; stages shared between "
+                                     "cells run once; finished stages are skipped, so a rerun resumes) and write Markdown, "
+                                     "LaTeX and CSV tables with measured, paper and delta columns, and figures, to "
+                                     "OUT/TABLE/. Tables: " + ", ".join(list_tables()) + ".",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("table", nargs="?", help="table name; without one, list the tables")
+    p.add_argument("--run-dir", default="runs/reproduce", help="parent folder of the tables' runs (default: %(default)s)")
+    p.add_argument("--out", default="figures/tables", help="where the tables and figures go, a folder per table (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (stages to run, predicted H100 GPU-hours, disk, label bytes); run nothing")
+    p.add_argument("--render-only", action="store_true", help="run nothing; write the tables and figures from the finished cells")
+    p.add_argument("--gpus", type=lambda t: [g for g in t.split(",") if g], default=None, metavar="0,1,...",
+                   help="one papermill process per listed GPU (CUDA_VISIBLE_DEVICES); default: one process")
+    p.add_argument("--torchrun", type=int, default=0, metavar="N",
+                   help="run the stages through `sre2l STAGE` under torchrun with N processes instead of the notebooks")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of every cell (default: the table's)")
+    p.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                   help="link finished stages found under DIR (same configuration hash) instead of running them; repeatable")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for every cell, e.g. --set data.root=/data/imagenet (repeatable)")
+    p.add_argument("--cell-timeout", type=int, default=0, metavar="S", help="seconds one notebook cell may take (default: no limit)")
+    p = verbs.add_parser("site", help="render the lessons (with the demo's outputs) to static HTML in _docs/",
+                         description="Render every notebook to HTML with nbconvert, the stage notebooks from the demo's "
+                                     "executed copies (run `sre2l demo` first), plus an index page; works offline.")
+    p.add_argument("--from", dest="executed", default="runs/demo/notebooks/distilled",
+                   help="folder of executed stage notebooks (default: %(default)s)")
+    p.add_argument("--to", default="_docs", help="output folder (default: %(default)s)")
+    from sre2l.fetch import list_artifacts
+    p = verbs.add_parser("fetch", help="download, verify, unpack and import a released SRe2L image set or FKD label archive",
+                         description="Download NAME from the Hugging Face Hub (zeyuanyin/SRe2L) or take --from FILE, check its "
+                                     "sha256, unpack it into DATA_DIR/NAME/ and, with --run-dir, import it: images as the "
+                                     "run's recover stage, labels as its label store. Names: " + ", ".join(list_artifacts()) + ".",
+                         epilog=keys, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", nargs="?", help="released file; without one, list them")
+    p.add_argument("--run-dir", default=None, help="run folder to import into (default: only download, verify and unpack)")
+    p.add_argument("--from", dest="source", default=None, metavar="FILE", help="a copy you already have, instead of downloading")
+    p.add_argument("--sha256", default="", metavar="HEX", help="expected checksum (default: the registry's, else the Hub's)")
+    p.add_argument("--data-dir", default="data/published", help="where archives are unpacked (default: %(default)s)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="label archives are torch.save pickles: import them only if you trust their source")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="settings on top of the file's own preset and settings (repeatable)")
     return parser
 
 # %% ../nbs/06_cli.ipynb #9cecd761
@@ -124,6 +166,7 @@ def execute_notebook(name: str, out_dir: Path, parameters: dict,
     except ImportError: raise Sre2lError("papermill is needed to execute notebooks: pip install papermill") from None
     source, target = notebook_dir() / name, out_dir / name
     out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["SRE2L_HEADLESS"] = "1"  # the kernel inherits it: no widgets in batch runs (jupyter/nbclient#312)
     try: papermill.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
                                     cwd=str(source.parent), progress_bar=False, execution_timeout=cell_timeout)
     except papermill.PapermillExecutionError as e:
@@ -188,6 +231,49 @@ def _demo_figure(run_dir: Path, cfg: RunConfig, rows):
                          ("trajectory.png", trajectory(run_dir / "distilled"))):
         if figure is not None: figure.savefig(run_dir / "figures" / name, dpi=90, bbox_inches="tight"); plt.close(figure)
 
+# %% ../nbs/06_cli.ipynb #6a1f0c12
+def build_site(executed="runs/demo/notebooks/distilled",  # folder of executed stage notebooks (from `sre2l demo`)
+               out="_docs") -> Path:  # where the HTML goes
+    "Render every notebook to static HTML (stage notebooks with the demo's outputs) plus an index page."
+    from nbconvert import HTMLExporter
+    from nbconvert.filters.markdown import markdown2html
+    import nbformat
+    executed, out, source = resolve_run_dir(executed), resolve_run_dir(out), notebook_dir()
+    missing = [nb for nb in STAGE_NOTEBOOKS if not (executed / nb).is_file()]
+    if missing: raise Sre2lError(f"{executed} lacks the executed {', '.join(missing)}; run `sre2l demo` first")
+    out.mkdir(parents=True, exist_ok=True)
+    exporter, pages = HTMLExporter(template_name="lab"), []
+    for notebook in sorted(source.glob("[0-9]*.ipynb")):
+        path = executed / notebook.name if notebook.name in STAGE_NOTEBOOKS else notebook
+        nb = nbformat.read(path, as_version=4)
+        title = next((c.source.splitlines()[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown"), notebook.stem)
+        html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+        (out / f"{notebook.stem}.html").write_text(html)
+        pages.append((notebook.stem, title, path != notebook))
+    readme = (source.parent / "README.md").read_text() if (source.parent / "README.md").is_file() else ""
+    readme = re.sub(r'(\]\(|src=")(?!https?:|#)', lambda m: m.group(1) + os.path.relpath(source.parent, out) + "/", readme)
+    items = "".join(f'<li><a href="{stem}.html">{stem}: {title}</a>{" (with the demo&#39;s outputs)" if ran else ""}</li>\n'
+                    for stem, title, ran in pages)
+    (out / "index.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>sre2l</title></head><body "
+                                    f"style='max-width:60em;margin:auto;font-family:sans-serif'><h1>sre2l lessons</h1><ul>\n{items}</ul>"
+                                    f"<hr>{markdown2html(readme)}</body></html>\n")
+    return out / "index.html"
+
+# %% ../nbs/06_cli.ipynb #5e1c7a2d
+def _reproduce(args) -> int:
+    "`sre2l reproduce`: list the tables, print a plan, or run a table; 1 when cells failed."
+    from sre2l.reproduce import reproduce, list_tables, get_table
+    if not args.table:
+        for name in list_tables(): print(f"{name:18} {get_table(name).title}")
+        return 0
+    report = reproduce(args.table, args.run_dir, args.out, args.gpus, args.torchrun, tuple(args.seeds) if args.seeds else None,
+                       args.overrides, args.reuse, args.dry_run, args.render_only, args.cell_timeout)
+    if args.dry_run: return 0
+    print((Path(report["folder"]) / f"{args.table}.md").read_text())
+    failed = {k: v for k, v in report["failed"].items() if not v.startswith("skipped")}
+    for key, why in failed.items(): print(f"sre2l: {key}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
 # %% ../nbs/06_cli.ipynb #7d326431
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `sre2l` command."
@@ -197,8 +283,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "presets":
             for name in list_presets(): print(f"{name:16} {PRESET_SOURCES[name]}")
             return 0
-        if args.verb == "reproduce":
-            raise Sre2lError(f"reproduce {args.table!r}: not yet implemented (table specs and the papermill grid come with the reproduce stage)")
+        if args.verb == "reproduce": return _reproduce(args)
+        if args.verb == "site": print(build_site(args.executed, args.to)); return 0
+        if args.verb == "fetch":
+            from sre2l.fetch import fetch, list_artifacts, get_artifact
+            if not args.name:
+                for name in list_artifacts(): print(f"{name:28} {get_artifact(name).about}")
+                return 0
+            print(json.dumps(fetch(args.name, args.run_dir, args.source, args.sha256, args.data_dir, args.trust_pickle,
+                                   args.overrides), indent=2)); return 0
         if args.verb == "export-labels":
             from sre2l.relabel import export_official_labels
             print(export_official_labels(resolve_run_dir(args.run_dir), args.to)); return 0

@@ -30,7 +30,7 @@ __all__ = ['PRESETS', 'PRESET_SOURCES', 'STAGES', 'log', 'Sre2lError', 'ConfigEr
            'check_shard', 'claim', 'release', 'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors',
            'load_metadata', 'sha256_file', 'versions', 'sweep_temporaries', 'write_manifest', 'read_manifest',
            'find_project_root', 'resolve_run_dir', 'prepare_run', 'stage_status', 'require_stage', 'open_stage',
-           'build_missing', 'setup_logging', 'progress']
+           'build_missing', 'setup_logging', 'progress', 'headless']
 
 # %% ../nbs/00_core.ipynb #92bf55b3
 class Sre2lError(Exception):
@@ -690,3 +690,7 @@ def progress(iterable=None, **kwargs):
     from tqdm.auto import tqdm
     disable = kwargs.pop("disable", False) or bool(os.environ.get("SRE2L_NO_PROGRESS"))
     return tqdm(iterable, disable=disable, **kwargs)
+
+def headless() -> bool:
+    "True in batch runs (`sre2l demo`, `sre2l reproduce` set SRE2L_HEADLESS): notebooks then skip ipywidgets."
+    return bool(os.environ.get("SRE2L_HEADLESS"))

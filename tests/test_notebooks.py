@@ -35,7 +35,8 @@ def test_stage_notebook_has_one_literal_parameters_cell(name):
     assert "#| export" not in "".join(tagged[0]["source"])
     assert notebook["metadata"]["kernelspec"]["name"] == "python3"
     inferred = papermill.inspect_notebook(str(ROOT / "nbs" / name))
-    assert set(inferred) == {"preset", "run_dir", "overrides"}
+    extra = {"04_validate.ipynb": {"pruning_ratios"}}.get(name, set())  # the curve's points (sre2l reproduce passes [])
+    assert set(inferred) == {"preset", "run_dir", "overrides"} | extra
     assert all(p["help"] for p in inferred.values()), "every parameter needs a docments comment"
 
 
@@ -55,3 +56,22 @@ def test_papermill_takes_configuration_keys_as_parameters(tmp_path):
     manifest = json.loads((run_dir / "relabel" / "manifest.json").read_text())
     assert manifest["prune_ratio"] == 0.5 and manifest["stored_batches"] == 2 and manifest["images"] == 20
     assert manifest["config"]["squeeze"]["epochs"] == 1 and manifest["config"]["recover"]["iterations"] == 3
+
+
+def test_offline_site_renders_the_lessons_with_their_outputs(tmp_path):
+    "`sre2l site`: every notebook as HTML, the stage lessons with the demo's figures, linked from an index."
+    executed = ROOT / "runs" / "demo" / "notebooks" / "distilled"
+    if not all((executed / name).is_file() for name in STAGE_NOTEBOOKS):  # CI ran the demo before the tests
+        result = run([tool("sre2l"), "demo", "--run-dir", str(tmp_path / "demo")])
+        assert result.returncode == 0, result.stderr[-2000:]
+        executed = tmp_path / "demo" / "notebooks" / "distilled"
+    result = run([tool("sre2l"), "site", "--from", str(executed), "--to", str(tmp_path / "site")])
+    assert result.returncode == 0, result.stderr
+    index = (tmp_path / "site" / "index.html").read_text()
+    for notebook in sorted((ROOT / "nbs").glob("[0-9]*.ipynb")):
+        assert f'href="{notebook.stem}.html"' in index
+    for name in STAGE_NOTEBOOKS:
+        page = (tmp_path / "site" / name.replace(".ipynb", ".html")).read_text()
+        assert "data:image/png" in page and "Try this" in page, f"{name}: no figures or no exercises"
+    result = run([tool("sre2l"), "site", "--from", str(tmp_path / "nowhere"), "--to", str(tmp_path / "site2")])
+    assert result.returncode == 2 and "run `sre2l demo` first" in result.stderr

@@ -1,0 +1,131 @@
+"""`sre2l reproduce`: table specs, the plan, the papermill driver (sharing, resuming, failures, GPUs, torchrun) and the report."""
+import csv
+import json
+
+import pytest
+
+from conftest import run, tool
+from sre2l.core import STAGES, make_config
+from sre2l.reproduce import (Cell, TableSpec, TABLES, get_table, list_tables, plan_table, predict_cost, pruned,
+                             register_table, reproduce)
+
+TINY = ("squeeze.epochs=2", "recover.ipc=2", "recover.iterations=10", "relabel.epochs=4", "validate.epochs=4",
+        "validate.eval_every=4", "device=cpu")
+
+
+def _table(name, cells):
+    "Register a throw-away table (the driver process reads specs; the notebooks only see preset and overrides)."
+    TABLES.pop(name, None)
+    register_table(name)(lambda: TableSpec(name, f"test table {name}", cells))
+    return name
+
+
+def test_every_table_resolves_and_names_its_sources():
+    for name in list_tables():
+        spec = get_table(name)
+        assert spec.cells and spec.title
+        for cell in spec.cells:
+            make_config(cell.preset, list(cell.overrides))
+            assert cell.source, f"{name}: {cell.row} / {cell.column} does not say where its paper value comes from"
+            if cell.paper is not None: assert "reference/" in cell.source
+
+
+def test_paper_tables_carry_the_reference_numbers():
+    main = {(c.row, c.column): c.paper for c in get_table("sre2l_main").cells}
+    assert main["ImageNet-1K, IPC 50", "ResNet-18"] == 46.8 and main["Tiny-ImageNet, IPC 100", "ResNet-101"] == 51.5
+    lpld = {(c.row, c.column): (c.paper, c.paper_label_gb) for c in get_table("lpld_labels").cells}
+    assert lpld["ImageNet-1K, IPC 200", "LPLD: 40x fewer labels"] == (59.6, 2.85)
+    assert make_config("lpld_in1k", list(get_table("lpld_labels").cells[1].overrides)).relabel.prune_ratio == 0.975
+
+
+def test_plan_shares_stages_with_equal_configuration(tmp_path):
+    runs = plan_table(get_table("sre2l_main"), tmp_path)
+    distinct = {stage: len({r.keys[stage] for r in runs}) for stage in STAGES}
+    assert distinct == {"squeeze": 2, "recover": 6, "relabel": 6, "validate": 18}
+    seeded = plan_table(get_table("sre2l_main"), tmp_path, seeds=(0, 1))
+    assert len(seeded) == 36 and len({r.keys["recover"] for r in seeded}) == 12  # the seed changes recover, not squeeze
+    assert len({r.keys["squeeze"] for r in seeded}) == 2
+
+
+def test_predicted_label_bytes_match_the_lpld_storage_table():
+    "The kit's fp16 store against LPLD's sizes (the official pickle layout): the same order, within 10%."
+    for cell in get_table("lpld_labels").cells:
+        if "ImageNet-1K" not in cell.row: continue
+        predicted = predict_cost(make_config(cell.preset, list(cell.overrides)))["label_bytes"] / 1e9
+        assert abs(predicted / cell.paper_label_gb - 1) < 0.1, (cell.row, cell.column, predicted, cell.paper_label_gb)
+
+
+def test_dry_run_prints_the_full_plan(tmp_path):
+    result = run([tool("sre2l"), "reproduce", "sre2l_main", "--dry-run", "--run-dir", str(tmp_path)])
+    assert result.returncode == 0, result.stderr
+    assert "18 runs" in result.stdout and "H100 GPU-hours" in result.stdout and "imagenet-1k-ipc-200-resnet-101" in result.stdout
+    assert not (tmp_path / "sre2l_main").exists()  # a dry run writes nothing
+
+
+def test_unknown_table_is_one_clear_error(tmp_path):
+    result = run([tool("sre2l"), "reproduce", "sre2l_mian", "--run-dir", str(tmp_path)])
+    assert result.returncode == 2 and "unknown table 'sre2l_mian'" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def driven(tmp_path_factory):
+    "A three-cell digits table run through the notebooks: full labels, 2x pruned, and a cell that must fail."
+    root = tmp_path_factory.mktemp("reproduce")
+    name = _table("t_driver", [Cell("digits", "full", "digits", TINY), Cell("digits", "2x", "digits", (*TINY, *pruned(2))),
+                               Cell("digits", "broken", "digits", (*TINY, "validate.epochs=9"))])  # more epochs than stored
+    report = reproduce(name, root / "runs", root / "figures")
+    return root, name, report
+
+
+def test_driver_runs_shares_and_reports(driven):
+    root, name, report = driven
+    cells = {c["column"]: c for c in report["cells"]}
+    assert cells["full"]["measured"] is not None and cells["2x"]["measured"] is not None
+    assert cells["2x"]["label_bytes"] < cells["full"]["label_bytes"]
+    stages = sorted(p.name.split("-")[0] for p in (root / "runs" / name / "stages").iterdir())
+    assert stages == ["recover", "relabel", "relabel", "squeeze", "validate", "validate", "validate"]  # shared ones once
+    out = root / "figures" / name
+    for file in (f"{name}.md", f"{name}.tex", f"{name}.csv", "results.json", "images.png", "storage.png"):
+        assert (out / file).is_file(), file
+    with open(out / f"{name}.csv") as f: assert [r["column"] for r in csv.DictReader(f)] == ["full", "2x", "broken"]
+    executed = root / "runs" / name / "cells" / "digits-full-seed0" / "notebooks" / "04_validate.ipynb"
+    assert json.loads(executed.read_text())["cells"], "the executed notebook is kept in the cell's folder"
+
+
+def test_a_failed_cell_names_its_notebook_and_does_not_stop_the_others(driven):
+    root, name, report = driven
+    broken = next(c for c in report["cells"] if c["column"] == "broken")
+    assert broken["measured"] is None
+    why = broken["problems"][0]
+    assert "validate failed" in why and "04_validate.ipynb" in why and "epochs" in why
+    assert "failed (see below)" in (root / "figures" / name / f"{name}.md").read_text()
+
+
+def test_second_run_resumes_without_running_anything(driven, caplog):
+    root, name, first = driven
+    caplog.set_level("INFO", logger="sre2l")
+    again = reproduce(name, root / "runs", root / "figures")
+    jobs = [r.message for r in caplog.records if "job(s)" in r.message]
+    assert jobs == ["reproduce: 1 validate job(s) on 1 worker(s)"]  # only the broken cell is tried again
+    assert [c["measured"] for c in again["cells"]] == [c["measured"] for c in first["cells"]]
+
+
+def test_reuse_links_finished_stages_from_another_folder(driven, tmp_path, caplog):
+    root, name, first = driven
+    caplog.set_level("INFO", logger="sre2l")
+    TABLES.pop("t_reuse", None)
+    register_table("t_reuse")(lambda: TableSpec("t_reuse", "reuse", get_table(name).cells[:2]))
+    report = reproduce("t_reuse", tmp_path / "runs", tmp_path / "figures", reuse=[root / "runs"])
+    assert not [r for r in caplog.records if "job(s)" in r.message]
+    assert [c["measured"] for c in report["cells"]] == [c["measured"] for c in first["cells"][:2]]
+
+
+def test_one_process_per_gpu_and_torchrun_paths(tmp_path):
+    "Two workers (CUDA_VISIBLE_DEVICES 0 and 1; on a CPU they only run side by side), then the CLI under torchrun."
+    cells = [Cell("digits", f"seed-like {k}", "digits", (*TINY, f"validate.lr={0.001 * (k + 1)}")) for k in range(2)]
+    report = reproduce(_table("t_gpus", cells), tmp_path / "a", tmp_path / "fa", gpus=["0", "1"])
+    assert report["measured"] == 2 and not report["failed"]
+    report = reproduce(_table("t_torchrun", cells[:1]), tmp_path / "b", tmp_path / "fb", torchrun=2)
+    assert report["measured"] == 1 and not report["failed"]
+    log = next((tmp_path / "b" / "t_torchrun" / "cells").glob("*/logs/validate.log")).read_text()
+    assert "OMP_NUM_THREADS" in log  # torchrun's own banner: the stage ran under torchrun
