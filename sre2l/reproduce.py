@@ -88,13 +88,13 @@ assert pruned(40)[0] == "relabel.prune_ratio=0.975" and pruned(1) == ()
 _SRE2L = "../shared/reference/sre2l.md §5.1 (SRe2L README, results.png)"
 _LPLD = "../shared/reference/lpld-prism.md §C (LPLD README, 'Previous soft labels vs ours')"
 
-def _fashion_cells(ipcs, extra=()) -> list:
-    "Random real vs SRe2L vs LPLD class-BN images at full, 10x and 40x labels, for each IPC."
+def _fashion_cells(ipcs, extra=(), budgets=(1, 10, 40)) -> list:
+    "Random real vs SRe2L vs LPLD class-BN images at each label budget (1 = full), for each IPC."
     methods = {"random real": ("fashion-mnist", ("recover.method=real",)), "SRe2L": ("fashion-mnist", ()),
                "LPLD (class BN)": ("lpld_fashion-mnist", ())}
     return [Cell(f"IPC {ipc}, {method}", f"{budget}x labels" if budget > 1 else "full labels", preset,
                  (*extra, f"recover.ipc={ipc}", *changes, *pruned(budget)), source="kit table (no paper value)")
-            for ipc in ipcs for method, (preset, changes) in methods.items() for budget in (1, 10, 40)]
+            for ipc in ipcs for method, (preset, changes) in methods.items() for budget in budgets]
 
 @register_table("lesson")
 def _lesson():
@@ -116,8 +116,8 @@ def _demo():
 @register_table("fashion_mnist_ci")
 def _fashion_mnist_ci():
     small = ("squeeze.epochs=1", "recover.iterations=100", "relabel.epochs=20", "validate.epochs=20", "validate.eval_every=20")
-    return TableSpec("fashion_mnist_ci", "Fashion-MNIST, CI size: random real vs SRe2L vs LPLD, full vs 10x vs 40x labels",
-                     _fashion_cells([10], small),
+    return TableSpec("fashion_mnist_ci", "Fashion-MNIST, CI size: random real vs SRe2L vs LPLD, full vs 40x labels",
+                     _fashion_cells([10], small, budgets=(1, 40)),
                      about="The Fashion-MNIST table with one teacher epoch, 100 recovery steps and 20 student epochs, "
                            "so that CI can run it; see `fashion_mnist` for the real one.")
 
@@ -443,7 +443,8 @@ def gather(runs: list[CellRun], failed: dict | None = None) -> list[dict]:
     rows = []
     for run in runs:
         row = {"cell": run.cell.name, "row": run.cell.row, "column": run.cell.column, "seed": run.seed,
-               "preset": run.cell.preset, "overrides": list(run.cell.overrides)}
+               "preset": run.cell.preset, "overrides": list(run.cell.overrides),
+               "predicted_label_bytes": predict_cost(run.cfg)["label_bytes"]}
         try:
             validate = stage_status(run.folder, "validate", run.cfg)
             relabel = stage_status(run.folder, "relabel", run.cfg)
@@ -471,6 +472,7 @@ def summarise(spec: TableSpec, rows: list[dict]) -> list[dict]:
                  "paper": cell.paper, "paper_std": cell.paper_std,
                  "delta": None if mean is None or cell.paper is None else mean - cell.paper,
                  "label_bytes": next((r["label_bytes"] for r in mine if "label_bytes" in r), None),
+                 "predicted_label_bytes": next((r["predicted_label_bytes"] for r in mine if "predicted_label_bytes" in r), None),
                  "paper_label_gb": cell.paper_label_gb, "source": cell.source,
                  "problems": sorted({r["problem"] for r in mine if "problem" in r})}
         out.append(entry)
@@ -494,7 +496,8 @@ def _columns(summary: list[dict]) -> list:
                 else _short(e["problems"])),
                ("paper", lambda e: _number(e["paper"], e["paper_std"], 1)),
                ("delta", lambda e: f"{e['delta']:+.2f}" if e["delta"] is not None else "-"),
-               ("labels (kit)", lambda e: human(e["label_bytes"]) if e["label_bytes"] is not None else "-")]
+               ("labels (kit)", lambda e: human(e["label_bytes"]) if e["label_bytes"] is not None else
+                (f"{human(e['predicted_label_bytes'])} predicted" if e.get("predicted_label_bytes") is not None else "-"))]
     if all(e["paper"] is None for e in summary): del columns[3:5]  # a kit table: no paper, no delta
     if any(e["paper_label_gb"] is not None for e in summary):
         columns.append(("labels (paper)", lambda e: human(e["paper_label_gb"] * 1e9) if e["paper_label_gb"] is not None else "-"))
@@ -528,7 +531,7 @@ def render_csv(summary: list[dict]) -> str:
     "The table as CSV: one line per cell, numbers unrounded."
     buffer = io.StringIO()
     keys = ["row", "column", "preset", "overrides", "seeds", "measured", "measured_std", "paper", "paper_std", "delta",
-            "label_bytes", "paper_label_gb", "source", "problems"]
+            "label_bytes", "predicted_label_bytes", "paper_label_gb", "source", "problems"]
     writer = csv.DictWriter(buffer, keys, lineterminator="\n")
     writer.writeheader()
     for e in summary: writer.writerow({k: (";".join(map(str, e[k])) if isinstance(e[k], list) else e[k]) for k in keys})
@@ -624,6 +627,7 @@ def write_report(spec: TableSpec, runs: list[CellRun], out_dir="figures/tables",
     (out / f"{spec.name}.tex").write_text(render_latex(spec, summary))
     (out / f"{spec.name}.csv").write_text(render_csv(summary))
     report = {"table": spec.name, "title": spec.title, "cells": summary, "runs": rows,
-              "failed": dict(sorted((failed or {}).items())), "measured": done, "folder": str(out)}
+              "failed": dict(sorted((failed or {}).items())), "measured": done}
     save_json(out / "results.json", report)
+    report["folder"] = str(out)
     return report
