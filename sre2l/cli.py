@@ -153,7 +153,8 @@ STAGE_NOTEBOOKS = ("01_squeeze.ipynb", "02_recover.ipynb", "03_relabel.ipynb", "
 
 def notebook_dir() -> Path:
     "The nbs/ folder of the repository the package was installed from (or the current one)."
-    for start in (Path(__file__).resolve().parent, Path.cwd()):
+    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # no __file__ in a notebook
+    for start in (here, Path.cwd()):
         root = find_project_root(start)
         if root and all((root / "nbs" / nb).is_file() for nb in STAGE_NOTEBOOKS): return root / "nbs"
     raise Sre2lError("the stage notebooks were not found; run `sre2l demo` from a clone of the repository "

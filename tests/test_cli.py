@@ -27,7 +27,8 @@ def test_help_lists_every_key(verb):
     (["config", "--set", "recover.ipc"], "--set expects key=value"),
     (["squeeze", "--set", "data.name=imagenet-1k", "--set", "data.root=/nonexistent"], "data set 'imagenet-1k' not found"),
     (["recover", "--run-dir", "{tmp}/empty"], "has no finished squeeze stage"),
-    (["reproduce", "sre2l_main"], "not yet implemented"),
+    (["reproduce", "sre2l_mian", "--run-dir", "{tmp}/r"], "unknown table 'sre2l_mian'"),
+    (["fetch", "sre2l_tiny_rn18_1k_ipc50", "--from", "{tmp}/missing.zip", "--sha256", "0"], "no such file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     result = run([tool("sre2l"), *[a.replace("{tmp}", str(tmp_path)) for a in args]])

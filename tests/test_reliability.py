@@ -84,7 +84,7 @@ CASES = [
     ("zero accumulation steps", ["validate", "--run-dir", "{run}", *sets("validate.accumulation_steps=0")],
      "validate.accumulation_steps must be positive", "validate"),
     ("a shard that does not exist", ["recover", "--run-dir", "{squeezed}", "--shard", "3/2", *sets()], "--shard expects I/N", None),
-    ("reproduce, not built yet", ["reproduce", "sre2l_main"], "not yet implemented", None),
+    ("a table that does not exist", ["reproduce", "sre2l_mian", "--run-dir", "{run}"], "unknown table 'sre2l_mian'", None),
 ]
 
 
