@@ -411,8 +411,9 @@ def _run_jobs(runs: list, gpus, torchrun: int, cell_timeout: int) -> dict:
         log.info("reproduce: %d %s job(s) on %d worker(s)", len(jobs), stage, len(workers))
         queue = list(jobs.items())
         def work(worker):
-            while queue:
-                key, run = queue.pop(0)
+            while True:
+                try: key, run = queue.pop(0)  # atomic under the GIL; another worker may have taken the last job
+                except IndexError: return
                 command, output = _job_command(stage, run, torchrun, cell_timeout)
                 env = {**os.environ, "SRE2L_HEADLESS": "1", **({"CUDA_VISIBLE_DEVICES": worker} if worker is not None else {})}
                 logfile = run.folder / "logs" / f"{stage}.log"
