@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import (RunConfig, Sre2lError, ConfigError, STAGES, make_config, stage_config, hash_json,
-                        stage_status, read_manifest, resolve_run_dir, find_project_root, save_json, load_json, log)
+                        read_manifest, resolve_run_dir, find_project_root, save_json, load_json, log)
 
 # %% auto #0
 __all__ = ['TABLES', 'H100_RATES', 'SMALL_IMAGE_SPEEDUP', 'MODEL_COST', 'SPLIT_SIZES', 'STAGE_NOTEBOOK', 'Cell', 'TableSpec',
            'register_table', 'list_tables', 'get_table', 'pruned', 'CellRun', 'stage_key', 'plan_table', 'predict_cost',
-           'human', 'plan_report', 'find_stages', 'link_stages', 'reproduce', 'gather', 'summarise', 'render_markdown',
-           'render_latex', 'render_csv', 'images_figure', 'pruning_figure', 'storage_figure', 'write_report']
+           'human', 'plan_report', 'finished', 'find_stages', 'link_stages', 'reproduce', 'gather', 'summarise',
+           'render_markdown', 'render_latex', 'render_csv', 'images_figure', 'pruning_figure', 'storage_figure',
+           'write_report']
 
 # %% ../nbs/05_reproduce.ipynb #29883b55
 @dataclass(frozen=True)
@@ -298,7 +299,7 @@ def plan_report(spec: TableSpec, runs: list[CellRun]) -> str:
             if key in seen: continue
             seen.add(key)
             cost = predict_cost(run.cfg)
-            done = _finished(run, stage)
+            done = finished(run, stage) is not None
             h = cost["seconds"][stage] / 3600
             image_bytes = cost["image_bytes"] if stage == "recover" and run.cfg.recover.method != "real" else 0
             label_bytes = cost["label_bytes"] if stage == "relabel" else 0
@@ -310,12 +311,12 @@ def plan_report(spec: TableSpec, runs: list[CellRun]) -> str:
                   f"{human(disk)} of images and labels on disk, of which labels {human(labels)}"]
     return "\n".join(lines)
 
-def _finished(run: CellRun, stage: str) -> bool:
-    "Whether the stage's shared folder holds a finished stage (without verifying file hashes)."
+def finished(run: CellRun, stage: str) -> dict | None:
+    "The manifest of the cell's stage if it finished with this configuration, else None (no file hashing)."
     folder = run.folder.parent.parent / "stages" / run.keys[stage]
     try: manifest = read_manifest(folder, verify=False)
-    except Sre2lError: return False
-    return bool(manifest) and manifest.get("config_hash") == run.keys[stage].split("-", 1)[1]
+    except (Sre2lError, ValueError): return None
+    return manifest if manifest and manifest.get("config_hash") == run.keys[stage].split("-", 1)[1] else None
 
 # %% ../nbs/05_reproduce.ipynb #5ea6811e
 def find_stages(folders) -> dict:
@@ -403,7 +404,7 @@ def _run_jobs(runs: list, gpus, torchrun: int, cell_timeout: int) -> dict:
         jobs = {}
         for run in runs:
             key = run.keys[stage]
-            if key in jobs or stage_status(run.folder, stage, run.cfg) is not None: continue
+            if key in jobs or finished(run, stage) is not None: continue
             blocked = [run.keys[s] for s in STAGES[:STAGES.index(stage)] if run.keys[s] in failed]
             if blocked: failed[key] = f"skipped: its {blocked[0].split('-')[0]} stage failed"; continue
             jobs[key] = run
@@ -422,7 +423,7 @@ def _run_jobs(runs: list, gpus, torchrun: int, cell_timeout: int) -> dict:
                 with open(logfile, "w") as handle:
                     code = subprocess.call(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=run.folder)
                 where = f"notebook {output}, log {logfile}" if not torchrun else f"log {logfile}"
-                if code != 0 or stage_status(run.folder, stage, run.cfg) is None:
+                if code != 0 or finished(run, stage) is None:
                     failed[key] = f"{stage} failed (exit code {code}); {where}: {_last_error(logfile)}"
                     log.error("reproduce: %s %s FAILED after %.0f s (%s)", stage, run.cell.name, time.perf_counter() - began, where)
                 else:
@@ -446,15 +447,12 @@ def gather(runs: list[CellRun], failed: dict | None = None) -> list[dict]:
         row = {"cell": run.cell.name, "row": run.cell.row, "column": run.cell.column, "seed": run.seed,
                "preset": run.cell.preset, "overrides": list(run.cell.overrides),
                "predicted_label_bytes": predict_cost(run.cfg)["label_bytes"]}
-        try:
-            validate = stage_status(run.folder, "validate", run.cfg)
-            relabel = stage_status(run.folder, "relabel", run.cfg)
-        except Sre2lError as e: validate, relabel, row["problem"] = None, None, str(e)
+        validate, relabel = finished(run, "validate"), finished(run, "relabel")
         if relabel: row["label_bytes"] = label_bytes(relabel)
         if validate:
             row["top1"] = validate["metrics"]["test_top1"]
             if "test_top5" in validate["metrics"]: row["top5"] = validate["metrics"]["test_top5"]
-        elif "problem" not in row:
+        else:
             reasons = [(failed or {}).get(run.keys[s]) for s in STAGES]
             row["problem"] = next((r for r in reasons if r), "not run")
         rows.append(row)
@@ -549,7 +547,7 @@ def images_figure(runs: list[CellRun], classes: int = 10, columns: int = 10):
     for run in runs:
         if run.keys["recover"] in shown or run.cfg.recover.method == "real" or run.seed != first_seed: continue
         shown.add(run.keys["recover"])
-        if stage_status(run.folder, "recover", run.cfg) is None: continue
+        if finished(run, "recover") is None: continue
         spec = get_dataset(run.cfg.data.name)
         ipc = min(run.cfg.recover.ipc, columns)
         images = read_distilled(run.folder / "recover" / "images", ipc, spec.channels, min(spec.num_classes, classes))
