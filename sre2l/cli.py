@@ -17,11 +17,11 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from .core import (RunConfig, Sre2lError, make_config, list_presets, PRESET_SOURCES, config_dict, setup_logging,
-                        resolve_run_dir, find_project_root, save_json, stage_status)
+                        resolve_run_dir, find_project_root, save_json, stage_status, run_status)
 
 # %% auto #0
 __all__ = ['STAGE_VERBS', 'STAGE_NOTEBOOKS', 'field_comments', 'config_help', 'parse_shard', 'build_parser', 'notebook_dir',
-           'execute_notebook', 'run_demo', 'demo_table', 'build_site', 'main']
+           'execute_notebook', 'run_demo', 'demo_table', 'build_site', 'status_table', 'main']
 
 # %% ../nbs/06_cli.ipynb #9b6932fb
 def field_comments(cls) -> dict:
@@ -99,6 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("export-labels", help="write the run's label store in the official epoch_*/batch_*.tar layout")
     p.add_argument("--run-dir", required=True, help="run folder with a finished relabel stage")
     p.add_argument("--to", required=True, help="folder to write epoch_*/batch_*.tar into")
+    p = verbs.add_parser("make-imagefolder", help="write an ImageNet-shaped folder (layout, JPEG sizes, colour modes) to rehearse on",
+                         description="Write DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG with ImageNet's layout, file "
+                                     "names, JPEG sizes and colour modes, and class-dependent content a teacher can learn. "
+                                     "Read it as the data set imagenet-shape: --set data.name=imagenet-shape "
+                                     "--set data.root=DIR --set data.num_classes=N. An existing folder made with the same "
+                                     "settings is kept; a killed run is started again.")
+    p.add_argument("folder", help="folder to write (train/ and val/ inside)")
+    p.add_argument("--classes", type=int, default=1000, help="class folders (default: %(default)s)")
+    p.add_argument("--train-per-class", type=int, default=100, help="training images per class (default: %(default)s)")
+    p.add_argument("--val-per-class", type=int, default=50, help="validation images per class (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of names, sizes and content (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=-1, help="writing processes; -1 = the CPUs, at most 16 (default: %(default)s)")
+    p = verbs.add_parser("status", help="how far a run (or a reproduce table) has got: each stage finished, running or not started",
+                         description="Read every stage folder of RUN_DIR (or, for a `sre2l reproduce` table folder, every "
+                                     "shared stage): finished stages with their time, started ones with units done, rate, "
+                                     "time left and the age of their last progress report. Each stage's log is "
+                                     "RUN_DIR/STAGE/log.txt (follow it with tail -f).")
+    p.add_argument("run_dir", help="run folder, or a table folder such as runs/reproduce/demo")
     verbs.add_parser("presets", help="list the presets and where their values come from")
     p = verbs.add_parser("config", help="print the resolved configuration as JSON", epilog=keys,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,9 +233,9 @@ def demo_table(run_dir: Path, preset: str, overrides, seconds: float) -> dict:
 def _demo_figure(run_dir: Path, cfg: RunConfig, rows):
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sre2l.data import get_dataset, read_distilled
+    from sre2l.data import data_spec, read_distilled
     from sre2l.plots import show_images, plot_bars
-    spec = get_dataset(cfg.data.name)
+    spec = data_spec(cfg.data)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1, 1, 1.2]})
     for ax, variant in zip(axes, ("distilled", "random-real")):
         images = read_distilled(run_dir / variant / "recover" / "images", cfg.recover.ipc, spec.channels, spec.num_classes)
@@ -275,6 +293,25 @@ def _reproduce(args) -> int:
     for key, why in failed.items(): print(f"sre2l: {key}: {why}", file=sys.stderr)
     return 1 if failed else 0
 
+# %% ../nbs/06_cli.ipynb #bd525476
+def _duration(seconds) -> str:
+    "Seconds as h:mm:ss."
+    seconds = int(round(seconds)); return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+def status_table(states: list[dict]) -> str:
+    "One line per stage folder: finished (its time), started (done/total, rate, time left, last report) or not started."
+    lines = []
+    for s in states:
+        what = s["state"]
+        if what == "finished" and s.get("seconds") is not None: what += f" in {_duration(s['seconds'])}"
+        elif what == "started":
+            what = f"{s.get('what') or 'units'}: {s['done']}/{s.get('total') or '?'}"
+            if s.get("rate_per_hour"): what += f", {s['rate_per_hour']:.4g}/h"
+            if s.get("eta_seconds") is not None: what += f", about {_duration(s['eta_seconds'])} left"
+            what += f"; last report {_duration(s['age_seconds'])} ago by {s.get('host', '?')}:{s.get('pid', '?')}"
+        lines.append(f"{s['stage']:24} {what}")
+    return "\n".join(lines) if lines else "no stage folders here"
+
 # %% ../nbs/06_cli.ipynb #7d326431
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `sre2l` command."
@@ -285,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
             for name in list_presets(): print(f"{name:16} {PRESET_SOURCES[name]}")
             return 0
         if args.verb == "reproduce": return _reproduce(args)
+        if args.verb == "make-imagefolder":
+            from sre2l.imagefolder import make_imagefolder
+            record = make_imagefolder(resolve_run_dir(args.folder), args.classes, args.train_per_class, args.val_per_class,
+                                      args.seed, args.workers)
+            print(f"{resolve_run_dir(args.folder)}: {record['classes']} classes, {record['train_per_class']} train and "
+                  f"{record['val_per_class']} val images per class"); return 0
+        if args.verb == "status": print(status_table(run_status(args.run_dir))); return 0
         if args.verb == "site": print(build_site(args.executed, args.to)); return 0
         if args.verb == "fetch":
             from sre2l.fetch import fetch, list_artifacts, get_artifact

@@ -13,6 +13,7 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
@@ -23,14 +24,15 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PRESETS', 'PRESET_SOURCES', 'STAGES', 'log', 'Sre2lError', 'ConfigError', 'DataConfig', 'SqueezeConfig',
-           'RecoverConfig', 'RelabelConfig', 'ValidateConfig', 'RunConfig', 'set_value', 'register_preset',
-           'list_presets', 'make_config', 'parameter_names', 'notebook_overrides', 'config_dict', 'config_from_dict',
-           'hash_json', 'stage_config', 'seed_everything', 'unit_seed', 'generator', 'pick_device', 'shard_from_env',
-           'check_shard', 'claim', 'release', 'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors',
-           'load_metadata', 'sha256_file', 'versions', 'sweep_temporaries', 'write_manifest', 'read_manifest',
-           'find_project_root', 'resolve_run_dir', 'prepare_run', 'stage_status', 'require_stage', 'open_stage',
-           'build_missing', 'setup_logging', 'progress', 'headless']
+__all__ = ['PRESETS', 'PRESET_SOURCES', 'STAGES', 'LEASE_SECONDS', 'log', 'Sre2lError', 'ConfigError', 'DataConfig',
+           'SqueezeConfig', 'RecoverConfig', 'RelabelConfig', 'ValidateConfig', 'RunConfig', 'set_value',
+           'register_preset', 'list_presets', 'make_config', 'parameter_names', 'notebook_overrides', 'config_dict',
+           'config_from_dict', 'hash_json', 'stage_config', 'seed_everything', 'unit_seed', 'generator', 'pick_device',
+           'shard_from_env', 'check_shard', 'Claim', 'claim', 'release', 'atomic_write', 'save_json', 'load_json',
+           'save_tensors', 'load_tensors', 'load_metadata', 'sha256_file', 'versions', 'sweep_temporaries',
+           'write_manifest', 'read_manifest', 'find_project_root', 'resolve_run_dir', 'prepare_run', 'stage_status',
+           'require_stage', 'open_stage', 'build_missing', 'stage_state', 'run_status', 'setup_logging', 'log_to_stage',
+           'progress', 'headless']
 
 # %% ../nbs/00_core.ipynb #92bf55b3
 class Sre2lError(Exception):
@@ -46,6 +48,10 @@ class DataConfig:
     name: str = "digits"  # data set name in the registry (see `sre2l.data.list_datasets()`)
     root: str = ""  # data set folder; '' searches the registry's default places
     download: bool = False  # allow torchvision to download the data set when it is missing
+    num_classes: int = 0  # classes of a folder made by `sre2l make-imagefolder` (imagenet-shape); 0 = the registry's
+    workers: int = -1  # processes decoding image files; -1 = the CPUs this process may use, at most 16; 0 = none
+    cache_bytes: int = 8_000_000_000  # decode a split from files into memory once if its uint8 pixels fit (IN-1K val: 7.5 GB)
+    decode: str = "cpu"  # 'cpu' (worker processes decode JPEGs) or 'gpu' (workers read bytes; torchvision decodes on the GPU)
 
 # %% ../nbs/00_core.ipynb #e75ce45b
 @dataclass
@@ -392,6 +398,7 @@ def notebook_overrides(namespace: dict, before: set) -> list[str]:
 
 # %% ../nbs/00_core.ipynb #0dfae581
 STAGES = ("squeeze", "recover", "relabel", "validate")
+_WHERE_AND_HOW_FAST = ("root", "workers", "cache_bytes")  # data keys that change where and how fast, not what
 
 def config_dict(cfg: RunConfig) -> dict:
     "The configuration as plain JSON-ready data."
@@ -415,7 +422,7 @@ def stage_config(cfg: RunConfig, stage: str) -> dict:
     "The part of the configuration that `stage` and the stages before it depend on."
     if stage not in STAGES: raise ValueError(f"unknown stage {stage!r}")
     data = config_dict(cfg)
-    keep = {"data": {k: v for k, v in data["data"].items() if k != "root"}}
+    keep = {"data": {k: v for k, v in data["data"].items() if k not in _WHERE_AND_HOW_FAST}}
     if stage != "squeeze": keep["seed"] = data["seed"]  # the teacher has its own squeeze.seed
     for name in STAGES[: STAGES.index(stage) + 1]: keep[name] = data[name]
     return keep
@@ -456,6 +463,8 @@ def check_shard(shard: tuple) -> tuple[int, int]:
     return int(shard[0]), int(shard[1])
 
 # %% ../nbs/00_core.ipynb #92d92490
+LEASE_SECONDS = 300.0  # a claim not renewed for this long is taken over, from any host
+
 def _owner() -> str:
     import socket
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -466,26 +475,70 @@ def _alive(pid: int) -> bool:
     except PermissionError: return True
     return True
 
-def claim(path) -> bool:
-    "Take the work item that `path` stands for, atomically; False when another live process holds it."
-    path = Path(path)
+# %% ../nbs/00_core.ipynb #7eae5b8d
+def _write_claim(path: Path, lease: float):
+    "Write (or renew) this process's claim record: a temporary file renamed over the claim."
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.renew.tmp")
+    tmp.write_text(json.dumps({"owner": _owner(), "expires": time.time() + lease}))
+    os.replace(tmp, path)
+
+def _read_claim(path: Path) -> dict | None:
+    "A claim's record (owner, expires), None when the file is gone; an old or half-written file counts from its mtime."
+    try: text, mtime = path.read_text(), path.stat().st_mtime
+    except FileNotFoundError: return None
+    try: record = json.loads(text)
+    except ValueError: record = {"owner": text.strip()}
+    if not isinstance(record, dict): record = {}
+    record.setdefault("owner", ""); record.setdefault("expires", mtime + LEASE_SECONDS)
+    return record
+
+def _stale(record: dict) -> bool:
+    "Whether a claim may be taken over: its lease ran out, or its owner on this host no longer runs."
+    if record["expires"] < time.time(): return True
+    host, _, pid = record["owner"].rpartition(":")
+    return host == _owner().rpartition(":")[0] and pid.isdigit() and not _alive(int(pid))
+
+# %% ../nbs/00_core.ipynb #ea3866a7
+class Claim:
+    "A work item this process holds: a thread renews its lease until `release()` (or until the file is removed)."
+    def __init__(self, path: Path, lease: float):
+        self.path, self.lease, self._stop = Path(path), lease, threading.Event()
+        threading.Thread(target=self._renew, daemon=True, name=f"claim {self.path.name}").start()
+
+    def _renew(self):
+        while not self._stop.wait(self.lease / 5):
+            record = _read_claim(self.path)
+            if record is None or record["owner"] != _owner(): return  # released, or taken over
+            try: _write_claim(self.path, self.lease)
+            except OSError as error: log.warning("could not renew %s (%s); trying again", self.path, error)
+
+    def release(self):
+        "Give the item up (after its files are written)."
+        self._stop.set(); self.path.unlink(missing_ok=True)
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.release()
+
+# %% ../nbs/00_core.ipynb #29971505
+def claim(path, lease: float | None = None) -> Claim | None:
+    "Take the work item that `path` stands for, atomically; None while another process holds it."
+    path, lease = Path(path), lease or LEASE_SECONDS
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(3):
-        try: handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        try: handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
-            try: owner = path.read_text()
-            except FileNotFoundError: continue  # released meanwhile: try again
-            if owner == _owner(): return True
-            host, _, pid = owner.rpartition(":")
-            if host != _owner().rpartition(":")[0] or not pid.isdigit() or _alive(int(pid)): return False
-            path.unlink(missing_ok=True)  # its process is gone (a killed run): take the item over
+            record = _read_claim(path)
+            if record is None: continue  # released meanwhile: try again
+            if record["owner"] == _owner(): return Claim(path, lease)
+            if not _stale(record): return None
+            path.unlink(missing_ok=True)  # a dead owner, or a lease that ran out: take the item over
             continue
-        with os.fdopen(handle, "w") as f: f.write(_owner())
-        return True
-    return False
+        with os.fdopen(handle, "w") as f: json.dump({"owner": _owner(), "expires": time.time() + lease}, f)
+        return Claim(path, lease)
+    return None
 
 def release(path):
-    "Give up a claim (after the item's files are written)."
+    "Give up a claim by its path (its `Claim` stops renewing when it sees the file gone)."
     Path(path).unlink(missing_ok=True)
 
 # %% ../nbs/00_core.ipynb #853c00a6
@@ -660,6 +713,7 @@ def open_stage(run_dir, stage: str, cfg: RunConfig) -> tuple[Path, dict | None]:
     run_dir = prepare_run(run_dir, cfg)
     done = stage_status(run_dir, stage, cfg)
     if done is not None: log.info("%s: already complete in %s", stage, run_dir / stage)
+    else: log_to_stage(run_dir / stage)
     return run_dir, done
 
 def build_missing(cfg: RunConfig, run_dir, builders: dict):
@@ -669,28 +723,83 @@ def build_missing(cfg: RunConfig, run_dir, builders: dict):
             print(f"no {stage} stage in {run_dir}: building it first")
             build(cfg, run_dir)
 
+# %% ../nbs/00_core.ipynb #540f4c1e
+def stage_state(stage_dir) -> dict:
+    "One stage folder: finished (its manifest), started (its progress.json: done, total, rate, age) or empty."
+    stage_dir, info = Path(stage_dir), {"stage": Path(stage_dir).name, "folder": str(stage_dir)}
+    try: manifest = read_manifest(stage_dir, verify=False)
+    except (OSError, ValueError, KeyError) as error: return {**info, "state": f"damaged manifest ({error})"}
+    if manifest is not None:
+        seconds = manifest.get("timings", {}).get("total_seconds")
+        return {**info, "state": "finished", "config_hash": manifest.get("config_hash"), "seconds": seconds}
+    try: status = load_json(stage_dir / "progress.json")
+    except (OSError, ValueError): return {**info, "state": "not started"}
+    return {**info, "state": "started", **status, "age_seconds": time.time() - status["updated"]}
+
+def run_status(run_dir) -> list[dict]:
+    "`stage_state` of every stage of a run folder, or of every shared stage of a reproduce table folder."
+    run_dir = resolve_run_dir(run_dir)
+    folders = [run_dir / s for s in STAGES if (run_dir / s).is_dir()]
+    if (run_dir / "stages").is_dir(): folders += sorted(p for p in (run_dir / "stages").iterdir() if p.is_dir())
+    return [stage_state(f) for f in folders]
+
 # %% ../nbs/00_core.ipynb #6c3fe29f
 import logging
 log = logging.getLogger("sre2l")
 
 def setup_logging(level=logging.INFO):
     "Send the kit's log lines to stderr, once (following sys.stderr when a notebook or test replaces it)."
-    if not log.handlers:
+    if not any(type(h) is logging.StreamHandler for h in log.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
     for handler in log.handlers:
-        if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stderr:
+        if type(handler) is logging.StreamHandler and handler.stream is not sys.stderr:
             handler.stream = sys.stderr  # not setStream: it would flush the old stream, which may be closed
     log.setLevel(level)
     return log
 
-def progress(iterable=None, **kwargs):
-    "A tqdm progress bar (notebook widget or text), quiet when SRE2L_NO_PROGRESS is set."
+# %% ../nbs/00_core.ipynb #7b68ecc1
+def log_to_stage(stage_dir):
+    "Also write the kit's log lines to `stage_dir/log.txt` (appending; replaces the previous stage's file)."
+    for handler in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+        log.removeHandler(handler); handler.close()
+    Path(stage_dir).mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(Path(stage_dir) / "log.txt", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET or log.level > logging.INFO: log.setLevel(logging.INFO)
+
+# %% ../nbs/00_core.ipynb #9833dcd0
+def _write_status(path: Path, what: str, done: int, total, initial: int, started: float):
+    "Rewrite a progress.json: units done of total, the rate of this process, the time left."
+    elapsed = max(time.time() - started, 1e-9)
+    rate = (done - initial) / elapsed
+    left = None if total is None or rate <= 0 else (total - done) / rate
+    save_json(path, {"what": what, "done": done, "total": total, "rate_per_hour": round(3600 * rate, 3),
+                     "eta_seconds": None if left is None else round(left), "pid": os.getpid(),
+                     "host": __import__("socket").gethostname(), "updated": time.time(), "started": started})
+
+def progress(iterable=None, status=None, every: float = 5.0, **kwargs):
+    "A tqdm progress bar (quiet when SRE2L_NO_PROGRESS is set); with `status`, also a progress.json file there."
     from tqdm.auto import tqdm
     disable = kwargs.pop("disable", False) or bool(os.environ.get("SRE2L_NO_PROGRESS"))
-    return tqdm(iterable, disable=disable, **kwargs)
+    bar = tqdm(iterable, disable=disable, **kwargs)
+    if status is None: return bar
+    return _reporting(bar, Path(status), kwargs.get("desc", ""), kwargs.get("initial", 0), every)
 
+def _reporting(bar, path: Path, what: str, initial: int, every: float):
+    "Yield the bar's items, rewriting `path` after each finished one at most every `every` seconds, and at the end."
+    total = bar.total if bar.total is not None else (len(bar.iterable) + initial if hasattr(bar.iterable, "__len__") else None)
+    started, last, done = time.time(), 0.0, initial
+    _write_status(path, what, done, total, initial, started)
+    for item in bar:
+        yield item
+        done += 1
+        if time.time() - last >= every: _write_status(path, what, done, total, initial, started); last = time.time()
+    _write_status(path, what, done, total, initial, started)
+
+# %% ../nbs/00_core.ipynb #7b5b9faa
 def headless() -> bool:
     "True in batch runs (`sre2l demo`, `sre2l reproduce` set SRE2L_HEADLESS): notebooks then skip ipywidgets."
     return bool(os.environ.get("SRE2L_HEADLESS"))

@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import gzip
+import json
 import math
+import os
 import re
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,10 +22,12 @@ import torch.nn.functional as F
 from .core import Sre2lError, atomic_write, find_project_root, log
 
 # %% auto #0
-__all__ = ['DATASETS', 'FASHION_CLASSES', 'IMAGE_SUFFIXES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'DataError', 'ImageSet',
-           'read_image', 'DatasetSpec', 'register_dataset', 'list_datasets', 'get_dataset', 'load_split',
-           'default_roots', 'read_idx', 'scan_image_folder', 'ipc_subset', 'distilled_path', 'read_distilled',
-           'write_image', 'sample_crop_boxes', 'crop_resize', 'flip_where', 'normalize']
+__all__ = ['WORKER_TIMEOUT', 'DATASETS', 'FASHION_CLASSES', 'IMAGE_SUFFIXES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'DataError',
+           'ImageSet', 'decode_file', 'resize_crop', 'read_image', 'default_workers', 'OrderBatches', 'FileImages',
+           'decode_on_device', 'FileLoader', 'decode_all', 'cached', 'DatasetSpec', 'register_dataset', 'list_datasets',
+           'get_dataset', 'load_split', 'default_roots', 'data_spec', 'open_split', 'read_idx', 'scan_image_folder',
+           'ipc_subset', 'distilled_path', 'read_distilled', 'write_image', 'sample_crop_boxes', 'crop_resize',
+           'flip_where', 'normalize']
 
 # %% ../nbs/00a_data.ipynb #f0defe02
 class DataError(Sre2lError):
@@ -39,46 +44,181 @@ class ImageSet:
     resolution: int = 0  # side length files are decoded to
     channels: int = 3  # 1 (grey) or 3 (RGB)
     resize: int = 0  # files: shorter side before the centre crop to `resolution` (0 = `resolution`)
+    exact: bool = False  # files must already be resolution x resolution (distilled sets): never resized
 
     def __len__(self): return len(self.labels)
 
     @property
     def num_classes(self): return len(self.classes)
 
+    def read(self, i: int) -> torch.Tensor:
+        "Decode file `i` as uint8 [C, H, W]."
+        return read_image(self.paths[i], self.resolution, self.channels, self.resize, self.exact)
+
     def batch(self, indices) -> torch.Tensor:
-        "uint8 [B, C, H, W] images at `indices`."
+        "uint8 [B, C, H, W] images at `indices`; files are decoded one after the other."
         if self.images is not None: return self.images[torch.as_tensor(indices, dtype=torch.long)]
-        return torch.stack([read_image(self.paths[int(i)], self.resolution, self.channels, self.resize) for i in indices])
+        return torch.stack([self.read(int(i)) for i in indices])
 
     def subset(self, indices) -> "ImageSet":
         "A new ImageSet holding only `indices`, in that order."
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return ImageSet(self.labels[idx], self.classes,
-                        None if self.images is None else self.images[idx],
-                        None if self.paths is None else [self.paths[int(i)] for i in idx],
-                        self.resolution, self.channels, self.resize)
+        return replace(self, labels=self.labels[idx], images=None if self.images is None else self.images[idx],
+                       paths=None if self.paths is None else [self.paths[int(i)] for i in idx])
 
-    def in_memory(self) -> "ImageSet":
-        "The same set with every image decoded into one uint8 tensor."
-        if self.images is not None: return self
-        return ImageSet(self.labels, self.classes, self.batch(range(len(self))), None,
-                        self.resolution, self.channels)
+    def in_memory(self, workers: int = -1) -> "ImageSet":
+        "The same set with every image decoded into one uint8 tensor, by `workers` processes (`decode_all`)."
+        return self if self.images is not None else decode_all(self, workers)
 
 # %% ../nbs/00a_data.ipynb #91d56201
+def decode_file(path, channels: int = 3) -> torch.Tensor:
+    "uint8 [C, H, W] of an image file: torchvision's decoder, PIL for what it cannot read; a bad file is a DataError."
+    try:
+        with warnings.catch_warnings():  # torchvision 0.29 announces a move of its decoders to TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import decode_image, ImageReadMode
+            data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+            return decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+    except Exception as first:  # not decodable by torchvision (or it has no decoder any more): PIL
+        from PIL import Image
+        try:
+            with Image.open(path) as im: array = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+        except Exception:
+            reason = str(first).strip().splitlines()[0] if str(first).strip() else type(first).__name__
+            raise DataError(f"{path} is not a readable image ({reason})") from None
+        return torch.from_numpy(array.copy()).reshape(*array.shape[:2], channels).permute(2, 0, 1)
+
+# %% ../nbs/00a_data.ipynb #0e405d49
+def resize_crop(image: torch.Tensor,  # uint8 [C, H, W]
+                resolution: int,  # output side (0 = keep the image as it is)
+                resize: int = 0) -> torch.Tensor:  # shorter side before the crop (0 = resolution); ImageNet eval: 256
+    "Shorter side to max(resize, resolution), antialiased bilinear, then the centre resolution x resolution crop."
+    import torchvision.transforms.v2.functional as TF
+    if not resolution or (tuple(image.shape[-2:]) == (resolution, resolution) and resize <= resolution): return image
+    return TF.center_crop(TF.resize(image, max(resize, resolution), antialias=True), resolution)
+
 def read_image(path, resolution: int = 0, channels: int = 3,
-               resize: int = 0) -> torch.Tensor:  # shorter side before the centre crop (0 = resolution); ImageNet eval: 256
-    "Decode an image file to uint8 [C, H, W]; resized (shorter side) and centre-cropped to `resolution` if it differs."
-    from PIL import Image
-    with Image.open(path) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
-        if resolution and (im.size != (resolution, resolution) or resize > resolution):
-            side = max(resize, resolution)
-            scale = side / min(im.size)
-            im = im.resize((max(side, round(im.size[0] * scale)), max(side, round(im.size[1] * scale))), Image.BILINEAR)
-            left, top = (im.size[0] - resolution) // 2, (im.size[1] - resolution) // 2
-            im = im.crop((left, top, left + resolution, top + resolution))
-        array = np.asarray(im, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], channels).permute(2, 0, 1)
+               resize: int = 0,  # shorter side before the centre crop (0 = resolution); ImageNet eval: 256
+               exact: bool = False) -> torch.Tensor:  # refuse a file that is not already resolution x resolution
+    "Decode an image file to uint8 [C, H, W], resized and centre-cropped to `resolution` when it differs."
+    image = decode_file(path, channels)
+    if exact and resolution and tuple(image.shape[-2:]) != (resolution, resolution):
+        raise DataError(f"{path} is {image.shape[-1]}x{image.shape[-2]} pixels, but the other images of "
+                        f"its set are {resolution}x{resolution}")
+    return resize_crop(image, resolution, resize)
+
+# %% ../nbs/00a_data.ipynb #f4a0c86c
+def default_workers() -> int:
+    "Decoding processes for `data.workers=-1`: the CPUs this process may use, at most 16."
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, cpus))
+
+class OrderBatches(torch.utils.data.Sampler):
+    "Index batches of `order`; set a new `order` between passes (persistent worker processes stay up)."
+    def __init__(self, order: torch.Tensor, batch_size: int, drop_last: bool = False):
+        self.order, self.batch_size, self.drop_last = order, batch_size, drop_last
+
+    def __len__(self):
+        return len(self.order) // self.batch_size if self.drop_last else math.ceil(len(self.order) / self.batch_size)
+
+    def __iter__(self):
+        for b in range(len(self)): yield self.order[b * self.batch_size: (b + 1) * self.batch_size].tolist()
+
+# %% ../nbs/00a_data.ipynb #7c94b3f3
+class FileImages(torch.utils.data.Dataset):
+    "The files of an on-disk ImageSet: item i is (uint8 image, label), or (the file's bytes, label, i) with `raw`."
+    def __init__(self, data: ImageSet, raw: bool = False): self.data, self.raw = data, raw
+    def __len__(self): return len(self.data)
+    def __getitem__(self, i: int):
+        if not self.raw: return self.data.read(i), self.data.labels[i]
+        return Path(self.data.paths[i]).read_bytes(), self.data.labels[i], i  # bytes: no shared-memory handles
+
+def _collate_bytes(items: list) -> tuple:
+    "Batch raw files: ((byte tensors, indices), labels)."
+    return ([b for b, _, _ in items], [i for _, _, i in items]), torch.stack([y for _, y, _ in items])
+
+# %% ../nbs/00a_data.ipynb #5138b8d4
+WORKER_TIMEOUT = 600  # seconds without a decoded batch before the loader gives up (a stuck worker, a hung file system)
+
+def _loader_error(error: Exception) -> Exception:
+    "One clear error for a failure in a worker process: the worker's own DataError, or the worker's death."
+    text = str(error).strip()
+    if "Original Traceback" in text:  # raised in a worker; torch re-raises it here with the worker's traceback
+        name, _, message = text.splitlines()[-1].partition(": ")
+        return DataError(message if name.endswith("DataError") else f"decoding failed in a worker: {text.splitlines()[-1]}")
+    if "exited unexpectedly" in text or "killed by signal" in text:
+        return DataError(f"a process decoding images died ({text.splitlines()[0]}); run the stage again (it "
+                         f"resumes), with a lower data.workers if memory is short")
+    if "timed out after" in text:
+        return DataError(f"no decoded batch arrived within {WORKER_TIMEOUT} s (a stuck worker or file system); "
+                         f"run the stage again (it resumes)")
+    return error
+
+# %% ../nbs/00a_data.ipynb #5b7e18e6
+def decode_on_device(data: ImageSet, blobs: list, indices: list, device) -> torch.Tensor:
+    "JPEG bytes of `data`'s files at `indices` -> uint8 [B, C, S, S] on `device`, decoded in one batched call."
+    blobs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import decode_jpeg, ImageReadMode
+            mode = ImageReadMode.GRAY if data.channels == 1 else ImageReadMode.RGB
+            images = decode_jpeg(blobs, mode=mode, device=device)
+    except Exception: images = [data.read(i).to(device) for i in indices]  # one by one; names a bad file
+    for image, i in zip(images, indices):
+        if data.exact and tuple(image.shape[-2:]) != (data.resolution,) * 2: data.read(i)  # raises, naming it
+    return torch.stack([resize_crop(x, data.resolution, data.resize) for x in images])
+
+# %% ../nbs/00a_data.ipynb #fe37a597
+class FileLoader:
+    "Decode an on-disk ImageSet in worker processes, a batch per task: `for images, labels in loader(order)`."
+    def __init__(self, data: ImageSet, batch_size: int,
+                 workers: int = -1,  # decoding processes; -1 = default_workers(), 0 = this process
+                 pin_memory: bool = False,  # page-locked batches, for asynchronous copies to a GPU
+                 drop_last: bool = False,  # skip a final partial batch
+                 decode_device=None):  # workers read bytes only; JPEGs are decoded in batches on this device
+        self.data, self.device = data, None if decode_device is None else torch.device(decode_device)
+        self.sampler = OrderBatches(torch.arange(len(data)), batch_size, drop_last)
+        workers = min(default_workers() if workers < 0 else workers, len(self.sampler))
+        self.loader = torch.utils.data.DataLoader(
+            FileImages(data, raw=self.device is not None), batch_sampler=self.sampler, num_workers=workers,
+            pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+            timeout=WORKER_TIMEOUT if workers else 0,
+            collate_fn=_collate_bytes if self.device is not None else None)
+
+    def __call__(self, order=None):
+        "Yield (uint8 images [B, C, H, W], labels [B]) for the batches of `order` (default: the set's order)."
+        self.sampler.order = torch.arange(len(self.data)) if order is None else torch.as_tensor(order)
+        try:
+            for images, labels in self.loader:
+                yield (images if self.device is None else decode_on_device(self.data, *images, self.device)), labels
+        except Exception as error: raise _loader_error(error) from None
+
+# %% ../nbs/00a_data.ipynb #e1115782
+def decode_all(data: ImageSet,
+               workers: int = -1,  # decoding processes (-1 = default_workers())
+               batch_size: int = 256) -> ImageSet:  # images per worker task
+    "Every file of `data` decoded once into one uint8 tensor, filled batch by batch (no second copy)."
+    from sre2l.core import progress
+    if data.images is not None: return data
+    if not len(data): return replace(data, images=torch.empty(0, data.channels, data.resolution, data.resolution,
+                                                              dtype=torch.uint8), paths=None)
+    loader, out, start = FileLoader(data, batch_size, workers), None, 0
+    for images, _ in progress(loader(), total=len(loader.sampler), desc="decode", leave=False):
+        if out is None: out = torch.empty((len(data), *images.shape[1:]), dtype=torch.uint8)
+        out[start: start + len(images)] = images; start += len(images)
+    return replace(data, images=out, paths=None)
+
+def cached(data: ImageSet,
+           budget: int,  # bytes of uint8 pixels the decoded set may take (data.cache_bytes)
+           workers: int = -1) -> ImageSet:
+    "`data` decoded into memory once when it fits `budget`, else unchanged (then streamed by the loader)."
+    if data.images is not None: return data
+    size = len(data) * data.channels * data.resolution ** 2
+    if size <= budget: return decode_all(data, workers)
+    log.info("%d images (%.1f GB decoded) exceed data.cache_bytes=%.1f GB: decoded at every pass", len(data),
+             size / 1e9, budget / 1e9)
+    return data
 
 # %% ../nbs/00a_data.ipynb #e84fffec
 @dataclass
@@ -90,9 +230,11 @@ class DatasetSpec:
     channels: int  # 1 or 3
     mean: tuple  # per-channel mean of [0, 1] pixels
     std: tuple  # per-channel standard deviation
-    loader: Callable = field(repr=False, default=None)  # (split, root, download) -> ImageSet
+    loader: Callable = field(repr=False, default=None)  # (spec, split, root, download) -> ImageSet
     where: str = ""  # where the files go, for the error when they are missing
     test_resize: int = 0  # test images from files: shorter side before the centre crop (ImageNet: 256 for 224 px)
+    files: bool = False  # images are files on disk, decoded by the loader (ImageFolder layout)
+    variable_classes: bool = False  # the class count comes from data.num_classes (folders made by make-imagefolder)
 
 DATASETS: dict[str, DatasetSpec] = {}
 
@@ -106,34 +248,51 @@ def list_datasets() -> list[str]:
     "Names of all registered data sets."
     return sorted(DATASETS)
 
-def get_dataset(name: str) -> DatasetSpec:
+# %% ../nbs/00a_data.ipynb #d8219dc3
+def get_dataset(name: str,  # registered data-set name
+                num_classes: int = 0) -> DatasetSpec:  # class count of a data set that takes one (0 = the registry's)
     "The spec of a registered data set."
     if name not in DATASETS:
         import difflib
         close = difflib.get_close_matches(name, DATASETS, n=3)
         raise DataError(f"unknown data set {name!r}; " +
                         (f"did you mean {', '.join(close)}?" if close else f"choose from {', '.join(list_datasets())}"))
-    return DATASETS[name]
+    spec = DATASETS[name]
+    if not num_classes or num_classes == spec.num_classes: return spec
+    if not spec.variable_classes:
+        raise DataError(f"data set {name!r} has {spec.num_classes} classes; data.num_classes={num_classes} is only "
+                        f"for folders made by `sre2l make-imagefolder` (leave it 0)")
+    return replace(spec, num_classes=num_classes)
 
 def load_split(name: str,  # registered data-set name
                split: str = "train",  # 'train' or 'test'
                root: str = "",  # data folder ('' = the registry's default places)
-               download: bool = False):  # allow torchvision downloads
+               download: bool = False,  # allow torchvision downloads
+               num_classes: int = 0):  # class count of a data set that takes one
     "Load one split of a registered data set as an `ImageSet`."
     if split not in ("train", "test"): raise DataError(f"split must be 'train' or 'test', got {split!r}")
-    return get_dataset(name).loader(split, root, download)
+    spec = get_dataset(name, num_classes)
+    return spec.loader(spec, split, root, download)
 
 # %% ../nbs/00a_data.ipynb #5dd671b9
 def default_roots(name: str, root: str = "") -> list[Path]:
-    "Folders searched for a data set: the given root, then data/<name> in the project (or cwd)."
+    "Folders searched for a data set: the given root, then data/<name>; relative paths start at the project root (or cwd)."
     base = find_project_root() or Path.cwd()
-    return [Path(root).expanduser()] if root else [base / "data" / name]
+    return [base / Path(root).expanduser()] if root else [base / "data" / name]
 
 def _missing(name: str, searched: list, where: str):
     return DataError(f"data set {name!r} not found (looked in: {', '.join(map(str, searched))}). {where}")
 
+def data_spec(dc) -> DatasetSpec:
+    "The spec of the data set a `DataConfig` names (its class count applied)."
+    return get_dataset(dc.name, dc.num_classes)
+
+def open_split(dc, split: str) -> ImageSet:
+    "One split of the data set a `DataConfig` names, from its root."
+    return load_split(dc.name, split, dc.root, dc.download, dc.num_classes)
+
 # %% ../nbs/00a_data.ipynb #ae4e0d9a
-def _load_digits(split, root, download):
+def _load_digits(spec, split, root, download):
     from sklearn.datasets import load_digits
     digits = load_digits()
     pixels = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
@@ -170,17 +329,17 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Ankle boot"]
 
 # %% ../nbs/00a_data.ipynb #1155760a
-def _load_fashion(split, root, download):
+def _load_fashion(spec, split, root, download):
     prefix = "train" if split == "train" else "t10k"
     searched = default_roots("fashion-mnist", root) + ([] if root else [Path("/usr/share/datasets/fashion-mnist")])
     for folder in searched:
         images, labels = _find_idx(folder, f"{prefix}-images-idx3-ubyte"), _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
         if images and labels: break
     else:
-        if not download: raise _missing("fashion-mnist", searched, DATASETS["fashion-mnist"].where)
+        if not download: raise _missing("fashion-mnist", searched, spec.where)
         import torchvision
         torchvision.datasets.FashionMNIST(str(searched[0]), train=split == "train", download=True)
-        return _load_fashion(split, str(searched[0]), False)
+        return _load_fashion(spec, split, str(searched[0]), False)
     x, y = read_idx(images), read_idx(labels)
     return ImageSet(torch.from_numpy(y.astype(np.int64)), FASHION_CLASSES, torch.from_numpy(x.copy())[:, None],
                     resolution=28, channels=1)
@@ -191,11 +350,11 @@ register_dataset(DatasetSpec("fashion-mnist", 10, 28, 1, (0.2860,), (0.3530,), _
 
 # %% ../nbs/00a_data.ipynb #e6339324
 def _torchvision_loader(name: str, cls_name: str):
-    def load(split, root, download):
+    def load(spec, split, root, download):
         import torchvision
         folder = default_roots(name, root)[0]
         try: ds = getattr(torchvision.datasets, cls_name)(str(folder), train=split == "train", download=download)
-        except RuntimeError: raise _missing(name, [folder], DATASETS[name].where) from None
+        except RuntimeError: raise _missing(name, [folder], spec.where) from None
         images = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()
         return ImageSet(torch.tensor(ds.targets, dtype=torch.long), list(ds.classes), images, resolution=32)
     return load
@@ -211,36 +370,52 @@ for _name, _cls, _n, _mean, _std in [
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG"}
 
 def scan_image_folder(folder) -> tuple[list, list, list]:
-    "(paths, labels, classes) of an ImageFolder-layout folder, in ImageFolder's sorted order."
+    "(paths, labels, classes) of an ImageFolder-layout folder, in ImageFolder's sorted order; no empty class."
     folder = Path(folder)
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     paths, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(p for p in (folder / name).iterdir() if p.suffix in IMAGE_SUFFIXES)
+        if not files: raise DataError(f"class folder {folder / name} holds no images (*{', *'.join(sorted(IMAGE_SUFFIXES))})")
         paths += files; labels += [label] * len(files)
     return paths, labels, classes
 
+# %% ../nbs/00a_data.ipynb #c69ba67d
+def _same_classes(folder: Path, other: Path, classes: list):
+    "Refuse a train/val pair whose class folders differ."
+    if not other.is_dir(): return
+    theirs = sorted(p.name for p in other.iterdir() if p.is_dir())
+    if theirs != classes:
+        only = sorted(set(classes) ^ set(theirs))
+        raise DataError(f"{folder} and {other} have different class folders ({len(classes)} vs {len(theirs)}; "
+                        f"in one only: {', '.join(only[:5])}{' ...' if len(only) > 5 else ''})")
+
 def _folder_loader(name: str):
-    def load(split, root, download):
-        spec = DATASETS[name]
-        searched = default_roots(name, root)
-        folder = searched[0] / ("train" if split == "train" else "val")
+    def load(spec, split, root, download):
+        base = default_roots(name, root)[0]
+        folder, other = (base / "train", base / "val") if split == "train" else (base / "val", base / "train")
         if not folder.is_dir(): raise _missing(name, [folder], spec.where)
         paths, labels, classes = scan_image_folder(folder)
+        _same_classes(folder, other, classes)
         if len(classes) != spec.num_classes:
-            raise DataError(f"{folder} has {len(classes)} class folders, but {name} has {spec.num_classes} classes")
+            hint = " (set data.num_classes to match)" if spec.variable_classes else ""
+            raise DataError(f"{folder} has {len(classes)} class folders, but {name} has {spec.num_classes} classes{hint}")
         resize = spec.test_resize if split == "test" else 0  # the papers' eval: Resize(256), CenterCrop(224)
         return ImageSet(torch.tensor(labels, dtype=torch.long), classes, None, paths, spec.resolution, 3, resize)
     return load
 
+# %% ../nbs/00a_data.ipynb #1e5c1d50
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-for _name, _n, _res, _mean, _std, _resize in [
-        ("tiny-imagenet", 200, 64, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), 0),  # native 64 px, no resize
-        ("imagenet-1k", 1000, 224, IMAGENET_MEAN, IMAGENET_STD, 256),
-        ("imagenet-21k", 10450, 224, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 256)]:
+for _name, _n, _res, _mean, _std, _resize, _where in [
+        ("tiny-imagenet", 200, 64, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), 0, ""),  # native 64 px
+        ("imagenet-1k", 1000, 224, IMAGENET_MEAN, IMAGENET_STD, 256, ""),
+        ("imagenet-21k", 10450, 224, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 256, ""),
+        ("imagenet-shape", 1000, 224, IMAGENET_MEAN, IMAGENET_STD, 256,
+         "Make it with `sre2l make-imagefolder data/imagenet-shape --classes N` (set data.num_classes=N).")]:
     register_dataset(DatasetSpec(_name, _n, _res, 3, _mean, _std, _folder_loader(_name),
-                                 f"Put it in ImageFolder layout under data/{_name}/train and data/{_name}/val, "
-                                 f"or pass --set data.root=<folder with train/ and val/>.", _resize))
+                                 _where or f"Put it in ImageFolder layout under data/{_name}/train and data/{_name}/val, "
+                                 f"or pass --set data.root=<folder with train/ and val/>.", _resize, files=True,
+                                 variable_classes=_name == "imagenet-shape"))
 
 # %% ../nbs/00a_data.ipynb #026a0ded
 def ipc_subset(labels: torch.Tensor,  # int64 [N] class labels
@@ -273,7 +448,8 @@ def read_distilled(root,  # folder holding new{cls}/ sub-folders
                    ipc: int | None = None,  # keep the first `ipc` files of each class (sorted by id)
                    channels: int = 3,  # 1 or 3
                    num_classes: int | None = None,  # classes expected; missing classes are an error
-                   resolution: int = 0):  # decode to this size (0 = as stored)
+                   resolution: int = 0,  # decode to this size (0 = as stored, every image the size of the first)
+                   workers: int = -1):  # decoding processes (-1 = default_workers())
     "Read a distilled image set into memory, labels from the file names."
     root = Path(root)
     if not root.is_dir(): raise DataError(f"distilled image folder {root} does not exist")
@@ -294,9 +470,10 @@ def read_distilled(root,  # folder holding new{cls}/ sub-folders
     for c in range(num_classes):
         files = [f for _, f in sorted(by_class[c])][:ipc]
         paths += files; labels += [c] * len(files)
-    images = torch.stack([read_image(p, resolution, channels) for p in paths])
-    return ImageSet(torch.tensor(labels), [str(c) for c in range(num_classes)], images, None,
-                    images.shape[-1], channels)
+    side = resolution or decode_file(paths[0], channels).shape[-1]  # the first image sets the size the others must have
+    files = ImageSet(torch.tensor(labels), [str(c) for c in range(num_classes)], None, paths, side, channels,
+                     exact=not resolution)
+    return decode_all(files, workers)
 
 # %% ../nbs/00a_data.ipynb #860d6ada
 def write_image(path, image: torch.Tensor,  # uint8 [C, H, W]

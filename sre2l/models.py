@@ -14,12 +14,12 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .core import Sre2lError, save_tensors, load_tensors, load_metadata, save_json, load_json
+from .core import Sre2lError, save_tensors, load_tensors, load_metadata, save_json, load_json, require_stage
 
 # %% auto #0
 __all__ = ['MODELS', 'ConvNet', 'register_model', 'small_input_stem', 'list_models', 'create_model', 'clean_state_dict',
-           'read_state_dict', 'load_checkpoint', 'save_model', 'load_model', 'bn_layers', 'ClassBNStats',
-           'save_class_bn', 'load_class_bn']
+           'read_state_dict', 'load_checkpoint', 'save_model', 'load_model', 'load_teacher', 'load_named_teacher',
+           'bn_layers', 'ClassBNStats', 'save_class_bn', 'load_class_bn']
 
 # %% ../nbs/00b_models.ipynb #b8343196
 class ConvNet(nn.Module):
@@ -173,6 +173,20 @@ def load_model(path) -> nn.Module:
     "Rebuild a model saved with `save_model`."
     spec = load_json(Path(path).with_suffix(".json"))
     return load_checkpoint(create_model(**spec), path)
+
+# %% ../nbs/00b_models.ipynb #e3cb4efa
+def load_teacher(run_dir, cfg, device) -> nn.Module:
+    "The frozen teacher of a run's finished squeeze stage (checked against `cfg`, a RunConfig)."
+    require_stage(run_dir, "squeeze", cfg)
+    return load_model(Path(run_dir) / "squeeze" / "teacher.safetensors").to(device).eval().requires_grad_(False)
+
+def load_named_teacher(name: str,  # registry name, or file:<path to a model saved with save_model>
+                       weights: str,  # torchvision weights enum or 'pretrained' (timm); '' = random
+                       spec, device) -> nn.Module:  # spec: the data set's DatasetSpec (classes, channels, size)
+    "A further frozen teacher by name (with `weights`) or from a file saved by the kit."
+    model = load_model(name[5:]) if name.startswith("file:") else create_model(
+        name, spec.num_classes, spec.channels, spec.resolution, weights=weights)
+    return model.to(device).eval().requires_grad_(False)
 
 # %% ../nbs/00b_models.ipynb #cf0defd0
 def bn_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:

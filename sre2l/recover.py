@@ -18,11 +18,11 @@ import torch.nn.functional as F
 
 from .core import (RunConfig, RecoverConfig, Sre2lError, ConfigError, log, progress, pick_device, generator,
                         seed_everything, open_stage, stage_status, require_stage, write_manifest, save_json, load_json,
-                        save_tensors, shard_from_env, check_shard, claim, release)
-from .data import (DatasetSpec, get_dataset, load_split, ipc_subset, distilled_path, read_distilled, read_image,
-                        write_image, sample_crop_boxes, crop_resize, normalize)
-from .models import bn_layers, load_class_bn
-from .squeeze import load_teacher, load_named_teacher, evaluate, to_device
+                        save_tensors, shard_from_env, check_shard, claim)
+from .data import (DatasetSpec, data_spec, open_split, cached, ipc_subset, distilled_path, read_distilled,
+                        read_image, write_image, sample_crop_boxes, crop_resize, normalize)
+from .models import bn_layers, load_class_bn, load_teacher, load_named_teacher
+from .train import evaluate, to_device, batches
 
 # %% auto #0
 __all__ = ['WorkUnit', 'work_units', 'unit_iterations', 'unit_stats', 'trace_bn_inputs', 'has_bn', 'MatchingLoss',
@@ -301,9 +301,11 @@ def check_teacher(teacher: nn.Module, rc: RecoverConfig):
 
 # %% ../nbs/02_recover.ipynb #67237868
 def _real_images(cfg, spec):
-    train = load_split(cfg.data.name, "train", cfg.data.root, cfg.data.download)
-    first = ipc_subset(train.labels, cfg.recover.ipc, "first", num_classes=spec.num_classes).view(spec.num_classes, -1)
-    return train, first.tolist()
+    "PRISM's starting images: the first `ipc` training images of every class, decoded once; (images, positions)."
+    train, ipc = open_split(cfg.data, "train"), cfg.recover.ipc
+    first = ipc_subset(train.labels, ipc, "first", num_classes=spec.num_classes)
+    chosen = cached(train.subset(first), cfg.data.cache_bytes, cfg.data.workers)
+    return chosen, [[c * ipc + k for k in range(ipc)] for c in range(spec.num_classes)]
 
 def _recover_groups(teacher, spec, cfg, run_dir, device, shard):
     rc, out = cfg.recover, run_dir / "recover"
@@ -318,12 +320,12 @@ def _recover_groups(teacher, spec, cfg, run_dir, device, shard):
     matching = MatchingLoss(teacher, rc.first_bn_multiplier, rc.precision)
     if rc.compile: matching = torch.compile(matching)
     extra = {}
-    for group in progress(todo, desc="recover"):
+    for group in progress(todo, status=out / "progress.json", desc="recover groups"):
         ticket = out / "claims" / f"group_{'_'.join(map(str, group[0].key[1:]))}.claim"
-        if not claim(ticket):  # another process on this folder is recovering this group
+        held = claim(ticket)
+        if held is None:  # another process on this folder is recovering this group
             log.info("recover: %s is held by another process; skipped", ticket.name); continue
-        try: _recover_one_group(group, teacher, spec, cfg, out, device, class_stats, names, real, matching, extra)
-        finally: release(ticket)
+        with held: _recover_one_group(group, teacher, spec, cfg, out, device, class_stats, names, real, matching, extra)
     return units
 
 def _recover_one_group(group, teacher, spec, cfg, out, device, class_stats, names, real, matching, extra):
@@ -344,25 +346,28 @@ def _recover_one_group(group, teacher, spec, cfg, out, device, class_stats, name
 
 # %% ../nbs/02_recover.ipynb #ce4d65b8
 def _copy_real_subset(cfg, spec, image_dir):
+    "The random-real baseline: `ipc` seeded random training images per class, decoded by the loader and saved."
     rc = cfg.recover
-    train = load_split(cfg.data.name, "train", cfg.data.root, cfg.data.download)
-    chosen = ipc_subset(train.labels, rc.ipc, "random", cfg.seed, spec.num_classes).view(spec.num_classes, rc.ipc)
-    for c in progress(range(spec.num_classes), desc="real subset"):
-        images = train.batch(chosen[c])
-        for ipc_id in range(rc.ipc):
-            file = distilled_path(image_dir, c, ipc_id, rc.image_format)
-            if not file.is_file(): write_image(file, images[ipc_id], rc.jpeg_quality)
+    train = open_split(cfg.data, "train")
+    chosen = ipc_subset(train.labels, rc.ipc, "random", cfg.seed, spec.num_classes)
+    files = [distilled_path(image_dir, int(train.labels[i]), k % rc.ipc, rc.image_format) for k, i in enumerate(chosen.tolist())]
+    todo = torch.tensor([k for k, f in enumerate(files) if not f.is_file()], dtype=torch.long)
+    for start, (images, _) in zip(range(0, len(todo), 256), progress(
+            batches(train.subset(chosen), 256, "cpu", todo, workers=cfg.data.workers), desc="real subset",
+            total=-(-len(todo) // 256), status=image_dir.parent / "progress.json")):
+        for k, image in zip(todo[start: start + 256].tolist(), images): write_image(files[k], image, rc.jpeg_quality)
 
 # %% ../nbs/02_recover.ipynb #4866ff67
 def run_recover(cfg: RunConfig, run_dir,
                 shard: tuple | None = None) -> dict:  # (index, count) of this process; default from torchrun's env
     "Stage 2: recovered (or, with method='real', randomly chosen real) images in `run_dir/recover/images`."
+    began = time.perf_counter()
     run_dir, done = open_stage(run_dir, "recover", cfg)
     if done is not None: return done
     rc = cfg.recover; _check(rc)
     shard = check_shard(shard or shard_from_env())
     seed_everything(cfg.seed)
-    device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), get_dataset(cfg.data.name)
+    device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), data_spec(cfg.data)
     out = run_dir / "recover"; image_dir, loss_dir = out / "images", out / "losses"
     teacher = load_teacher(run_dir, cfg, device)
     check_teacher(teacher, rc)
@@ -375,14 +380,14 @@ def run_recover(cfg: RunConfig, run_dir,
     if missing:
         log.info("recover: shard %d/%d finished; %d units are left to other shards", shard[0], shard[1], missing)
         return {"stage": "recover", "complete": False, "units_left": missing, "timings": {"seconds": seconds}}
-    distilled = read_distilled(image_dir, rc.ipc, spec.channels, spec.num_classes)
+    distilled = read_distilled(image_dir, rc.ipc, spec.channels, spec.num_classes, workers=cfg.data.workers)
     teacher_acc = evaluate(teacher, to_device(distilled, device), spec, device)["top1"]
     log.info("recover: %d images, teacher top-1 on them %.1f%%", len(distilled), teacher_acc)
     artifacts = sorted(str(p.relative_to(out)) for p in image_dir.rglob(f"*.{rc.image_format}"))
     for folder, suffix in ((loss_dir, "json"), (out / "snapshots", "safetensors")):
         if folder.exists(): artifacts += sorted(str(p.relative_to(out)) for p in folder.glob(f"*.{suffix}"))
     return write_manifest(out, "recover", cfg, artifacts, inputs={"squeeze": run_dir / "squeeze" / "manifest.json"},
-                          timings={"seconds": seconds},
+                          timings={"seconds": seconds, "total_seconds": time.perf_counter() - began},
                           extra={"images": len(distilled), "teacher_top1_on_images": teacher_acc})
 
 # %% ../nbs/02_recover.ipynb #6ed7f9f2
@@ -392,7 +397,7 @@ def import_distilled(source,  # folder with new{cls:03d}/class{cls:03d}_id{ipc:0
     import shutil
     run_dir, done = open_stage(run_dir, "recover", cfg)
     if done is not None: return done
-    spec, image_dir = get_dataset(cfg.data.name), run_dir / "recover" / "images"
+    spec, image_dir = data_spec(cfg.data), run_dir / "recover" / "images"
     images = read_distilled(source, cfg.recover.ipc, spec.channels, spec.num_classes)
     per_class = {}
     for file in Path(source).glob("new*/class*_id*.*"):
@@ -413,10 +418,10 @@ def recovered_vs_real(run_dir, cfg: RunConfig, classes: int = 10, ipc: int = 10)
     import matplotlib.pyplot as plt
     from sre2l.core import resolve_run_dir
     from sre2l.plots import show_images
-    spec = get_dataset(cfg.data.name)
+    spec = data_spec(cfg.data)
     classes, ipc = min(spec.num_classes, classes), min(cfg.recover.ipc, ipc)
     recovered = read_distilled(resolve_run_dir(run_dir) / "recover" / "images", ipc, spec.channels, spec.num_classes)
-    train = load_split(cfg.data.name, "train", cfg.data.root)
+    train = open_split(cfg.data, "train")
     real = train.batch(ipc_subset(train.labels, ipc, "first", num_classes=spec.num_classes)[: classes * ipc])
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
     show_images(recovered.images[: classes * ipc], nrow=ipc, title=f"recovered ({cfg.preset})", ax=axes[0])
@@ -449,11 +454,11 @@ def explorer(run_dir, cfg: RunConfig):
     import matplotlib.pyplot as plt
     from sre2l.core import resolve_run_dir, load_tensors
     from sre2l.plots import show_images
-    spec = get_dataset(cfg.data.name)
+    spec = data_spec(cfg.data)
     root = resolve_run_dir(run_dir) / "recover"
     units = {tuple(m): u for u in work_units(spec.num_classes, cfg.recover.ipc, cfg.recover.batch_size, cfg.recover.batch_mode)
              for m in u.members}
-    train = load_split(cfg.data.name, "train", cfg.data.root)
+    train = open_split(cfg.data, "train")
     def show(cls=0, ipc_id=0, step=-1):
         unit = units[(cls, ipc_id)]
         snap_file = root / "snapshots" / f"unit_{'_'.join(map(str, unit.key[1:]))}.safetensors"

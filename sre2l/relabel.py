@@ -24,17 +24,19 @@ import torch.nn.functional as F
 
 from .core import (RunConfig, RelabelConfig, Sre2lError, ConfigError, log, progress, pick_device, generator,
                         unit_seed, seed_everything, open_stage, stage_status, require_stage, write_manifest,
-                        read_manifest, save_tensors, load_tensors, load_json, atomic_write, shard_from_env, check_shard, claim, release)
-from .data import DatasetSpec, get_dataset, read_distilled, sample_crop_boxes, crop_resize, flip_where, normalize
-from .squeeze import load_teacher, load_named_teacher, to_device, evaluate
+                        read_manifest, save_tensors, load_tensors, load_json, atomic_write, shard_from_env, check_shard, claim)
+from .data import (DatasetSpec, data_spec, open_split, cached, read_distilled, sample_crop_boxes, crop_resize,
+                        flip_where, normalize)
+from .models import load_teacher, load_named_teacher
+from .train import to_device, evaluate, place_images
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'BatchPlan', 'cutmix_box', 'official_order', 'draw_epoch', 'replay_batch', 'place_images',
-           'gather_batch', 'apply_cutout', 'combine_logits', 'kept_batches', 'prune_ratio_for', 'teacher_probs',
-           'epoch_file', 'save_epoch', 'load_epoch', 'image_list_hash', 'teacher_logits', 'parse_label_type',
-           'quantize_labels', 'recover_labels', 'region_labels', 'store_bytes', 'official_store_bytes', 'human_bytes',
-           'preflight', 'store_facts', 'run_relabel', 'read_official_batch', 'import_official_labels',
-           'export_official_labels', 'crop_overlay', 'label_histograms', 'storage_table']
+__all__ = ['FORMAT_VERSION', 'BatchPlan', 'cutmix_box', 'official_order', 'draw_epoch', 'replay_batch', 'gather_batch',
+           'apply_cutout', 'combine_logits', 'kept_batches', 'prune_ratio_for', 'teacher_probs', 'epoch_file',
+           'save_epoch', 'load_epoch', 'image_list_hash', 'teacher_logits', 'parse_label_type', 'quantize_labels',
+           'recover_labels', 'region_labels', 'store_bytes', 'official_store_bytes', 'human_bytes', 'preflight',
+           'store_facts', 'run_relabel', 'read_official_batch', 'import_official_labels', 'export_official_labels',
+           'crop_overlay', 'label_histograms', 'storage_table']
 
 # %% ../nbs/03_relabel.ipynb #85891db5
 @dataclass
@@ -115,18 +117,6 @@ def replay_batch(images: torch.Tensor,  # uint8 [N, C, H, W] distilled set, on t
     return x
 
 # %% ../nbs/03_relabel.ipynb #7d89349a
-def place_images(images: torch.Tensor,  # uint8 [N, C, H, W] distilled set, on the CPU
-                 device,  # where batches are built
-                 budget: float = 0.5) -> torch.Tensor:  # share of the GPU's free memory the set may take
-    "The set on `device` when it fits in `budget` of the free memory, else in pinned host memory (gathered per batch)."
-    device = torch.device(device)
-    if device.type != "cuda": return images.to(device)
-    free, _ = torch.cuda.mem_get_info(device)
-    if images.numel() * images.element_size() <= budget * free: return images.to(device)
-    log.info("the distilled set (%s) does not fit in %.0f%% of the GPU's free memory (%s): kept in pinned host memory",
-             human_bytes(images.numel()), 100 * budget, human_bytes(free))
-    return images.pin_memory()
-
 _PINNED: dict = {"key": None, "buffers": [], "events": [None, None], "turn": 0}
 
 def _gather_host(images: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -391,6 +381,7 @@ def store_facts(cfg: RunConfig, spec: DatasetSpec, num_images: int, image_dir, s
 def run_relabel(cfg: RunConfig, run_dir,
                 shard: tuple | None = None) -> dict:  # (index, count) of this process; default from torchrun's env
     "Stage 3: the FKD-mix label store of the recovered images, in `run_dir/relabel`."
+    began = time.perf_counter()
     run_dir, done = open_stage(run_dir, "relabel", cfg)
     if done is not None: return done
     rl = cfg.relabel
@@ -398,16 +389,15 @@ def run_relabel(cfg: RunConfig, run_dir,
     require_stage(run_dir, "recover", cfg)
     seed_everything(cfg.seed)
     shard = check_shard(shard or shard_from_env())
-    device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), get_dataset(cfg.data.name)
+    device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), data_spec(cfg.data)
     image_dir, out = run_dir / "recover" / "images", run_dir / "relabel"
-    distilled = read_distilled(image_dir, cfg.recover.ipc, spec.channels, spec.num_classes)
+    distilled = read_distilled(image_dir, cfg.recover.ipc, spec.channels, spec.num_classes, workers=cfg.data.workers)
     images = place_images(distilled.images, device)
     teacher = load_teacher(run_dir, cfg, device)
     checked = {}
     if rl.evaluate:  # FKD's --evaluate: the teacher's accuracy on real data, before any label is made
-        from sre2l.data import load_split
-        test = to_device(load_split(cfg.data.name, "test", cfg.data.root, cfg.data.download), device)
-        checked["teacher_test_top1"] = evaluate(teacher, test, spec, device)["top1"]
+        test = to_device(cached(open_split(cfg.data, "test"), cfg.data.cache_bytes, cfg.data.workers), device)
+        checked["teacher_test_top1"] = evaluate(teacher, test, spec, device, workers=cfg.data.workers)["top1"]
         log.info("relabel: teacher test top-1 %.2f%%", checked["teacher_test_top1"])
     if rl.mode == "region": return _run_region(cfg, run_dir, teacher, images, spec, image_dir, out, checked)
     if rl.mode != "fkd-mix": raise ConfigError(f"relabel.mode must be 'fkd-mix' or 'region', got {rl.mode!r}")
@@ -427,16 +417,16 @@ def run_relabel(cfg: RunConfig, run_dir,
     todo = [e for e in range(stored_epochs) if not epoch_file(label_dir, e).is_file()]
     log.info("relabel: %d of %d epochs to generate (%d of %d batches kept)", len(todo), stored_epochs, kept, rl.epochs * per_epoch)
     topk = rl.topk if rl.logits == "topk" else 0
-    for epoch in progress(todo, desc="relabel"):
+    for epoch in progress(todo, status=out / "progress.json", desc="relabel epochs"):
         plans = draw_epoch(len(images), epoch, rl, spec.resolution, cfg.seed)[: kept - epoch * per_epoch]
         if shard[1] > 1: _label_shard(plans, epoch, label_dir, label, images, spec, topk, shard, device); continue
         ticket = out / "claims" / f"epoch_{epoch:04d}.claim"
-        if not claim(ticket): log.info("relabel: epoch %d is held by another process; skipped", epoch); continue
-        try:
+        held = claim(ticket)
+        if held is None: log.info("relabel: epoch %d is held by another process; skipped", epoch); continue
+        with held:
             if not epoch_file(label_dir, epoch).is_file():  # another process may have finished it meanwhile
                 logits = [label(replay_batch(images, p, spec, spec.resolution, device)) for p in plans]
                 save_epoch(epoch_file(label_dir, epoch), plans, logits, topk)
-        finally: release(ticket)
     left = [e for e in range(stored_epochs) if not epoch_file(label_dir, e).is_file()]
     if left:
         log.info("relabel: shard %d/%d finished; %d epochs wait for other shards", shard[0], shard[1], len(left))
@@ -444,7 +434,7 @@ def run_relabel(cfg: RunConfig, run_dir,
     artifacts = [str(epoch_file(label_dir, e).relative_to(out)) for e in range(stored_epochs)]
     return write_manifest(out, "relabel", cfg, artifacts,
                           inputs={"squeeze": run_dir / "squeeze" / "manifest.json", "recover": run_dir / "recover" / "manifest.json"},
-                          timings={"seconds": time.perf_counter() - start},
+                          timings={"seconds": time.perf_counter() - start, "total_seconds": time.perf_counter() - began},
                           extra=store_facts(cfg, spec, len(images), image_dir, kept, **checked,
                                             storage={"predicted": predicted, "measured": sum(
                                                 epoch_file(label_dir, e).stat().st_size for e in range(stored_epochs)),
@@ -510,7 +500,7 @@ def import_official_labels(label_dir,  # folder holding epoch_0/, epoch_1/, ...
     "Convert an official FKD-mix label folder into the run's label store."
     run_dir, label_dir = Path(run_dir), Path(label_dir)
     recover = require_stage(run_dir, "recover", cfg)
-    rl, spec, image_dir = cfg.relabel, get_dataset(cfg.data.name), run_dir / "recover" / "images"
+    rl, spec, image_dir = cfg.relabel, data_spec(cfg.data), run_dir / "recover" / "images"
     epochs = _numbered(label_dir, "epoch_")
     batches = [_numbered(e, "batch_") for e in epochs]
     first = read_official_batch(batches[0][0], trust_pickle)
@@ -576,7 +566,7 @@ def crop_overlay(run_dir, cfg: RunConfig, image: int = 0,  # index in the distil
     from matplotlib.patches import Rectangle
     from sre2l.core import resolve_run_dir
     from sre2l.plots import show_images, use_style
-    run_dir, spec = resolve_run_dir(run_dir), get_dataset(cfg.data.name)
+    run_dir, spec = resolve_run_dir(run_dir), data_spec(cfg.data)
     distilled = read_distilled(run_dir / "recover" / "images", cfg.recover.ipc, spec.channels, spec.num_classes)
     manifest = read_manifest(run_dir / "relabel", verify=False)
     use_style()
@@ -605,7 +595,7 @@ def label_histograms(run_dir, cfg: RunConfig, epoch: int = 0):
     from sre2l.core import resolve_run_dir
     from sre2l.plots import use_style
     stored = load_epoch(epoch_file(resolve_run_dir(run_dir) / "relabel" / "labels", epoch))
-    classes = get_dataset(cfg.data.name).num_classes
+    classes = data_spec(cfg.data).num_classes
     use_style(); fig, axes = plt.subplots(1, 2, figsize=(10, 3))
     for t in sorted({1.0, cfg.validate.temperature}):
         probs = torch.cat([teacher_probs(target, t, classes) for _, target in stored])

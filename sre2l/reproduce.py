@@ -250,9 +250,9 @@ def _scale(resolution: int) -> float:
 
 def predict_cost(cfg: RunConfig) -> dict:
     "Predicted H100 seconds per stage, image bytes and label bytes of one run (a rough model; see above)."
-    from sre2l.data import get_dataset
+    from sre2l.data import data_spec
     from sre2l.relabel import store_bytes
-    spec = get_dataset(cfg.data.name)
+    spec = data_spec(cfg.data)
     train, test = SPLIT_SIZES.get(cfg.data.name, (50000, 10000))
     images, speed = spec.num_classes * cfg.recover.ipc, _scale(spec.resolution)
     s, r, l, v = cfg.squeeze, cfg.recover, cfg.relabel, cfg.validate
@@ -540,7 +540,7 @@ def render_csv(summary: list[dict]) -> str:
 def images_figure(runs: list[CellRun], classes: int = 10, columns: int = 10):
     "Figure: the recovered images of every distinct recover stage of the table (first seed; real subsets left out)."
     import matplotlib.pyplot as plt
-    from sre2l.data import get_dataset, read_distilled
+    from sre2l.data import data_spec, read_distilled
     from sre2l.plots import show_images, use_style
     use_style()
     shown, panels, first_seed = set(), [], min(r.seed for r in runs)
@@ -548,7 +548,7 @@ def images_figure(runs: list[CellRun], classes: int = 10, columns: int = 10):
         if run.keys["recover"] in shown or run.cfg.recover.method == "real" or run.seed != first_seed: continue
         shown.add(run.keys["recover"])
         if finished(run, "recover") is None: continue
-        spec = get_dataset(run.cfg.data.name)
+        spec = data_spec(run.cfg.data)
         ipc = min(run.cfg.recover.ipc, columns)
         images = read_distilled(run.folder / "recover" / "images", ipc, spec.channels, min(spec.num_classes, classes))
         panels.append((f"{run.cell.row}\n({run.cell.preset}, seed {run.seed})", images.images, ipc))

@@ -5,7 +5,6 @@
 # %% ../nbs/01_squeeze.ipynb #ed213bc7
 from __future__ import annotations
 
-import csv
 import math
 import time
 from pathlib import Path
@@ -15,111 +14,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import (RunConfig, Sre2lError, ConfigError, log, progress, pick_device, generator, seed_everything,
-                        open_stage, stage_status, write_manifest, save_json, atomic_write)
-from .data import ImageSet, DatasetSpec, get_dataset, load_split, sample_crop_boxes, crop_resize, flip_where, normalize
+                        open_stage, write_manifest, save_json)
+from .data import ImageSet, DatasetSpec, data_spec, open_split, cached
 from .models import create_model, load_checkpoint, save_model, ClassBNStats, save_class_bn
+from .train import make_batches, to_device, augment, epoch_factor, param_groups, make_optimizer, evaluate, write_history
 
 # %% auto #0
-__all__ = ['batches', 'to_device', 'augment', 'epoch_factor', 'param_groups', 'make_optimizer', 'evaluate', 'train_classifier',
-           'write_history', 'collect_class_bn', 'teacher_spec', 'run_squeeze', 'load_teacher', 'load_named_teacher']
-
-# %% ../nbs/01_squeeze.ipynb #2f9cd0a3
-def batches(data: ImageSet,  # images and labels
-            batch_size: int,  # images per batch
-            device,  # where batches go
-            order: torch.Tensor | None = None,  # index order (default: data-set order)
-            drop_last: bool = False):  # skip a final partial batch
-    "Yield (uint8 images, labels) batches on `device`."
-    order = torch.arange(len(data)) if order is None else order
-    stop = len(order) - (len(order) % batch_size if drop_last else 0)
-    for start in range(0, stop, batch_size):
-        idx = order[start: start + batch_size]
-        if data.images is not None and data.images.device == torch.device(device):
-            yield data.images[idx.to(data.images.device)], data.labels[idx.to(data.labels.device)]
-        else:
-            yield data.batch(idx).to(device, non_blocking=True), data.labels[idx].to(device, non_blocking=True)
-
-def to_device(data: ImageSet, device) -> ImageSet:
-    "An in-memory copy of `data` on `device` (sets on disk stay on disk)."
-    if data.images is None: return data
-    return ImageSet(data.labels.to(device), data.classes, data.images.to(device), None, data.resolution, data.channels)
-
-# %% ../nbs/01_squeeze.ipynb #83d64dd8
-def augment(images: torch.Tensor,  # uint8 [B, C, H, W] on the device
-            spec: DatasetSpec,  # data-set mean/std
-            mode: str = "none",  # 'rrc', 'crop-pad' or 'none'
-            flip: bool = False,  # random horizontal flips
-            padding: int = 4,  # 'crop-pad' padding in pixels
-            scale=(0.08, 1.0),  # 'rrc' area range
-            gen: torch.Generator | None = None):  # CPU generator for the random draws
-    "Augment a uint8 batch and normalise it, all in batched tensor operations."
-    n, _, height, width = images.shape
-    x = normalize(images, spec.mean, spec.std)
-    if mode == "rrc":
-        x = crop_resize(x, sample_crop_boxes(n, height, width, scale, generator=gen), height)
-    elif mode == "crop-pad":
-        shifts = torch.randint(-padding, padding + 1, (n, 2), generator=gen).float()
-        boxes = torch.cat([shifts, torch.tensor([[height, width]], dtype=torch.float).expand(n, 2)], 1)
-        x = crop_resize(x, boxes, height)  # zeros outside = padding with the (normalised) value 0
-    elif mode != "none":
-        raise ConfigError(f"augment must be 'rrc', 'crop-pad' or 'none', got {mode!r}")
-    if flip: x = flip_where(x, torch.rand(n, generator=gen) < 0.5)
-    return x
-
-# %% ../nbs/01_squeeze.ipynb #9bd8eef6
-def epoch_factor(epoch: int,  # 0-based epoch
-                 epochs: int,  # total epochs
-                 warmup_epochs: int = 0,  # linear warm-up epochs
-                 start_factor: float = 0.01):  # factor at epoch 0 of the warm-up
-    "Learning-rate multiplier of `epoch`: linear warm-up, then cosine to zero."
-    if epoch < warmup_epochs: return start_factor + (1 - start_factor) * epoch / warmup_epochs
-    return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)))
-
-# %% ../nbs/01_squeeze.ipynb #5c7ac235
-def param_groups(model: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict]:
-    "Parameter groups: weight decay on conv/linear weights only (the SRe2L student rule), or on everything."
-    if decay_all: return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, rest = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad: (decay if p.ndim > 1 and name.endswith("weight") else rest).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-def make_optimizer(name: str, groups: list, lr: float, momentum: float = 0.9):
-    "SGD (with momentum) or AdamW over parameter groups."
-    if name == "sgd": return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    if name == "adamw": return torch.optim.AdamW(groups, lr=lr)
-    raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
-
-# %% ../nbs/01_squeeze.ipynb #e55c0c72
-@torch.no_grad()
-def evaluate(model: nn.Module, data: ImageSet, spec: DatasetSpec, device, batch_size: int = 512) -> dict:
-    "Top-1/top-5 accuracy (%) and mean cross-entropy of `model` on `data`."
-    was_training = model.training; model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct top-1, correct top-5, summed loss
-    for images, labels in batches(data, batch_size, device):
-        logits = model(normalize(images, spec.mean, spec.std)).float()
-        top = logits.topk(min(5, logits.shape[1]), 1).indices
-        totals += torch.stack([(top[:, 0] == labels).sum(), (top == labels[:, None]).any(1).sum(),
-                               F.cross_entropy(logits, labels, reduction="sum")]).double()
-    model.train(was_training)
-    n = len(data)
-    correct1, correct5, loss = totals.tolist()
-    return {"top1": 100 * correct1 / n, "top5": 100 * correct5 / n, "loss": loss / n, "count": n}
+__all__ = ['train_classifier', 'collect_class_bn', 'teacher_spec', 'run_squeeze']
 
 # %% ../nbs/01_squeeze.ipynb #017564ce
 def train_classifier(model: nn.Module, train: ImageSet, spec: DatasetSpec, cfg, device, seed: int = 0,
-                     test: ImageSet | None = None, label: str = "squeeze") -> list[dict]:
+                     test: ImageSet | None = None, label: str = "squeeze",
+                     workers: int = -1,  # processes decoding a training set on disk
+                     status=None) -> list[dict]:  # progress.json to keep up to date (see sre2l.core.progress)
     "Train with cross-entropy using the recipe in `cfg` (a SqueezeConfig); returns per-epoch history."
     groups = param_groups(model, cfg.weight_decay, decay_all=True)
     optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
-    history = []
-    for epoch in progress(range(cfg.epochs), desc=label, leave=False):
+    history, epoch_batches = [], make_batches(train, cfg.batch_size, device, workers=workers)
+    for epoch in progress(range(cfg.epochs), status=status, desc=f"{label} epochs", leave=False):
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * epoch_factor(epoch, cfg.epochs, cfg.warmup_epochs, cfg.warmup_start_factor)
         gen = generator(seed, label, epoch)
         order = torch.randperm(len(train), generator=gen)
         model.train(); total = torch.zeros((), device=device); steps = 0
-        for images, labels in batches(train, cfg.batch_size, device, order):
+        for images, labels in epoch_batches(order):
             x = augment(images, spec, cfg.augment, cfg.flip, cfg.crop_padding, gen=gen)
             loss = F.cross_entropy(model(x), labels)
             optimizer.zero_grad(set_to_none=True); loss.backward(); optimizer.step()
@@ -129,21 +47,16 @@ def train_classifier(model: nn.Module, train: ImageSet, spec: DatasetSpec, cfg, 
         history.append(row)
     return history
 
-# %% ../nbs/01_squeeze.ipynb #bc0fd853
-def write_history(path, rows: list[dict]):
-    "Write a list of dicts as CSV, atomically."
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    with atomic_write(path, "w") as f:
-        writer = csv.DictWriter(f, keys); writer.writeheader(); writer.writerows(rows)
-
 # %% ../nbs/01_squeeze.ipynb #91373e33
-def collect_class_bn(model: nn.Module, train: ImageSet, spec: DatasetSpec, cfg, device, seed: int = 0) -> dict:
+def collect_class_bn(model: nn.Module, train: ImageSet, spec: DatasetSpec, cfg, device, seed: int = 0,
+                     workers: int = -1) -> dict:  # processes decoding a training set on disk
     "Class-wise BN statistics of `model` over `train` ({layer: (mean, var)})."
+    epoch_batches = make_batches(train, cfg.batch_size, device, workers=workers)
     with ClassBNStats(model, spec.num_classes, cfg.class_bn) as stats:
         for epoch in range(cfg.class_bn_epochs):
             gen = generator(seed, "class-bn", epoch)
             order = torch.randperm(len(train), generator=gen)
-            for images, labels in progress(batches(train, cfg.batch_size, device, order), desc="class BN", leave=False,
+            for images, labels in progress(epoch_batches(order), desc="class BN", leave=False,
                                            total=math.ceil(len(train) / cfg.batch_size)):
                 stats.update(augment(images, spec, cfg.augment, cfg.flip, cfg.crop_padding, gen=gen), labels)
     return stats.result()
@@ -157,54 +70,38 @@ def teacher_spec(cfg: RunConfig, spec: DatasetSpec) -> dict:
 # %% ../nbs/01_squeeze.ipynb #a5b17273
 def run_squeeze(cfg: RunConfig, run_dir) -> dict:
     "Stage 1: the teacher and its class-wise BN statistics, written to `run_dir/squeeze`."
+    began = time.perf_counter()
     run_dir, done = open_stage(run_dir, "squeeze", cfg)
     if done is not None: return done
-    if cfg.squeeze.class_bn not in ("exact", "ema", "none"):
-        raise ConfigError(f"squeeze.class_bn must be 'exact', 'ema' or 'none', got {cfg.squeeze.class_bn!r}")
-    seed_everything(cfg.squeeze.seed)
-    device, spec, out = pick_device(cfg.device), get_dataset(cfg.data.name), run_dir / "squeeze"
-    test = to_device(load_split(cfg.data.name, "test", cfg.data.root, cfg.data.download), device)
+    sc, dc = cfg.squeeze, cfg.data
+    if sc.class_bn not in ("exact", "ema", "none"):
+        raise ConfigError(f"squeeze.class_bn must be 'exact', 'ema' or 'none', got {sc.class_bn!r}")
+    seed_everything(sc.seed)
+    device, spec, out = pick_device(cfg.device), data_spec(dc), run_dir / "squeeze"
+    test = to_device(cached(open_split(dc, "test"), dc.cache_bytes, dc.workers), device)
     build = teacher_spec(cfg, spec)
-    model = create_model(**build, weights=cfg.squeeze.weights).to(device)
+    model = create_model(**build, weights=sc.weights).to(device)
     timings, history, start = {}, [], time.perf_counter()
-    if cfg.squeeze.checkpoint: load_checkpoint(model, cfg.squeeze.checkpoint)
-    needs_train = not (cfg.squeeze.checkpoint or cfg.squeeze.weights)
-    train = None
-    if needs_train or cfg.squeeze.class_bn != "none":
-        train = load_split(cfg.data.name, "train", cfg.data.root, cfg.data.download)
-        train = to_device(train if train.images is not None or len(train) > 200_000 else train.in_memory(), device)
-    if needs_train: history = train_classifier(model, train, spec, cfg.squeeze, device, cfg.squeeze.seed)
+    if sc.checkpoint: load_checkpoint(model, sc.checkpoint)
+    needs_train = not (sc.checkpoint or sc.weights)
+    train = to_device(cached(open_split(dc, "train"), dc.cache_bytes, dc.workers), device) \
+        if needs_train or sc.class_bn != "none" else None
+    if needs_train: history = train_classifier(model, train, spec, sc, device, sc.seed, workers=dc.workers,
+                                               status=out / "progress.json")
     timings["train_seconds"] = time.perf_counter() - start
     model.eval().requires_grad_(False)
-    metrics = {f"test_{k}": v for k, v in evaluate(model, test, spec, device).items()}
-    log.info("squeeze: teacher %s test top-1 %.2f%%", cfg.squeeze.model, metrics["test_top1"])
-    out.mkdir(parents=True, exist_ok=True)
+    metrics = {f"test_{k}": v for k, v in evaluate(model, test, spec, device, workers=dc.workers).items()}
+    log.info("squeeze: teacher %s test top-1 %.2f%%", sc.model, metrics["test_top1"])
     artifacts = ["teacher.safetensors", "teacher.json", "metrics.json"]
-    if cfg.squeeze.class_bn != "none":
+    if sc.class_bn != "none":
         start = time.perf_counter()
-        save_class_bn(out / "class_bn.safetensors", collect_class_bn(model, train, spec, cfg.squeeze, device, cfg.squeeze.seed),
-                      cfg.squeeze.class_bn)
+        save_class_bn(out / "class_bn.safetensors", collect_class_bn(model, train, spec, sc, device, sc.seed, dc.workers),
+                      sc.class_bn)
         timings["class_bn_seconds"] = time.perf_counter() - start; artifacts.append("class_bn.safetensors")
     save_model(model, out / "teacher.safetensors", build)
     save_json(out / "metrics.json", metrics)
     if history: write_history(out / "history.csv", history); artifacts.append("history.csv")
+    timings["total_seconds"] = time.perf_counter() - began
     return write_manifest(out, "squeeze", cfg, artifacts, timings=timings,
                           extra={"metrics": metrics, "dataset": {"name": spec.name, "mean": spec.mean, "std": spec.std,
                                                                  "num_classes": spec.num_classes, "resolution": spec.resolution}})
-
-# %% ../nbs/01_squeeze.ipynb #d5008f59
-def load_teacher(run_dir, cfg: RunConfig, device) -> nn.Module:
-    "The frozen teacher of a finished squeeze stage."
-    from sre2l.core import require_stage
-    from sre2l.models import load_model
-    require_stage(run_dir, "squeeze", cfg)
-    return load_model(Path(run_dir) / "squeeze" / "teacher.safetensors").to(device).eval().requires_grad_(False)
-
-# %% ../nbs/01_squeeze.ipynb #d62840e4
-def load_named_teacher(name: str,  # registry name, or file:<path to a model saved with save_model>
-                       weights: str, spec: DatasetSpec, device) -> nn.Module:
-    "A further frozen teacher by name (with `weights`) or from a file saved by the kit."
-    from sre2l.models import load_model
-    model = load_model(name[5:]) if name.startswith("file:") else create_model(
-        name, spec.num_classes, spec.channels, spec.resolution, weights=weights)
-    return model.to(device).eval().requires_grad_(False)

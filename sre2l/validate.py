@@ -20,12 +20,12 @@ import torch.distributed as dist
 from .core import (RunConfig, Sre2lError, ConfigError, log, progress, pick_device, generator, seed_everything, open_stage,
                         stage_status, require_stage, write_manifest, save_json, atomic_write, hash_json, stage_config,
                         set_value, resolve_run_dir, load_tensors, shard_from_env)
-from .data import get_dataset, load_split, read_distilled
-from .models import create_model, save_model
-from .squeeze import load_teacher, evaluate, epoch_factor, param_groups, make_optimizer, write_history, to_device
+from .data import data_spec, open_split, cached, read_distilled
+from .models import create_model, save_model, load_teacher
+from .train import evaluate, epoch_factor, param_groups, make_optimizer, write_history, to_device, place_images
 from .recover import run_recover
 from .relabel import (load_epoch, epoch_file, replay_batch, image_list_hash, teacher_probs, run_relabel, BatchPlan,
-                           recover_labels, draw_epoch, place_images)
+                           recover_labels, draw_epoch)
 
 # %% auto #0
 __all__ = ['LOSSES', 'kd_loss', 'keep_top_logits', 'student_loss', 'pool_schedule', 'check_store', 'save_checkpoint',
@@ -138,7 +138,8 @@ def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc,
                   labels: torch.Tensor | None = None,  # classes of the distilled images (loss 'mse_gt' needs them)
                   checkpoint=None,  # checkpoint file: resumed from when present, written every vc.checkpoint_every epochs
                   checkpoint_key: str = "",  # configuration hash a checkpoint must carry to be resumed
-                  teacher: nn.Module | None = None) -> list[dict]:  # online KD: targets are this frozen teacher's logits
+                  teacher: nn.Module | None = None,  # online KD: targets are this frozen teacher's logits
+                  status=None) -> list[dict]:  # progress.json to keep up to date (see sre2l.core.progress)
     "Train `student` on the replayed store; returns per-epoch history. Under torch.distributed each rank takes its slice of every batch."
     if vc.precision not in ("fp32", "bf16"): raise ConfigError(f"validate.precision must be 'fp32' or 'bf16', got {vc.precision!r}")
     if vc.accumulation_steps < 1: raise ConfigError(f"validate.accumulation_steps must be positive, got {vc.accumulation_steps}")
@@ -156,7 +157,8 @@ def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc,
     if world > 1:  # DDP averages the ranks' gradients; each rank's loss is scaled by `world` so the average is the batch's
         model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
     cache = {}
-    for epoch in progress(range(start, vc.epochs), desc="validate", initial=start, total=vc.epochs, disable=rank > 0):
+    for epoch in progress(range(start, vc.epochs), status=status if rank == 0 else None, desc="validate epochs",
+                                   initial=start, total=vc.epochs, disable=rank > 0):
         for group in optimizer.param_groups: group["lr"] = vc.lr * epoch_factor(epoch, vc.epochs, vc.warmup_epochs)
         student.train(); total = torch.zeros((), device=device); steps = 0
         if callable(schedule): batches = schedule(epoch)  # e.g. region_epoch
@@ -216,6 +218,7 @@ def region_epoch(regions: dict,  # an FKD region store: boxes, flips, indices (a
 # %% ../nbs/04_validate.ipynb #36cbe82d
 def run_validate(cfg: RunConfig, run_dir) -> dict:
     "Stage 4: train a student on `run_dir`'s distilled set and labels; test top-1 on the real test split."
+    began = time.perf_counter()
     run_dir, done = open_stage(run_dir, "validate", cfg)
     if done is not None: return done
     vc = cfg.validate
@@ -230,12 +233,12 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     if not online: check_store(relabel, image_dir, vc.epochs, f"{vc.pool_granularity}/{vc.pool_metric}", vc.loss)
     seed_everything(cfg.seed)
     rank, world = shard_from_env()
-    device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), get_dataset(cfg.data.name)
+    device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), data_spec(cfg.data)
     if world > 1 and not dist.is_initialized():  # launched by torchrun: one process per GPU (or CPU processes, gloo)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    distilled = read_distilled(image_dir, cfg.recover.ipc, spec.channels, spec.num_classes)
+    distilled = read_distilled(image_dir, cfg.recover.ipc, spec.channels, spec.num_classes, workers=cfg.data.workers)
     images, labels = place_images(distilled.images, device), distilled.labels.to(device)
-    test = to_device(load_split(cfg.data.name, "test", cfg.data.root, cfg.data.download), device)
+    test = to_device(cached(open_split(cfg.data, "test"), cfg.data.cache_bytes, cfg.data.workers), device)  # decoded once
     build = dict(name=vc.model, num_classes=spec.num_classes, in_channels=spec.channels, resolution=spec.resolution,
                  small_input=vc.small_input)
     student = create_model(**build).to(device)
@@ -249,7 +252,7 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
         schedule = lambda epoch: region_epoch(regions, relabel["label_type"], spec.num_classes, epoch, cfg.relabel.batch_size, cfg.seed)
     else: schedule = pool_schedule(relabel, vc, cfg.seed)
     history = train_student(student, images, label_dir, spec, vc, device, schedule, test,
-                            labels, checkpoint, hash_json(stage_config(cfg, "validate")), teacher)
+                            labels, checkpoint, hash_json(stage_config(cfg, "validate")), teacher, out / "progress.json")
     seconds = time.perf_counter() - start
     if rank > 0: dist.barrier(); return {"stage": "validate", "rank": rank}  # rank 0 writes the results
     tested = [r for r in history if "test_top1" in r]
@@ -262,7 +265,8 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     save_json(out / "metrics.json", metrics)
     manifest = write_manifest(out, "validate", cfg, ["student.safetensors", "student.json", "history.csv", "metrics.json"],
                               inputs={"squeeze": run_dir / "squeeze" / "manifest.json", "recover": run_dir / "recover" / "manifest.json"}
-                              if online else {"relabel": run_dir / "relabel" / "manifest.json"}, timings={"seconds": seconds},
+                              if online else {"relabel": run_dir / "relabel" / "manifest.json"},
+                              timings={"seconds": seconds, "total_seconds": time.perf_counter() - began},
                               extra={"metrics": metrics})
     checkpoint.unlink(missing_ok=True)  # the finished student replaces it
     if world > 1: dist.barrier()

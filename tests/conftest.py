@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# files a stage writes about its run rather than its results: times and process ids differ between any two runs
+RUN_RECORDS = ("manifest.json", "progress.json", "log.txt")
 BIN = Path(sys.executable).parent
 
 

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from sre2l.core import make_config, read_manifest, sha256_file
-from sre2l.squeeze import run_squeeze, load_teacher
+from sre2l.squeeze import run_squeeze
+from sre2l.models import load_teacher
 from sre2l.recover import run_recover
 from sre2l.relabel import run_relabel, load_epoch, epoch_file, replay_batch
 from sre2l.data import get_dataset, read_distilled
+from conftest import RUN_RECORDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +32,7 @@ def first_run(tmp_path_factory, cfg):
 
 def hashes(folder: Path) -> dict:
     return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
-            and p.name != "manifest.json"}
+            and p.name not in RUN_RECORDS}
 
 
 def test_recover_is_deterministic_and_resumes(first_run, cfg, tmp_path):

@@ -8,7 +8,8 @@ import torch
 from sre2l.core import make_config, read_manifest, sha256_file, save_tensors
 from sre2l.data import get_dataset, read_distilled
 from sre2l.models import create_model, save_model
-from sre2l.squeeze import run_squeeze, load_teacher
+from sre2l.squeeze import run_squeeze
+from sre2l.models import load_teacher
 from sre2l.recover import (run_recover, recover_group, work_units, group_units, draw_bn_teachers, MatchingLoss)
 
 BASE = ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=6", "recover.batch_size=5", "device=cpu",

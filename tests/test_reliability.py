@@ -14,6 +14,7 @@ from sre2l.core import make_config, read_manifest
 from sre2l.squeeze import run_squeeze
 from sre2l.recover import run_recover
 from sre2l.relabel import run_relabel
+from conftest import RUN_RECORDS
 
 pytestmark = pytest.mark.reliability
 
@@ -226,6 +227,6 @@ def test_killed_five_times_at_random_points_then_finished_equals_a_clean_run(sta
         process.send_signal(signal.SIGKILL); process.wait()
     assert subprocess.run(command(tmp_path / "killed"), env=env, capture_output=True).returncode == 0
     digest = lambda run_dir: {str(p.relative_to(run_dir)): sha256_file(p) for p in sorted((run_dir / outputs).parent.rglob("*"))
-                              if p.is_file() and p.name != "manifest.json" and "claims" not in p.parts}
+                              if p.is_file() and p.name not in RUN_RECORDS and "claims" not in p.parts}
     assert digest(tmp_path / "killed") == digest(tmp_path / "clean")
     assert not list((tmp_path / "killed").rglob("*.tmp"))
