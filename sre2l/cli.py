@@ -128,10 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      "LaTeX and CSV tables with measured, paper and delta columns, and figures, to "
                                      "OUT/TABLE/. Tables: " + ", ".join(list_tables()) + ".",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("table", nargs="?", help="table name; without one, list the tables")
+    p.add_argument("table", nargs="?", help="table name; without one, list the tables (or, with --calibrate, measure)")
     p.add_argument("--run-dir", default="runs/reproduce", help="parent folder of the tables' runs (default: %(default)s)")
     p.add_argument("--out", default="figures/tables", help="where the tables and figures go, a folder per table (default: %(default)s)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (stages to run, predicted H100 GPU-hours, disk, label bytes); run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan: stages to run, their predicted compute and decoding time, disk and label bytes; run nothing")
+    p.add_argument("--rates", default="auto", metavar="FILE|h100",
+                   help="the machine --dry-run predicts for: a rates file from --calibrate, 'h100' (built in), or 'auto': "
+                        "runs/rates.json if it exists, else h100 (default: %(default)s)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="measure this machine (decoding per worker, ResNet-18 training, forward and recover rates, start-up) "
+                        "and save the rates to runs/rates.json (or the --rates file); run nothing else")
     p.add_argument("--render-only", action="store_true", help="run nothing; write the tables and figures from the finished cells")
     p.add_argument("--gpus", type=lambda t: [g for g in t.split(",") if g], default=None, metavar="0,1,...",
                    help="one papermill process per listed GPU (CUDA_VISIBLE_DEVICES); default: one process")
@@ -143,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every cell, e.g. --set data.root=/data/imagenet (repeatable)")
     p.add_argument("--cell-timeout", type=int, default=0, metavar="S", help="seconds one notebook cell may take (default: no limit)")
+    p.add_argument("--report-every", type=float, default=60, metavar="S",
+                   help="seconds between the progress lines of a running stage (default: %(default)s)")
     p = verbs.add_parser("site", help="render the lessons (with the demo's outputs) to static HTML in _docs/",
                          description="Render every notebook to HTML with nbconvert, the stage notebooks from the demo's "
                                      "executed copies (run `sre2l demo` first), plus an index page; works offline.")
@@ -281,12 +290,19 @@ def build_site(executed="runs/demo/notebooks/distilled",  # folder of executed s
 # %% ../nbs/06_cli.ipynb #5e1c7a2d
 def _reproduce(args) -> int:
     "`sre2l reproduce`: list the tables, print a plan, or run a table; 1 when cells failed."
-    from sre2l.reproduce import reproduce, list_tables, get_table
+    from sre2l.reproduce import reproduce, list_tables, get_table, calibrate, rates_file
+    if args.calibrate:
+        import dataclasses
+        rates = calibrate()
+        target = rates_file() if args.rates in ("auto", "h100") else Path(args.rates)
+        save_json(target, dataclasses.asdict(rates))
+        print(json.dumps(dataclasses.asdict(rates), indent=2)); print(f"saved to {target}"); return 0
     if not args.table:
-        for name in list_tables(): print(f"{name:18} {get_table(name).title}")
+        for name in list_tables(): print(f"{name:22} {get_table(name).title}")
         return 0
     report = reproduce(args.table, args.run_dir, args.out, args.gpus, args.torchrun, tuple(args.seeds) if args.seeds else None,
-                       args.overrides, args.reuse, args.dry_run, args.render_only, args.cell_timeout)
+                       args.overrides, args.reuse, args.dry_run, args.render_only, args.cell_timeout, args.rates,
+                       args.report_every)
     if args.dry_run: return 0
     print((Path(report["folder"]) / f"{args.table}.md").read_text())
     failed = {k: v for k, v in report["failed"].items() if not v.startswith("skipped")}

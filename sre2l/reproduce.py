@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import (RunConfig, Sre2lError, ConfigError, STAGES, make_config, stage_config, hash_json,
-                        read_manifest, resolve_run_dir, find_project_root, save_json, load_json, log)
+                        read_manifest, resolve_run_dir, find_project_root, save_json, load_json, log, claim, atomic_write)
 
 # %% auto #0
-__all__ = ['TABLES', 'H100_RATES', 'SMALL_IMAGE_SPEEDUP', 'MODEL_COST', 'SPLIT_SIZES', 'STAGE_NOTEBOOK', 'Cell', 'TableSpec',
-           'register_table', 'list_tables', 'get_table', 'pruned', 'CellRun', 'stage_key', 'plan_table', 'predict_cost',
-           'human', 'plan_report', 'finished', 'find_stages', 'link_stages', 'reproduce', 'gather', 'summarise',
+__all__ = ['TABLES', 'H100', 'MODEL_COST', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'STAGE_NOTEBOOK', 'WAIT_SECONDS', 'Cell',
+           'TableSpec', 'register_table', 'list_tables', 'get_table', 'pruned', 'CellRun', 'stage_key', 'plan_table',
+           'Rates', 'split_sizes', 'stage_work', 'predict_cost', 'calibrate', 'rates_file', 'load_rates', 'human',
+           'duration', 'finished', 'plan_report', 'find_stages', 'link_stages', 'reproduce', 'gather', 'summarise',
            'render_markdown', 'render_latex', 'render_csv', 'images_figure', 'pruning_figure', 'storage_figure',
            'write_report']
 
@@ -56,6 +57,7 @@ class TableSpec:
     cells: list  # the `Cell`s, in reading order
     seeds: tuple = (0,)  # seeds every cell runs with (mean +- std over them)
     about: str = ""  # one paragraph: what the table shows and what differs from the paper
+    imagefolder: dict | None = None  # make_imagefolder settings of the folder the cells read, made if missing
 
 TABLES: dict = {}
 
@@ -129,6 +131,43 @@ def _fashion_mnist():
                      about="ConvNet teacher and student (the fashion-mnist presets), 100 student epochs; "
                            "`python bench/fashion_table.py --set validate.eval_every=100` makes the same runs, and "
                            "`sre2l reproduce fashion_mnist --reuse runs/fashion-table` renders them.")
+
+def _rehearsal(classes: int, per_class: tuple, ipc: int, epochs: dict, iterations: int) -> list:
+    "The sre2l_in1k and lpld_in1k recipes on an imagenet-shape folder, full and 40x labels, with scaled-down lengths."
+    common = ("data.name=imagenet-shape", f"data.num_classes={classes}", f"data.root=data/imagenet-shape-{classes}",
+              "squeeze.weights=", f"squeeze.epochs={epochs['teacher']}", "squeeze.batch_size=64", "squeeze.lr=0.1",
+              "squeeze.augment=rrc", "squeeze.flip=true", "squeeze.class_bn=ema",  # one teacher for both recipes
+              f"recover.ipc={ipc}", f"recover.iterations={iterations}", f"relabel.epochs={epochs['labels']}",
+              f"validate.epochs={epochs['student']}", f"validate.eval_every={epochs['eval_every']}")
+    recipes = {"SRe2L: global BN, cross-class batches": ("sre2l_in1k", ()),
+               "LPLD: class BN, one class per batch": ("lpld_in1k", (f"recover.batch_size={ipc}",))}
+    return [Cell(name, f"{c}x labels" if c > 1 else "full labels", preset, (*common, *extra, *pruned(c)),
+                 source="kit rehearsal on an ImageNet-shaped folder (no paper value)")
+            for name, (preset, extra) in recipes.items() for c in (1, 40)]
+
+_REHEARSAL = ("The shapes of the sre2l_in1k and lpld_in1k recipes on a folder the kit writes (`make-imagefolder`): a "
+              "torchvision ResNet-18 teacher trained briefly on it, 224 px, recover with 100 classes per batch (SRe2L) "
+              "and one class per batch on class-BN statistics (LPLD), relabel with CutMix (batch 1024 and LPLD's 128) "
+              "and a 40x-pruned store, ResNet-18 students tested with resize 256 / centre crop 224. Teacher epochs, "
+              "recovery iterations, stored epochs and student epochs are scaled down ({}); the numbers show that every "
+              "path runs at ImageNet's shape, not what the recipes reach.")
+
+@register_table("imagenet_rehearsal_ci")
+def _imagenet_rehearsal_ci():
+    epochs = {"teacher": 2, "labels": 8, "student": 8, "eval_every": 4}
+    return TableSpec("imagenet_rehearsal_ci", "Rehearsal of the ImageNet paths, CI size: 4 classes, IPC 2, on the CPU",
+                     _rehearsal(4, (24, 8), 2, epochs, 10), imagefolder={"classes": 4, "train_per_class": 24, "val_per_class": 8},
+                     about=_REHEARSAL.format("2 teacher epochs, 10 iterations, 8 stored and 8 student epochs; 4 classes of 24 "
+                                             "training and 8 validation images"))
+
+@register_table("imagenet_rehearsal")
+def _imagenet_rehearsal():
+    epochs = {"teacher": 6, "labels": 20, "student": 20, "eval_every": 10}
+    return TableSpec("imagenet_rehearsal", "Rehearsal of the ImageNet paths: 1000 classes, IPC 10, on one GPU",
+                     _rehearsal(1000, (100, 50), 10, epochs, 50),
+                     imagefolder={"classes": 1000, "train_per_class": 100, "val_per_class": 50},
+                     about=_REHEARSAL.format("6 teacher epochs, 50 iterations, 20 stored and 20 student epochs; 1000 classes "
+                                             "of 100 training and 50 validation images"))
 
 @register_table("sre2l_main")
 def _sre2l_main():
@@ -230,54 +269,230 @@ def plan_table(spec: TableSpec,  # the table
     return runs
 
 # %% ../nbs/05_reproduce.ipynb #548b43eb
-H100_RATES = {  # images (or image-iterations) per second on one H100, ResNet-18 at 224 px; bench/RESULTS.md
-    "recover": {"fp32": 5993, "bf16": 15573},  # bench/recover.py --variant resnet18-224, (b) and (c)
-    "relabel": {"fp32": 20456, "bf16": 22793},  # bench/relabel.py --variant resnet18-224
-    "validate": {"fp32": 4396, "bf16": 9217},  # bench/validate.py --variant resnet18-224
-}
-SMALL_IMAGE_SPEEDUP = 31888 / 5993  # recover at 64 px (bench/recover.py --variant tiny-64) against 224 px
+@dataclass
+class Rates:
+    "How fast one machine does each kind of work; a plan divides each stage's work by these."
+    machine: str  # the machine the figures were measured on
+    source: str  # how they were measured (a benchmark, or `calibrate` and its date)
+    device: str = "cuda"  # 'cuda': decoding overlaps the compute; 'cpu': they share the cores
+    train: float = 4396.0  # training images/s, ResNet-18 at 224 px, fp32 (forward, backward, optimiser step)
+    train_bf16: float = 9217.0  # the same under bf16 autocast and channels-last
+    forward: float = 20456.0  # teacher images/s (replayed crops included), ResNet-18 at 224 px
+    class_bn: float = 20456.0 / 3  # images/s of the class-statistics pass (forward with the statistics hooks)
+    recover: float = 5993.0  # recover image-iterations/s, ResNet-18 at 224 px, fp32
+    recover_bf16: float = 15573.0  # the same with bf16 and torch.compile
+    small_images: float = 31888 / 5993  # how much faster a step on 64-px images runs than on 224-px ones
+    decode: float = 0.0025  # seconds one worker takes to decode and resize one ImageNet-sized JPEG
+    workers: int = 16  # decoding processes
+    startup: float = 15.0  # seconds a stage run spends starting (kernel, imports, model building)
+
+H100 = Rates("one H100 80 GB with 16 CPU cores", "bench/RESULTS.md, 2026-11-22 (compute); decoding: the 2-core "
+             "development machine's seconds per image and worker (`bench/decode.py`), not yet measured on the GPU machine")
+
+# %% ../nbs/05_reproduce.ipynb #aa7b3bba
 MODEL_COST = {"resnet18": 1.0, "resnet50": 2.3, "resnet101": 4.3}  # forward FLOPs relative to ResNet-18 (1.8 GFLOPs)
 SPLIT_SIZES = {"imagenet-1k": (1281167, 50000), "imagenet-21k": (11060223, 522500), "tiny-imagenet": (100000, 10000),
                "cifar10": (50000, 10000), "cifar100": (50000, 10000), "fashion-mnist": (60000, 10000), "digits": (1437, 360)}
+IMAGENET_PIXELS = 500 * 375  # the typical ImageNet JPEG, the unit of Rates.decode
 
 def _model_cost(name: str) -> float:
     "Relative cost of a model (unknown models count as a ResNet-18)."
     return MODEL_COST.get(name.split(":")[-1], 1.0)
 
-def _scale(resolution: int) -> float:
+def _speed(resolution: int, rates: Rates) -> float:
     "How much faster than at 224 px a step on `resolution`-pixel images runs."
-    return SMALL_IMAGE_SPEEDUP if resolution <= 64 else (224 / resolution) ** 2
+    return rates.small_images if resolution <= 64 else (224 / resolution) ** 2
 
-def predict_cost(cfg: RunConfig) -> dict:
-    "Predicted H100 seconds per stage, image bytes and label bytes of one run (a rough model; see above)."
+def split_sizes(cfg: RunConfig) -> tuple[int, int]:
+    "(training, test) images of the configured data set (an imagenet-shape folder: from its dataset.json)."
+    from sre2l.data import data_spec, default_roots
+    if cfg.data.name != "imagenet-shape": return SPLIT_SIZES.get(cfg.data.name, (50000, 10000))
+    classes, record = data_spec(cfg.data).num_classes, default_roots("imagenet-shape", cfg.data.root)[0] / "dataset.json"
+    made = load_json(record) if record.is_file() else {"train_per_class": 100, "val_per_class": 50}
+    return classes * made["train_per_class"], classes * made["val_per_class"]
+
+# %% ../nbs/05_reproduce.ipynb #3a4d4b0e
+def _decoding(files: float, pixels: float, rates: Rates) -> float:
+    "Seconds the workers take to decode `files` image files of `pixels` pixels each."
+    return files * rates.decode * max(0.05, pixels / IMAGENET_PIXELS) / max(rates.workers, 1)
+
+@dataclass
+class _Shape:
+    "What the work of a run depends on: its sizes and per-image costs on one machine."
+    cfg: RunConfig
+    rates: Rates
+    def __post_init__(self):
+        from sre2l.data import data_spec
+        spec = data_spec(self.cfg.data)
+        self.train, self.test = split_sizes(self.cfg)
+        self.images, self.res, self.files = spec.num_classes * self.cfg.recover.ipc, spec.resolution, float(spec.files)
+        speed = _speed(spec.resolution, self.rates)
+        self.teacher, self.student = _model_cost(self.cfg.squeeze.model) / speed, _model_cost(self.cfg.validate.model) / speed
+        self.bytes_per_image = spec.channels * spec.resolution ** 2
+
+    def fits(self, n: int) -> bool: return n * self.bytes_per_image <= self.cfg.data.cache_bytes  # decoded once
+    def decode_files(self, n: float) -> float: return self.files * _decoding(n, IMAGENET_PIXELS, self.rates)
+    def decode_distilled(self) -> float: return _decoding(self.images, self.res * self.res, self.rates)
+
+# %% ../nbs/05_reproduce.ipynb #8cf5c1bc
+def _squeeze_work(w: _Shape) -> dict:
+    "Teacher training, the class-statistics pass and one test evaluation."
+    s, rates = w.cfg.squeeze, w.rates
+    trained, class_bn = not (s.weights or s.checkpoint), s.class_bn != "none"
+    passes = s.epochs * trained + s.class_bn_epochs * class_bn
+    return {"compute": (w.train * (s.epochs * trained / rates.train + s.class_bn_epochs * class_bn / rates.class_bn)
+                        + w.test / rates.forward) * w.teacher,
+            "decode": w.decode_files(w.train * (min(passes, 1) if w.fits(w.train) else passes) + w.test)}
+
+def _recover_work(w: _Shape) -> dict:
+    "Optimisation steps (none for a real subset), the teacher's check on the images, the files read."
+    r, rates = w.cfg.recover, w.rates
+    cycle = sum(1 - (k % 8) / 8 for k in range(r.ipc)) / r.ipc if r.iteration_schedule == "prism-cyclic" else 1
+    extra_bn = len([t for t in r.bn_teachers.split(",") if t.strip()]) * r.bn_teacher_prob
+    steps = 0 if r.method == "real" else w.images * r.iterations * cycle * (1 + extra_bn) * w.teacher
+    return {"compute": steps / (rates.recover_bf16 if r.precision == "bf16" else rates.recover) + w.images * w.teacher / rates.forward,
+            "decode": w.decode_distilled() + w.decode_files(w.images * (r.method == "real" or r.init == "real"))}
+
+# %% ../nbs/05_reproduce.ipynb #f4273a57
+def _relabel_work(w: _Shape) -> dict:
+    "The teachers' forward passes over every stored crop (and the optional test evaluation)."
+    l, rates = w.cfg.relabel, w.rates
+    crops = w.images * l.num_crops if l.mode == "region" else min(w.images, l.batch_size) * _kept(w.images, l)
+    teachers = 1 + len([t for t in l.teachers.split(",") if t.strip()])
+    return {"compute": (crops * teachers + l.evaluate * w.test) * w.teacher / rates.forward,
+            "decode": w.decode_distilled() + l.evaluate * w.decode_files(w.test)}
+
+def _validate_work(w: _Shape) -> dict:
+    "Student training (with the teacher's forward for online labels) and every test evaluation."
+    v, rates = w.cfg.validate, w.rates
+    evaluations = math.ceil(v.epochs / max(v.eval_every, 1))
+    online = w.teacher / 3 if v.labels == "online" else 0
+    train_rate = rates.train_bf16 if v.precision == "bf16" else rates.train
+    return {"compute": v.epochs * w.images * (w.student + online) / train_rate + evaluations * w.test * w.student / rates.forward,
+            "decode": w.decode_distilled() + w.decode_files(w.test * (1 if w.fits(w.test) else evaluations))}
+
+def _kept(images: int, l) -> int:
+    "Stored batches of a relabel store (the kit's pruning rule)."
+    from sre2l.relabel import kept_batches
+    return kept_batches(images, l.batch_size, l.epochs, l.prune_ratio)
+
+def stage_work(cfg: RunConfig, rates: Rates) -> dict:
+    "{stage: {'compute': s, 'decode': s}} of one run on the machine `rates` describes."
+    w = _Shape(cfg, rates)
+    return {"squeeze": _squeeze_work(w), "recover": _recover_work(w), "relabel": _relabel_work(w), "validate": _validate_work(w)}
+
+# %% ../nbs/05_reproduce.ipynb #b6b684cc
+def predict_cost(cfg: RunConfig, rates: Rates | None = None) -> dict:
+    "Predicted seconds per stage (compute, decoding and their combination), image bytes and label bytes of one run."
     from sre2l.data import data_spec
     from sre2l.relabel import store_bytes
-    spec = data_spec(cfg.data)
-    train, test = SPLIT_SIZES.get(cfg.data.name, (50000, 10000))
-    images, speed = spec.num_classes * cfg.recover.ipc, _scale(spec.resolution)
-    s, r, l, v = cfg.squeeze, cfg.recover, cfg.relabel, cfg.validate
-    rate = lambda stage, precision="fp32": H100_RATES[stage][precision] * speed
-    seconds = {"squeeze": (0 if (s.weights or s.checkpoint) else train * s.epochs * _model_cost(s.model) / rate("validate"))
-                          + (0 if s.class_bn == "none" else train * s.class_bn_epochs * _model_cost(s.model) / (3 * rate("validate")))}
-    iterations = r.iterations * (sum(1 - (k % 8) / 8 for k in range(r.ipc)) / r.ipc if r.iteration_schedule == "prism-cyclic" else 1)
-    extra_bn = len([t for t in r.bn_teachers.split(",") if t]) * r.bn_teacher_prob
-    seconds["recover"] = 0 if r.method == "real" else images * iterations * (_model_cost(s.model) + extra_bn) / rate("recover", r.precision)
-    teachers = 1 + len([t for t in l.teachers.split(",") if t])
-    if l.mode == "region": crops, label_bytes = images * l.num_crops, images * l.num_crops * (4 * 4 + 1 + 6 * _topk(l.label_type))
-    else:
-        store = store_bytes(images, spec.num_classes, l.epochs, l.batch_size, l.prune_ratio, l.topk if l.logits == "topk" else 0)
-        crops, label_bytes = store["batches"] * l.batch_size, store["total"]
-    seconds["relabel"] = crops * teachers * _model_cost(s.model) / rate("relabel")
-    online = _model_cost(s.model) / 3 if v.labels == "online" else 0
-    seconds["validate"] = (v.epochs * images * (_model_cost(v.model) + online) / rate("validate", v.precision)
-                           + test * (v.epochs // max(v.eval_every, 1) + 1) * _model_cost(v.model) / (3 * rate("validate")))
+    rates = rates or H100
+    spec, l, r = data_spec(cfg.data), cfg.relabel, cfg.recover
+    work = stage_work(cfg, rates)
+    combine = max if rates.device == "cuda" else (lambda a, b: a + b)
+    images = spec.num_classes * r.ipc
+    if l.mode == "region": label_bytes = images * l.num_crops * (4 * 4 + 1 + 6 * _topk(l.label_type))
+    else: label_bytes = store_bytes(images, spec.num_classes, l.epochs, l.batch_size, l.prune_ratio,
+                                    l.topk if l.logits == "topk" else 0)["total"]
     per_image = spec.resolution ** 2 * spec.channels * (0.25 if r.image_format == "jpg" else 0.8)
-    return {"seconds": seconds, "image_bytes": int(images * per_image), "label_bytes": int(label_bytes)}
+    return {"seconds": {k: combine(w["compute"], w["decode"]) for k, w in work.items()},
+            "compute": {k: w["compute"] for k, w in work.items()}, "decode": {k: w["decode"] for k, w in work.items()},
+            "image_bytes": int(images * per_image), "label_bytes": int(label_bytes)}
 
 def _topk(label_type: str) -> int:
     "Classes kept per crop by an FKD label type (hard and smoothing keep one)."
     match = re.search(r"_k(\d+)$", label_type)
     return int(match.group(1)) if match else 1
+
+# %% ../nbs/05_reproduce.ipynb #62fd677b
+def _per_second(step, items: int, device, repeats: int = 3) -> float:
+    "Items per second of `step()`, which handles `items` items, after one warm-up call."
+    import torch
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    step(); sync()
+    start = time.perf_counter()
+    for _ in range(repeats): step()
+    sync()
+    return items * repeats / (time.perf_counter() - start)
+
+def _decode_seconds(files: int = 16) -> float:
+    "Seconds one process takes to decode one ImageNet-sized JPEG and resize it to 256, crop 224."
+    import tempfile, numpy as np
+    from PIL import Image
+    from sre2l.data import read_image
+    from sre2l.imagefolder import render, image_size
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [Path(folder) / f"{i}.JPEG" for i in range(files)]
+        for i, path in enumerate(paths):
+            rng = np.random.default_rng(i); Image.fromarray(render(i, *image_size(rng), rng)).save(path, quality=90)
+        for path in paths: read_image(path, 224, 3, 256)  # warm the file cache and the decoder
+        start = time.perf_counter()
+        for path in paths: read_image(path, 224, 3, 256)
+        return (time.perf_counter() - start) / files
+
+# %% ../nbs/05_reproduce.ipynb #b66f0d5e
+def _recover_rate(teacher, device, images: int) -> float:
+    "Image-iterations per second of the kit's recover steps on `teacher` (224 px), set-up excluded."
+    from sre2l.core import RecoverConfig
+    from sre2l.data import DatasetSpec, IMAGENET_MEAN, IMAGENET_STD
+    from sre2l.recover import WorkUnit, recover_group
+    spec = DatasetSpec("calibrate", 1000, 224, 3, IMAGENET_MEAN, IMAGENET_STD)
+    unit = [WorkUnit(("cross-class", 0, 0), [(c, 0) for c in range(images)])]
+    def seconds(steps):
+        start = time.perf_counter()
+        recover_group(teacher, unit, spec, RecoverConfig(iterations=steps), 0, device)
+        if device.type == "cuda": __import__("torch").cuda.synchronize()
+        return time.perf_counter() - start
+    seconds(1)  # warm-up
+    return images * 4 / max(seconds(6) - seconds(2), 1e-9)
+
+# %% ../nbs/05_reproduce.ipynb #b544a8d8
+def calibrate(device: str = "auto",  # 'auto', 'cpu', 'cuda' or 'cuda:N'
+              batch: int = 0) -> Rates:  # images per step (0 = 32 on a CPU, 128 on a GPU)
+    "Measure this machine's `Rates`: decoding, and ResNet-18 training, forward and recover steps at 224 px."
+    import platform, torch, torch.nn.functional as F, torchvision
+    from sre2l.core import pick_device
+    from sre2l.data import default_workers
+    from sre2l.data import DatasetSpec, IMAGENET_MEAN, IMAGENET_STD
+    from sre2l.models import ClassBNStats
+    from sre2l.train import augment
+    dev = pick_device(device); batch = batch or (128 if dev.type == "cuda" else 32)
+    spec = DatasetSpec("calibrate", 1000, 224, 3, IMAGENET_MEAN, IMAGENET_STD)
+    model = torchvision.models.resnet18(num_classes=1000).to(dev)  # the memory format squeeze and validate use
+    x = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, device=dev)
+    y = torch.randint(0, 1000, (batch,), device=dev)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    def train_step(bf16=False):  # as squeeze and validate train: batched crops and flips on the device, then a step
+        with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(augment(x, spec, "rrc", flip=True)), y)
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+    train = _per_second(train_step, batch, dev)
+    train_bf16 = _per_second(lambda: train_step(True), batch, dev) if dev.type == "cuda" else train
+    model.eval().requires_grad_(False)
+    with torch.no_grad(): forward = _per_second(lambda: model(augment(x, spec)), batch, dev)
+    with ClassBNStats(model, 1000, "ema") as stats: class_bn = _per_second(lambda: stats.update(augment(x, spec), y), batch, dev)
+    recover = _recover_rate(model.to(memory_format=torch.channels_last), dev, batch if dev.type == "cuda" else 8)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import sre2l.train, torchvision; torchvision.models.resnet18()"], check=True)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine()
+    return Rates(f"{where} with {cores} CPU cores", f"sre2l reproduce --calibrate, {time.strftime('%Y-%m-%d')}, torch "
+                 f"{torch.__version__}", dev.type, train, train_bf16, forward, class_bn, recover,
+                 recover if dev.type != "cuda" else H100.recover_bf16, H100.small_images, _decode_seconds(),
+                 default_workers(), time.perf_counter() - start)
+
+# %% ../nbs/05_reproduce.ipynb #08b932cd
+def rates_file() -> Path:
+    "Where `--calibrate` saves this machine's rates: runs/rates.json in the project (or the current folder)."
+    return (find_project_root() or Path.cwd()) / "runs" / "rates.json"
+
+def load_rates(which: str = "auto") -> Rates:
+    "Rates by name: 'h100' (built in), a JSON file from `calibrate`, or 'auto' (runs/rates.json if present, else 'h100')."
+    if which == "h100" or (which == "auto" and not rates_file().is_file()): return H100
+    path = rates_file() if which == "auto" else Path(which)
+    try: return Rates(**load_json(path))
+    except (OSError, ValueError, TypeError) as error:
+        raise Sre2lError(f"{path} is not a rates file written by `sre2l reproduce --calibrate` ({error})") from None
 
 # %% ../nbs/05_reproduce.ipynb #c36c8fbf
 def human(n: float) -> str:
@@ -287,36 +502,43 @@ def human(n: float) -> str:
         n /= 1000
     return f"{n:.1f} TB"
 
-def plan_report(spec: TableSpec, runs: list[CellRun]) -> str:
-    "The plan as text: stages to run with predicted H100 hours, disk and label bytes, and the totals."
-    lines = [f"table {spec.name}: {spec.title}", f"{len(spec.cells)} cells x {len(runs) // max(len(spec.cells), 1)} seed(s) = "
-             f"{len(runs)} runs; stages shared between cells run once", ""]
-    seen, hours, disk, labels, todo = set(), 0.0, 0, 0, 0
-    lines.append(f"{'stage':10} {'key':26} {'H100 h':>8} {'images':>9} {'labels':>9}  state   first cell")
-    for stage in STAGES:
-        for run in runs:
-            key = run.keys[stage]
-            if key in seen: continue
-            seen.add(key)
-            cost = predict_cost(run.cfg)
-            done = finished(run, stage) is not None
-            h = cost["seconds"][stage] / 3600
-            image_bytes = cost["image_bytes"] if stage == "recover" and run.cfg.recover.method != "real" else 0
-            label_bytes = cost["label_bytes"] if stage == "relabel" else 0
-            if not done: hours, todo = hours + h, todo + 1
-            disk, labels = disk + image_bytes + label_bytes, labels + label_bytes
-            lines.append(f"{stage:10} {key:26} {h:8.2f} {human(image_bytes) if image_bytes else '-':>9} "
-                         f"{human(label_bytes) if label_bytes else '-':>9}  {'done' if done else 'to run':7} {run.cell.name}-seed{run.seed}")
-    lines += ["", f"{todo} stage runs to go: about {hours:,.1f} H100 GPU-hours (rates of bench/RESULTS.md; a rough model), "
-                  f"{human(disk)} of images and labels on disk, of which labels {human(labels)}"]
-    return "\n".join(lines)
+def duration(seconds: float) -> str:
+    "Seconds as s, min or h, whichever reads best."
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
+# %% ../nbs/05_reproduce.ipynb #aab71a5d
 def finished(run: CellRun, stage: str) -> dict | None:
     "The manifest of the cell's stage if it finished with this configuration, else None (no file hashing)."
     folder = run.folder.parent.parent / "stages" / run.keys[stage]
     try: manifest = read_manifest(folder, verify=False)
     except (Sre2lError, ValueError): return None
     return manifest if manifest and manifest.get("config_hash") == run.keys[stage].split("-", 1)[1] else None
+
+# %% ../nbs/05_reproduce.ipynb #4ea4f4e0
+def plan_report(spec: TableSpec, runs: list[CellRun], rates: Rates | None = None) -> str:
+    "The plan as text: each stage to run with its predicted compute and decoding time, disk and label bytes, and totals."
+    rates = rates or H100
+    lines = [f"table {spec.name}: {spec.title}", f"{len(spec.cells)} cells x {len(runs) // max(len(spec.cells), 1)} seed(s) = "
+             f"{len(runs)} runs; stages shared between cells run once",
+             f"rates: {rates.machine} ({rates.source}); decoding {'overlaps the compute' if rates.device == 'cuda' else 'shares the cores'}", "",
+             f"{'stage':9} {'key':26} {'compute':>9} {'decode':>9} {'predicted':>9} {'images':>9} {'labels':>9}  state   first cell"]
+    seen, total, disk, labels, todo = set(), 0.0, 0, 0, 0
+    for stage in STAGES:
+        for run in runs:
+            key = run.keys[stage]
+            if key in seen: continue
+            seen.add(key)
+            cost, done = predict_cost(run.cfg, rates), finished(run, stage) is not None
+            image_bytes = cost["image_bytes"] if stage == "recover" and run.cfg.recover.method != "real" else 0
+            label_bytes = cost["label_bytes"] if stage == "relabel" else 0
+            if not done: total, todo = total + cost["seconds"][stage], todo + 1
+            disk, labels = disk + image_bytes + label_bytes, labels + label_bytes
+            lines.append(f"{stage:9} {key:26} {duration(cost['compute'][stage]):>9} {duration(cost['decode'][stage]):>9} "
+                         f"{duration(cost['seconds'][stage]):>9} {human(image_bytes) if image_bytes else '-':>9} "
+                         f"{human(label_bytes) if label_bytes else '-':>9}  {'done' if done else 'to run':7} {run.cell.name}-seed{run.seed}")
+    lines += ["", f"{todo} stage runs to go: about {duration(total)} on {rates.machine} (a model, see above), plus about "
+                  f"{duration(todo * rates.startup)} of start-up; {human(disk)} of images and labels on disk, of which labels {human(labels)}"]
+    return "\n".join(lines)
 
 # %% ../nbs/05_reproduce.ipynb #5ea6811e
 def find_stages(folders) -> dict:
@@ -340,13 +562,17 @@ def link_stages(run: CellRun, reuse: dict | None = None):
         shared = stages_dir / key
         if not (shared.exists() or shared.is_symlink()):
             shared.parent.mkdir(parents=True, exist_ok=True)
-            if reuse and key in reuse: shared.symlink_to(reuse[key], target_is_directory=True)
-            else: shared.mkdir()
+            try:
+                if reuse and key in reuse: shared.symlink_to(reuse[key], target_is_directory=True)
+                else: shared.mkdir()
+            except FileExistsError: pass  # another process on this table made it a moment ago
         link = run.folder / stage
         if link.is_symlink() and link.resolve() == shared.resolve(): continue
         if link.exists() or link.is_symlink():
             raise Sre2lError(f"{link} exists and is not the link to {shared}; move it away, or use another --run-dir")
-        link.symlink_to(os.path.relpath(shared, run.folder), target_is_directory=True)
+        try: link.symlink_to(os.path.relpath(shared, run.folder), target_is_directory=True)
+        except FileExistsError:
+            if link.resolve() != shared.resolve(): raise
 
 # %% ../nbs/05_reproduce.ipynb #e1c3c1ed
 STAGE_NOTEBOOK = {"squeeze": "01_squeeze.ipynb", "recover": "02_recover.ipynb", "relabel": "03_relabel.ipynb",
@@ -382,59 +608,118 @@ def reproduce(table: str,  # table name (see `list_tables()`)
               seeds: tuple | None = None,  # seeds instead of the table's
               overrides=(),  # settings for every cell, as for --set (e.g. data.root=/data/imagenet)
               reuse=(),  # folders whose finished stages are linked instead of run again (matched by configuration hash)
-              dry_run: bool = False,  # print the plan with predicted GPU-hours and bytes, run nothing
+              dry_run: bool = False,  # print the plan with predicted times and bytes, run nothing
               render_only: bool = False,  # run nothing; write the tables from what has finished
-              cell_timeout: int = 0) -> dict:  # seconds one notebook cell may take (0 = no limit)
+              cell_timeout: int = 0,  # seconds one notebook cell may take (0 = no limit)
+              rates: str = "auto",  # machine a dry run predicts for: 'auto', 'h100' or a rates.json (see `load_rates`)
+              report_every: float = 60.0) -> dict:  # seconds between progress lines of a running job
     "Run every cell of a paper table through the stage notebooks (resumable) and write its tables and figures."
     spec = get_table(table)
     if gpus is not None and torchrun: raise ConfigError("give either gpus (one process per GPU) or torchrun, not both")
     runs = plan_table(spec, run_dir, seeds, overrides)
     if dry_run:
-        print(plan_report(spec, runs)); return {"table": spec.name, "planned": len(runs)}
+        print(plan_report(spec, runs, load_rates(rates))); return {"table": spec.name, "planned": len(runs)}
+    if spec.imagefolder and not render_only: _make_folders(spec, runs)
     found = find_stages(reuse) if reuse else {}
     for run in runs: link_stages(run, found)
-    failed = {} if render_only else _run_jobs(runs, gpus, torchrun, cell_timeout)
+    failed = {} if render_only else _run_jobs(runs, gpus, torchrun, cell_timeout, report_every)
     return write_report(spec, runs, out_dir, failed)
 
-def _run_jobs(runs: list, gpus, torchrun: int, cell_timeout: int) -> dict:
-    "Run every unfinished stage, stage by stage; returns {key: 'why it failed'} (and the skipped ones)."
-    failed, start = {}, time.perf_counter()
-    workers = [str(g) for g in gpus] if gpus else [None]
+def _make_folders(spec: TableSpec, runs: list):
+    "Write the ImageNet-shaped folder(s) the table reads, unless they exist (made with the same settings)."
+    from sre2l.data import default_roots
+    from sre2l.imagefolder import make_imagefolder
+    for root in sorted({default_roots(r.cfg.data.name, r.cfg.data.root)[0] for r in runs}):
+        log.info("reproduce: the table reads %s (made if missing)", root)
+        make_imagefolder(root, **spec.imagefolder)
+
+# %% ../nbs/05_reproduce.ipynb #28efbd70
+WAIT_SECONDS = 10.0  # how often a driver checks on jobs other processes hold
+
+def _stage_jobs(runs: list, stage: str, failed: dict) -> dict:
+    "{key: first run} of the stage's unfinished jobs; those whose inputs failed are marked skipped in `failed`."
+    jobs = {}
+    for run in runs:
+        key = run.keys[stage]
+        if key in jobs or key in failed or finished(run, stage) is not None: continue
+        blocked = [run.keys[s] for s in STAGES[:STAGES.index(stage)] if run.keys[s] in failed]
+        if blocked: failed[key] = f"skipped: its {blocked[0].split('-')[0]} stage failed"; continue
+        jobs[key] = run
+    return jobs
+
+# %% ../nbs/05_reproduce.ipynb #f6d9e6b3
+def _progress_line(stage_dir: Path) -> str:
+    "How far a running stage has got, from its progress.json ('' before its first report)."
+    try: p = load_json(stage_dir / "progress.json")
+    except (OSError, ValueError): return ""
+    left = f", about {duration(p['eta_seconds'])} left" if p.get("eta_seconds") is not None else ""
+    return f"{p.get('what') or 'units'} {p['done']}/{p.get('total') or '?'}{left}"
+
+def _run_job(stage: str, run: CellRun, worker, torchrun: int, cell_timeout: int, report_every: float) -> tuple:
+    "Run one job to its end, printing its progress; (exit code, where its notebook and log are)."
+    command, output = _job_command(stage, run, torchrun, cell_timeout)
+    env = {**os.environ, "SRE2L_HEADLESS": "1", **({"CUDA_VISIBLE_DEVICES": worker} if worker is not None else {})}
+    logfile = run.folder / "logs" / f"{stage}.log"
+    for folder in (logfile.parent, output.parent): folder.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "w") as handle:
+        process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=run.folder)
+        while True:
+            try: code = process.wait(timeout=report_every); break
+            except subprocess.TimeoutExpired:
+                line = _progress_line(run.folder / stage)
+                if line: log.info("reproduce: %s %s-seed%d: %s", stage, run.cell.name, run.seed, line)
+    return code, (f"notebook {output}, log {logfile}" if not torchrun else f"log {logfile}")
+
+# %% ../nbs/05_reproduce.ipynb #1ed39ead
+def _run_jobs(runs: list, gpus, torchrun: int, cell_timeout: int, report_every: float = 60.0) -> dict:
+    "Run every unfinished stage, stage by stage, claiming each job; returns {key: 'why it failed'} (and the skipped)."
+    failed, start, workers = {}, time.perf_counter(), [str(g) for g in gpus] if gpus else [None]
+    stages_dir = runs[0].folder.parent.parent / "stages"
+    def attempt(stage, key, run, worker):
+        "Run the job if no other process holds it; True when this process ran it."
+        if finished(run, stage) is not None: return True
+        held = claim(stages_dir / f"{key}.claim")
+        if held is None: return False
+        with held:
+            began = time.perf_counter()
+            code, where = _run_job(stage, run, worker, torchrun, cell_timeout, report_every)
+            if code != 0 or finished(run, stage) is None:
+                failed[key] = f"{stage} failed (exit code {code}); {where}: {_last_error(run.folder / 'logs' / f'{stage}.log')}"
+                log.error("reproduce: %s %s FAILED after %.0f s (%s)", stage, run.cell.name, time.perf_counter() - began, where)
+            else: log.info("reproduce: [%5.0fs] %s done for %s-seed%d in %.0f s%s", time.perf_counter() - start, stage,
+                           run.cell.name, run.seed, time.perf_counter() - began, f" on GPU {worker}" if worker else "")
+        return True
     for stage in STAGES:
-        jobs = {}
-        for run in runs:
-            key = run.keys[stage]
-            if key in jobs or finished(run, stage) is not None: continue
-            blocked = [run.keys[s] for s in STAGES[:STAGES.index(stage)] if run.keys[s] in failed]
-            if blocked: failed[key] = f"skipped: its {blocked[0].split('-')[0]} stage failed"; continue
-            jobs[key] = run
+        jobs = _stage_jobs(runs, stage, failed)
         if not jobs: continue
         log.info("reproduce: %d %s job(s) on %d worker(s)", len(jobs), stage, len(workers))
-        queue = list(jobs.items())
+        queue, held_elsewhere = list(jobs.items()), {}
         def work(worker):
             while True:
                 try: key, run = queue.pop(0)  # atomic under the GIL; another worker may have taken the last job
                 except IndexError: return
-                command, output = _job_command(stage, run, torchrun, cell_timeout)
-                env = {**os.environ, "SRE2L_HEADLESS": "1", **({"CUDA_VISIBLE_DEVICES": worker} if worker is not None else {})}
-                logfile = run.folder / "logs" / f"{stage}.log"
-                for folder in (logfile.parent, output.parent): folder.mkdir(parents=True, exist_ok=True)
-                began = time.perf_counter()
-                with open(logfile, "w") as handle:
-                    code = subprocess.call(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=run.folder)
-                where = f"notebook {output}, log {logfile}" if not torchrun else f"log {logfile}"
-                if code != 0 or finished(run, stage) is None:
-                    failed[key] = f"{stage} failed (exit code {code}); {where}: {_last_error(logfile)}"
-                    log.error("reproduce: %s %s FAILED after %.0f s (%s)", stage, run.cell.name, time.perf_counter() - began, where)
-                else:
-                    log.info("reproduce: [%5.0fs] %s done for %s-seed%d in %.0f s%s", time.perf_counter() - start, stage,
-                             run.cell.name, run.seed, time.perf_counter() - began, f" on GPU {worker}" if worker else "")
+                if not attempt(stage, key, run, worker): held_elsewhere[key] = run
         with ThreadPoolExecutor(len(workers)) as pool: list(pool.map(work, workers))
+        _wait_for(held_elsewhere, stage, lambda key, run: attempt(stage, key, run, workers[0]))
     return failed
 
+# %% ../nbs/05_reproduce.ipynb #9cd3d522
+def _wait_for(jobs: dict, stage: str, attempt):
+    "Wait until other processes finish `jobs`; take over any they give up or whose lease runs out."
+    last_word = 0.0
+    while jobs:
+        for key, run in list(jobs.items()):
+            if finished(run, stage) is not None or attempt(key, run): del jobs[key]
+        if jobs and time.time() - last_word > 300:
+            log.info("reproduce: waiting for %d %s job(s) other processes hold: %s", len(jobs), stage, ", ".join(sorted(jobs)))
+            last_word = time.time()
+        if jobs: time.sleep(WAIT_SECONDS)
+
+# %% ../nbs/05_reproduce.ipynb #5156aaa1
 def _last_error(logfile: Path) -> str:
     "The most telling line of a failed job's log: its last error line, else its last line."
-    lines = [l.strip() for l in logfile.read_text(errors="replace").splitlines() if l.strip()]
+    try: lines = [l.strip() for l in logfile.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError: lines = []
     errors = [l for l in lines if re.search(r"Error|error:|Exception", l)]
     return (errors or lines or ["(empty log)"])[-1][:300]
 
@@ -618,13 +903,15 @@ def write_report(spec: TableSpec, runs: list[CellRun], out_dir="figures/tables",
     for name, figure in (("images", images_figure(runs)), ("pruning", pruning_figure(runs, summary)),
                          ("storage", storage_figure(summary))):
         if figure is None: continue
-        figure.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight"); plt.close(figure)
+        with atomic_write(out / f"{name}.png") as f: figure.savefig(f, format="png", dpi=110, bbox_inches="tight")
+        plt.close(figure)
         pictures.append(f"![{name}]({name}.png)")
     done = sum(e["measured"] is not None for e in summary)
     note = f"{done} of {len(summary)} cells measured; seeds {', '.join(map(str, sorted({r.seed for r in runs})))}."
-    (out / f"{spec.name}.md").write_text(render_markdown(spec, summary, note) + ("\n" + "\n\n".join(pictures) + "\n" if pictures else ""))
-    (out / f"{spec.name}.tex").write_text(render_latex(spec, summary))
-    (out / f"{spec.name}.csv").write_text(render_csv(summary))
+    texts = {f"{spec.name}.md": render_markdown(spec, summary, note) + ("\n" + "\n\n".join(pictures) + "\n" if pictures else ""),
+             f"{spec.name}.tex": render_latex(spec, summary), f"{spec.name}.csv": render_csv(summary)}
+    for name, text in texts.items():
+        with atomic_write(out / name, "w") as f: f.write(text)
     report = {"table": spec.name, "title": spec.title, "cells": summary, "runs": rows,
               "failed": dict(sorted((failed or {}).items())), "measured": done}
     save_json(out / "results.json", report)

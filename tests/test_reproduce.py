@@ -1,6 +1,7 @@
 """`sre2l reproduce`: table specs, the plan, the papermill driver (sharing, resuming, failures, GPUs, torchrun) and the report."""
 import csv
 import json
+import re
 
 import pytest
 
@@ -56,9 +57,9 @@ def test_predicted_label_bytes_match_the_lpld_storage_table():
 
 
 def test_dry_run_prints_the_full_plan(tmp_path):
-    result = run([tool("sre2l"), "reproduce", "sre2l_main", "--dry-run", "--run-dir", str(tmp_path)])
+    result = run([tool("sre2l"), "reproduce", "sre2l_main", "--dry-run", "--run-dir", str(tmp_path), "--rates", "h100"])
     assert result.returncode == 0, result.stderr
-    assert "18 runs" in result.stdout and "H100 GPU-hours" in result.stdout and "imagenet-1k-ipc-200-resnet-101" in result.stdout
+    assert "18 runs" in result.stdout and "on one H100 80 GB" in result.stdout and "imagenet-1k-ipc-200-resnet-101" in result.stdout
     assert not (tmp_path / "sre2l_main").exists()  # a dry run writes nothing
 
 
@@ -129,3 +130,82 @@ def test_one_process_per_gpu_and_torchrun_paths(tmp_path):
     assert report["measured"] == 1 and not report["failed"]
     log = next((tmp_path / "b" / "t_torchrun" / "cells").glob("*/logs/validate.log")).read_text()
     assert "OMP_NUM_THREADS" in log  # torchrun's own banner: the stage ran under torchrun
+
+
+# ---- paper scale: the ImageNet-shaped rehearsal, the cost model, several drivers, watching a run ----
+
+def _rehearsal_runs(tmp_path):
+    "The CI rehearsal's runs: the ones CI made before the tests (`sre2l reproduce imagenet_rehearsal_ci`), or new ones."
+    from conftest import ROOT
+    from sre2l.reproduce import finished
+    made = plan_table(get_table("imagenet_rehearsal_ci"), ROOT / "runs" / "reproduce")
+    if all(finished(r, s) is not None for r in made for s in STAGES): return made
+    result = run([tool("sre2l"), "reproduce", "imagenet_rehearsal_ci", "--run-dir", tmp_path / "runs", "--out", tmp_path / "tables"],
+                 timeout=3600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return plan_table(get_table("imagenet_rehearsal_ci"), tmp_path / "runs")
+
+
+def test_the_ci_rehearsal_runs_end_to_end_and_the_dry_run_predicts_its_stages(tmp_path):
+    """Predictions from this machine's calibrated rates against the rehearsal's measured stage times: within a factor of
+    2 for every stage of 2 s or more (shorter ones are mostly fixed costs the model does not count) and in total."""
+    from sre2l.core import load_json
+    from sre2l.reproduce import calibrate
+    runs = _rehearsal_runs(tmp_path)
+    rates, seen, measured_total, predicted_total = calibrate("cpu"), set(), 0.0, 0.0
+    for r in runs:
+        for stage in STAGES:
+            if r.keys[stage] in seen: continue
+            seen.add(r.keys[stage])
+            measured = load_json(r.folder / stage / "manifest.json")["timings"]["total_seconds"]
+            predicted = predict_cost(r.cfg, rates)["seconds"][stage]
+            measured_total, predicted_total = measured_total + measured, predicted_total + predicted
+            if measured >= 2: assert 0.5 <= measured / predicted <= 2, (stage, r.cell.name, measured, predicted)
+    assert len(seen) == 11 and 0.5 <= measured_total / predicted_total <= 2, (measured_total, predicted_total)
+    validate = load_json(runs[0].folder / "validate" / "manifest.json")
+    assert validate["metrics"]["images"] == 8 and 0 <= validate["metrics"]["test_top1"] <= 100
+
+
+def test_the_dry_run_counts_decoding_and_names_its_machine(tmp_path):
+    result = run([tool("sre2l"), "reproduce", "lpld_labels", "--dry-run", "--rates", "h100"])
+    assert result.returncode == 0, result.stderr
+    assert "rates: one H100 80 GB" in result.stdout and "decoding overlaps the compute" in result.stdout
+    squeeze = next(l for l in result.stdout.splitlines() if l.startswith("squeeze") and "imagenet-1k" not in l)
+    compute, decode = squeeze.split()[2:6:2]
+    assert compute != decode  # both columns are there, computed apart
+    cost = predict_cost(make_config("lpld_in1k"))
+    assert cost["decode"]["squeeze"] > 60 and cost["seconds"]["squeeze"] == max(cost["compute"]["squeeze"], cost["decode"]["squeeze"])
+
+
+def test_two_drivers_on_one_table_run_each_job_once(tmp_path):
+    "The SLURM example, started twice on one folder without SLURM: the claims split the jobs, the table completes."
+    import subprocess
+    from conftest import ROOT
+    shrink = ["--set", "squeeze.epochs=2", "--set", "recover.iterations=20", "--set", "relabel.epochs=10",
+              "--set", "validate.epochs=10", "--set", "validate.eval_every=10", "--report-every", "1"]
+    command = ["bash", str(ROOT / "examples" / "slurm" / "reproduce_array.sh"), "demo", str(tmp_path / "shared"), "", *shrink]
+    env = {**__import__("os").environ, "SRE2L_NO_PROGRESS": "1", "PATH": f"{tool('sre2l').rsplit('/', 1)[0]}:{__import__('os').environ['PATH']}"}
+    drivers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for _ in range(2)]
+    outputs = [d.communicate(timeout=1800)[0] for d in drivers]
+    assert all(d.returncode == 0 for d in drivers), outputs
+    done = [line for out in outputs for line in out.splitlines() if " done for " in line]
+    assert len(done) == 11, done  # 1 squeeze, 2 recovers, 4 relabels, 4 students: each once, over both drivers
+    assert all(any(" done for " in l for l in out.splitlines()) for out in outputs)  # both did work
+    assert any("relabel epochs" in line or "validate epochs" in line for out in outputs for line in out.splitlines())
+    report = json.loads((tmp_path / "shared" / "tables" / "demo" / "results.json").read_text())
+    assert report["measured"] == 4 and not list((tmp_path / "shared").rglob("*.claim"))
+
+
+def test_status_shows_finished_and_running_stages(tmp_path):
+    from sre2l.core import prepare_run, write_manifest, save_json
+    import time
+    cfg = make_config("digits")
+    folder = prepare_run(tmp_path / "run", cfg)
+    (folder / "squeeze").mkdir(); write_manifest(folder / "squeeze", "squeeze", cfg, [], timings={"total_seconds": 75})
+    save_json(folder / "recover" / "progress.json", {"what": "recover groups", "done": 3, "total": 10, "rate_per_hour": 36.0,
+                                                     "eta_seconds": 700, "host": "node7", "pid": 42, "updated": time.time() - 5})
+    result = run([tool("sre2l"), "status", folder])
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["squeeze", "finished", "in", "0:01:15"]
+    assert re.search(r"recover groups: 3/10, 36/h, about 0:11:40 left; last report 0:0\d:\d\d ago by node7:42", lines[1])
