@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
 import json
 import os
@@ -17,11 +18,11 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from .core import (RunConfig, Sre2lError, make_config, list_presets, PRESET_SOURCES, config_dict, setup_logging,
-                        resolve_run_dir, find_project_root, save_json, stage_status, run_status)
+                        resolve_run_dir, find_project_root, save_json, stage_status, run_status, LIMITS, _choices)
 
 # %% auto #0
 __all__ = ['STAGE_VERBS', 'STAGE_NOTEBOOKS', 'field_comments', 'config_help', 'parse_shard', 'build_parser', 'notebook_dir',
-           'execute_notebook', 'run_demo', 'demo_table', 'build_site', 'status_table', 'main']
+           'execute_notebook', 'run_demo', 'demo_table', 'build_site', 'os_message', 'status_table', 'main']
 
 # %% ../nbs/06_cli.ipynb #9b6932fb
 def field_comments(cls) -> dict:
@@ -36,11 +37,14 @@ def config_help(cfg: RunConfig | None = None) -> str:
     "One line per configuration key: name, value in `cfg`, meaning."
     cfg, lines = cfg or RunConfig(), []
     def walk(obj, prefix):
-        comments = field_comments(type(obj))
+        comments, choices = field_comments(type(obj)), _choices(type(obj))
         for f in fields(obj):
             value = getattr(obj, f.name)
             if is_dataclass(value): walk(value, f"{prefix}{f.name}.")
-            else: lines.append(f"  {prefix}{f.name} = {value!r}".ljust(44) + f"  {comments.get(f.name, '')}")
+            else:
+                allowed = choices.get(f.name) or LIMITS.get(f"{prefix}{f.name}")
+                allowed = f" ({' | '.join(allowed)})" if isinstance(allowed, tuple) else f", in {allowed}" if allowed else ""
+                lines.append(f"  {prefix}{f.name} = {value!r}".ljust(44) + f"  {comments.get(f.name, '')}{allowed}")
     walk(cfg, "")
     return "\n".join(lines)
 
@@ -309,6 +313,21 @@ def _reproduce(args) -> int:
     for key, why in failed.items(): print(f"sre2l: {key}: {why}", file=sys.stderr)
     return 1 if failed else 0
 
+# %% ../nbs/06_cli.ipynb #a4a0edd7
+_OS_ADVICE = {errno.ENOSPC: "the disk is full: free some space and run the same command again (finished work is kept)",
+              errno.EDQUOT: "the disk quota is used up: free some space and run the same command again",
+              errno.EROFS: "the file system is read-only: choose a writable --run-dir",
+              errno.EACCES: "permission denied: choose a folder you can write, or change its permissions",
+              errno.EPERM: "not permitted: choose a folder you can write, or change its permissions",
+              errno.ENOTDIR: "a file stands where a folder is needed", errno.EISDIR: "a folder stands where a file is needed",
+              errno.ELOOP: "a symbolic link points back into itself", errno.ENOENT: "no such file or folder"}
+
+def os_message(error: OSError) -> str:
+    "One line for an operating-system error a user can cause: what, which path, what to do."
+    where = " -> ".join(str(p) for p in (error.filename, error.filename2) if p)
+    advice = _OS_ADVICE.get(error.errno, error.strerror or type(error).__name__)
+    return f"{where}: {advice}" if where else f"{advice} ({error})"
+
 # %% ../nbs/06_cli.ipynb #bd525476
 def _duration(seconds) -> str:
     "Seconds as h:mm:ss."
@@ -360,11 +379,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "config": print(json.dumps(config_dict(cfg), indent=2)); return 0
         if args.verb == "import-images":
             from sre2l.recover import import_distilled
-            print(import_distilled(args.folder, cfg, args.run_dir)["images"], "images imported"); return 0
+            result = import_distilled(args.folder, cfg, args.run_dir)
+            print(f"{result['imported']} images imported" if result["imported"] else
+                  f"recover already complete in {resolve_run_dir(args.run_dir) / 'recover'} ({result['images']} images); nothing imported")
+            return 0
         if args.verb == "import-labels":
             from sre2l.relabel import import_official_labels
             manifest = import_official_labels(args.folder, cfg, resolve_run_dir(args.run_dir), args.trust_pickle)
-            print(manifest["stored_batches"], "batches imported"); return 0
+            print(f"{manifest['imported']} batches imported" if manifest["imported"] else
+                  f"relabel already complete in {resolve_run_dir(args.run_dir) / 'relabel'}; nothing imported"); return 0
         if args.verb == "demo":
             results = run_demo(args.run_dir, args.preset, args.overrides)
             print((resolve_run_dir(args.run_dir) / "results.md").read_text()); return 0
@@ -379,6 +402,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Sre2lError as e:
         print(f"sre2l: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only or foreign folder, a file where a folder should be, ...
+        print(f"sre2l: error: {os_message(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # every file is written atomically and claims are given back: the run resumes
+        print("sre2l: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        import torch
+        if not isinstance(e, torch.cuda.OutOfMemoryError): raise
+        print(f"sre2l: error: out of GPU memory ({str(e).splitlines()[0][:160]}); lower the batch size "
+              f"(recover.group_images, relabel or validate batch sizes) or use a larger GPU", file=sys.stderr)
         return 2
 
 # %% ../nbs/06_cli.ipynb #b5ddb510

@@ -9,8 +9,10 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import random
+import re
 import sys
 import tempfile
 import threading
@@ -18,21 +20,22 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PRESETS', 'PRESET_SOURCES', 'STAGES', 'LEASE_SECONDS', 'log', 'Sre2lError', 'ConfigError', 'DataConfig',
-           'SqueezeConfig', 'RecoverConfig', 'RelabelConfig', 'ValidateConfig', 'RunConfig', 'set_value',
-           'register_preset', 'list_presets', 'make_config', 'parameter_names', 'notebook_overrides', 'config_dict',
-           'config_from_dict', 'hash_json', 'stage_config', 'seed_everything', 'unit_seed', 'generator', 'pick_device',
-           'shard_from_env', 'check_shard', 'Claim', 'claim', 'release', 'atomic_write', 'save_json', 'load_json',
-           'save_tensors', 'load_tensors', 'load_metadata', 'sha256_file', 'versions', 'sweep_temporaries',
-           'write_manifest', 'read_manifest', 'find_project_root', 'resolve_run_dir', 'prepare_run', 'stage_status',
-           'require_stage', 'open_stage', 'build_missing', 'stage_state', 'run_status', 'setup_logging', 'log_to_stage',
-           'progress', 'headless']
+__all__ = ['Precision', 'LABEL_TYPES', 'LIMITS', 'PRESETS', 'PRESET_SOURCES', 'STAGES', 'LEASE_SECONDS', 'log', 'Sre2lError',
+           'ConfigError', 'DamagedFile', 'DataConfig', 'SqueezeConfig', 'RecoverConfig', 'RelabelConfig',
+           'ValidateConfig', 'RunConfig', 'set_value', 'check_config', 'register_preset', 'list_presets', 'make_config',
+           'parameter_names', 'notebook_overrides', 'config_dict', 'config_from_dict', 'hash_json', 'stage_config',
+           'seed_everything', 'unit_seed', 'generator', 'pick_device', 'shard_from_env', 'check_shard', 'Claim',
+           'claim', 'release', 'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors',
+           'load_metadata', 'sha256_file', 'versions', 'human_bytes', 'free_space', 'memory_available', 'preflight',
+           'sweep_temporaries', 'write_manifest', 'DamagedManifest', 'read_manifest', 'find_project_root',
+           'resolve_run_dir', 'prepare_run', 'stage_status', 'require_stage', 'open_stage', 'build_missing',
+           'stage_state', 'run_status', 'setup_logging', 'log_to_stage', 'progress', 'headless']
 
 # %% ../nbs/00_core.ipynb #92bf55b3
 class Sre2lError(Exception):
@@ -41,69 +44,74 @@ class Sre2lError(Exception):
 class ConfigError(Sre2lError):
     "An unknown preset or key, or a value of the wrong type."
 
+class DamagedFile(Sre2lError, ValueError):
+    "A file the kit wrote (JSON, a manifest) that is no longer what it wrote."
+
 # %% ../nbs/00_core.ipynb #8e9c38c2
+Precision = Literal["fp32", "bf16"]  # bf16: the network runs under autocast; statistics and losses in fp32
+
 @dataclass
 class DataConfig:
-    "Which data set, and where it lives."
+    "Which data set, where it lives, and how its files are read."
     name: str = "digits"  # data set name in the registry (see `sre2l.data.list_datasets()`)
     root: str = ""  # data set folder; '' searches the registry's default places
     download: bool = False  # allow torchvision to download the data set when it is missing
-    num_classes: int = 0  # classes of a folder made by `sre2l make-imagefolder` (imagenet-shape); 0 = the registry's
-    workers: int = -1  # processes decoding image files; -1 = the CPUs this process may use, at most 16; 0 = none
-    cache_bytes: int = 8_000_000_000  # decode a split from files into memory once if its uint8 pixels fit (IN-1K val: 7.5 GB)
-    decode: str = "cpu"  # 'cpu' (worker processes decode JPEGs) or 'gpu' (workers read bytes; torchvision decodes on the GPU)
+    num_classes: int = 0  # classes of a folder made by `sre2l make-imagefolder`; 0 = the registry's
+    workers: int = -1  # processes decoding image files; -1 = this process's CPUs, at most 16; 0 = none
+    cache_bytes: int = 8_000_000_000  # decode a split once into memory if it fits (IN-1K val: 7.5 GB)
+    decode: Literal["cpu", "gpu"] = "cpu"  # gpu: workers read bytes, JPEGs are decoded on the GPU
 
 # %% ../nbs/00_core.ipynb #e75ce45b
 @dataclass
 class SqueezeConfig:
     "Stage 1: the teacher (trained here or loaded) and its class-wise BN statistics."
-    seed: int = 0  # seed of teacher training and the class-statistics pass (one teacher can serve many run seeds)
+    seed: int = 0  # seed of teacher training and the class-statistics pass (one teacher, many run seeds)
     model: str = "convnet-d3-w64"  # teacher architecture (see `sre2l.models.list_models()`)
     small_input: bool = True  # ResNets: 3x3 stride-1 stem without max-pool, for small images
-    weights: str = ""  # torchvision weights enum (e.g. IMAGENET1K_V1) or 'pretrained' for timm; '' = train here
+    weights: str = ""  # torchvision weights enum (IMAGENET1K_V1) or 'pretrained' (timm); '' = train here
     checkpoint: str = ""  # teacher checkpoint to load instead of training (.safetensors or .pth)
     epochs: int = 30  # training epochs
     batch_size: int = 128  # training batch size
-    optimizer: str = "sgd"  # 'sgd' or 'adamw'
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # training optimiser
     lr: float = 0.05  # peak learning rate
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # weight decay on every parameter
     warmup_epochs: int = 0  # linear warm-up epochs before the cosine schedule
     warmup_start_factor: float = 0.01  # learning-rate factor at the first warm-up epoch
-    augment: str = "crop-pad"  # 'rrc' (RandomResizedCrop), 'crop-pad' (shifted crop with padding) or 'none'
+    augment: Literal["rrc", "crop-pad", "none"] = "crop-pad"  # RandomResizedCrop, padded shifts, or none
     crop_padding: int = 2  # padding of the 'crop-pad' augmentation, in pixels
     flip: bool = False  # random horizontal flips while training
-    class_bn: str = "exact"  # class-wise BN statistics: 'exact', 'ema' (LPLD) or 'none'
+    class_bn: Literal["exact", "ema", "none"] = "exact"  # class-wise BN statistics; 'ema' is LPLD's
     class_bn_epochs: int = 1  # passes over the training set when collecting class-wise statistics
 
 # %% ../nbs/00_core.ipynb #0a0b938c
 @dataclass
 class RecoverConfig:
     "Stage 2: synthesise images by matching the teacher's BatchNorm statistics."
-    method: str = "sre2l"  # 'sre2l' (BN matching) or 'real' (a seeded random real subset, the baseline)
+    method: Literal["sre2l", "real"] = "sre2l"  # BN matching, or a seeded random real subset (baseline)
     ipc: int = 10  # images per class
     iterations: int = 500  # optimisation steps per batch
-    iteration_schedule: str = "constant"  # 'constant', or 'prism-cyclic': iterations x (1 - (ipc index mod 8) / 8)
+    iteration_schedule: Literal["constant", "prism-cyclic"] = "constant"  # prism: x (1 - (k mod 8) / 8)
     lr: float = 0.25  # Adam learning rate (cosine-decayed per step)
     r_bn: float = 0.01  # weight of the BN-statistics loss
     first_bn_multiplier: float = 10.0  # extra weight of the first BN layer
-    init: str = "noise"  # 'noise' (N(0, 1) in normalised space) or 'real' (the k-th training image of the class, PRISM)
-    bn_target: str = "global"  # 'global' running statistics (SRe2L, PRISM) or 'class' statistics from squeeze (LPLD)
-    bn_teachers: str = ""  # PRISM: extra BN teachers, comma-separated model names or file:<path>; '' = none
+    init: Literal["noise", "real"] = "noise"  # N(0, 1) in normalised space, or the class's k-th image (PRISM)
+    bn_target: Literal["global", "class"] = "global"  # running statistics (SRe2L), class statistics (LPLD)
+    bn_teachers: str = ""  # PRISM: extra BN teachers, comma-separated names or file:<path>; '' = none
     bn_teacher_weights: str = ""  # weights of the extra BN teachers (torchvision enum, e.g. IMAGENET1K_V1)
     bn_teacher_prob: float = 0.5  # PRISM: each extra BN teacher joins an IPC slot with this probability
-    batch_mode: str = "cross-class"  # 'cross-class' (batch_size classes, one image each) or 'within-class' (LPLD)
-    batch_size: int = 100  # classes per batch (cross-class) or images of one class per batch (within-class)
+    batch_mode: Literal["cross-class", "within-class"] = "cross-class"  # one image per class, or LPLD's
+    batch_size: int = 100  # classes per batch (cross-class) or images of one class (within-class)
     crop: bool = True  # one random-resized crop per step (the CIFAR-100 script turns it off)
     crop_scale_min: float = 0.08  # RandomResizedCrop scale, lower end
     crop_scale_max: float = 1.0  # RandomResizedCrop scale, upper end
     flip: bool = True  # one random horizontal flip per step
     jitter: int = 32  # roll jitter in pixels
-    jitter_mode: str = "one-sided"  # 'one-sided' draws shifts in [0, J] (SRe2L), 'symmetric' in [-J, J]
-    image_format: str = "jpg"  # 'jpg' (official, quality below) or 'png' (lossless)
+    jitter_mode: Literal["one-sided", "symmetric"] = "one-sided"  # shifts in [0, J] (SRe2L) or [-J, J]
+    image_format: Literal["jpg", "png"] = "jpg"  # JPEG (official, quality below) or lossless PNG
     jpeg_quality: int = 75  # JPEG quality of saved images
-    group_images: int = 256  # work units stacked in one forward pass, up to this many images (units stay independent)
-    precision: str = "fp32"  # 'fp32' or 'bf16' (teacher forward under autocast; statistics and loss in fp32)
+    group_images: int = 256  # work units stacked in one forward pass, up to this many images
+    precision: Precision = "fp32"  # the teacher's forward under bf16 autocast, or fp32
     compile: bool = False  # torch.compile the teacher forward
     channels_last: bool = True  # channels-last memory format for the images and the teacher
     snapshot_every: int = 0  # keep the images every N steps for the trajectory view (0 = off)
@@ -111,32 +119,32 @@ class RecoverConfig:
 # %% ../nbs/00_core.ipynb #6e313e18
 @dataclass
 class RelabelConfig:
-    "Stage 3: FKD-mix soft labels for stored crops."
-    mode: str = "fkd-mix"  # 'fkd-mix' (SRe2L: stored batches per epoch) or 'region' (FKD: a pool of crops per image)
+    "Stage 3: FKD-mix soft labels for stored crops (or FKD region labels)."
+    mode: Literal["fkd-mix", "region"] = "fkd-mix"  # stored batches per epoch (SRe2L) or crops per image (FKD)
     epochs: int = 300  # stored epochs of augmentation plans and teacher logits
     batch_size: int = 1024  # stored batch size (validate replays exactly these batches)
     num_crops: int = 500  # region mode: crops stored per image
     num_seg: int = 50  # region mode: crops per teacher forward (num_crops must be a multiple)
-    label_type: str = "marginal_smoothing_k5"  # region mode: hard, smoothing, marginal_smoothing_kK or marginal_renorm_kK
+    label_type: str = "marginal_smoothing_k5"  # region mode: FKD's label type (see `parse_label_type`)
     teacher_temperature: float = 1.0  # region mode: softmax temperature of the teacher before quantisation
-    reference: str = ""  # region mode: a region store whose crops (boxes, flips) are reused, for a second teacher
+    reference: str = ""  # region mode: a region store whose crops are reused, for a second teacher
     evaluate: bool = False  # check the teacher's top-1 on the real test split before labelling
     crop_scale_min: float = 0.08  # RandomResizedCrop scale, lower end
     crop_scale_max: float = 1.0  # RandomResizedCrop scale, upper end
     flip: bool = True  # per-image random horizontal flip
-    cutout: bool = False  # LPLD ImageNet-21K: per-image Cutout (random centre, random RGB fill), used instead of the flip
+    cutout: bool = False  # LPLD ImageNet-21K: per-image Cutout (random centre and colour) instead of the flip
     cutout_size: float = 0.5  # Cutout box side as a fraction of the image side
-    mix: str = "cutmix"  # per-batch mixing: 'cutmix', 'mixup' or 'none'
+    mix: Literal["cutmix", "mixup", "none"] = "cutmix"  # per-batch mixing
     cutmix_alpha: float = 1.0  # CutMix lambda ~ Beta(alpha, alpha)
     mixup_alpha: float = 0.8  # Mixup lambda ~ Beta(alpha, alpha)
-    teachers: str = ""  # PRISM: candidate teachers beside the squeeze teacher, comma-separated names or file:<path>
+    teachers: str = ""  # PRISM: candidate teachers beside the squeeze teacher, names or file:<path>
     teacher_weights: str = ""  # weights of those teachers (torchvision enum, e.g. IMAGENET1K_V1)
-    ensemble: str = "frobenius-mean"  # combine rule: 'frobenius-mean' (PRISM r18) or 'weighted-rownorm' (r50, r101)
+    ensemble: Literal["frobenius-mean", "weighted-rownorm"] = "frobenius-mean"  # PRISM r18 / r50, r101
     primary_weight: float = 0.5  # 'weighted-rownorm': weight of the squeeze teacher; the others share the rest
-    order: str = "kit"  # batch order: 'kit' (a seeded permutation per epoch) or 'official' (torch RandomSampler, as exported)
+    order: Literal["kit", "official"] = "kit"  # a seeded permutation per epoch, or the official sampler's
     order_seed: int = 42  # seed of the 'official' sampler (the official --fkd-seed)
-    prune_ratio: float = 0.0  # LPLD: store only the first floor((1 - r) x epochs x batches) batches; 40x is 0.975
-    logits: str = "fp16"  # teacher outputs stored: 'fp16' (every class) or 'topk' (top-k values fp16, indices int32)
+    prune_ratio: float = 0.0  # LPLD: store only the first (1 - r) share of the batches; 40x is 0.975
+    logits: Literal["fp16", "topk"] = "fp16"  # every class in fp16, or top-k values (fp16) and indices
     topk: int = 10  # classes kept per crop with logits='topk'
 
 # %% ../nbs/00_core.ipynb #e9d4bfbf
@@ -146,24 +154,24 @@ class ValidateConfig:
     model: str = "convnet-d3-w64"  # student architecture
     small_input: bool = True  # ResNets: 3x3 stride-1 stem without max-pool
     epochs: int = 300  # training epochs (at most the stored relabel epochs)
-    optimizer: str = "adamw"  # 'adamw' (no decay on BN and bias) or 'sgd'
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # AdamW (no decay on BN and bias) or SGD
     lr: float = 1e-3  # peak learning rate
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 0.01  # weight decay
     decay_bn_bias: bool = False  # also decay BatchNorm and bias parameters (the Tiny and CIFAR scripts do)
     warmup_epochs: int = 0  # linear warm-up epochs before the per-epoch cosine
-    labels: str = "stored"  # 'stored' (replay the relabel store) or 'online' (the teacher labels each replayed batch on the fly; Tiny, CIFAR)
-    loss: str = "kl"  # 'kl' (KL to the stored logits at temperature T) or 'mse_gt' (PRISM: MSE on raw logits + ce_weight x CE)
+    labels: Literal["stored", "online"] = "stored"  # replay the relabel store, or label each batch online
+    loss: Literal["kl", "mse_gt", "soft_ce"] = "kl"  # KL at T; PRISM's MSE + CE; soft CE for region labels
     temperature: float = 20.0  # KL temperature
     kl_t2: bool = False  # multiply the KL loss by T^2 (Tiny-ImageNet script; the ImageNet script does not)
     keep_topk: int = 0  # build the teacher target from its k largest logits only (0 = every class)
     ce_weight: float = 0.1  # 'mse_gt': weight of the cross-entropy to the un-mixed image's class
-    accumulation_steps: int = 1  # micro-batches per stored batch; one optimiser step per stored batch (BN sees micro-batches)
-    precision: str = "fp32"  # 'fp32' or 'bf16' (student forward and backward under autocast; loss in fp32)
-    channels_last: bool = False  # channels-last memory format for the student and its inputs (faster on GPUs)
-    checkpoint_every: int = 10  # save a resumable checkpoint every N epochs (0 = never); a rerun resumes from it
-    pool_granularity: str = "epoch"  # LPLD label pool: 'epoch' (replay whole stored epochs) or 'batch' (assemble epochs from stored batches)
-    pool_metric: str = "order"  # 'order' (stored order) or 'random' (seeded draws with replacement from the pool)
+    accumulation_steps: int = 1  # micro-batches per stored batch; one optimiser step per stored batch
+    precision: Precision = "fp32"  # the student's forward and backward under bf16 autocast, or fp32
+    channels_last: bool = False  # channels-last memory format for the student and its inputs (GPUs)
+    checkpoint_every: int = 10  # save a resumable checkpoint every N epochs (0 = never)
+    pool_granularity: Literal["epoch", "batch"] = "epoch"  # LPLD pool: whole stored epochs, or batches
+    pool_metric: Literal["order", "random"] = "order"  # stored order, or seeded draws with replacement
     eval_every: int = 10  # evaluate on the test split every N epochs (and at the end)
     eval_batch_size: int = 512  # evaluation batch size
 
@@ -203,13 +211,18 @@ def _convert(text, current, key: str):
             if low in _TRUE: return True
             if low in _FALSE: return False
             raise ValueError
-        if kind is int:
+        if kind is int:  # whole numbers only: 2.5e0 is refused, not truncated to 2; 1e3 is 1000
             if isinstance(text_value, float) and not text_value.is_integer(): raise ValueError
-            return int(float(text_value)) if isinstance(text_value, str) and "e" in text_value.lower() else int(text_value)
+            if isinstance(text_value, str) and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", text_value):
+                number = float(text_value)
+                if not number.is_integer(): raise ValueError
+                return int(number)
+            return int(text_value)
         if kind is float: return float(text_value)
         return str(text_value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}={text!r} is not a valid {kind.__name__} (current value {current!r})") from None
+        what = "a whole number" if kind is int else f"a valid {kind.__name__}"
+        raise ConfigError(f"{key}={text!r} is not {what} (current value {current!r})") from None
 
 # %% ../nbs/00_core.ipynb #2d80b47f
 def set_value(cfg: RunConfig,  # configuration to change in place
@@ -226,6 +239,109 @@ def set_value(cfg: RunConfig,  # configuration to change in place
             raise ConfigError(f"unknown config key {key!r}{hint}")
         if depth < len(parts) - 1: obj = getattr(obj, part)
     setattr(obj, parts[-1], _convert(value, getattr(obj, parts[-1]), key))
+    return cfg
+
+# %% ../nbs/00_core.ipynb #d792aed0
+LABEL_TYPES = r"hard|smoothing|marginal_smoothing_k[1-9]\d*|marginal_renorm(_k[1-9]\d*)?"  # FKD's label types
+
+LIMITS = {  # allowed ranges: [ ] include the end, ( ) exclude it; every float must also be finite
+    "seed": "[0, 9223372036854775807]", "data.num_classes": "[0, 1000000]", "data.workers": "[-1, 1024]",
+    "data.cache_bytes": "[0, inf)",
+    "squeeze.seed": "[0, 9223372036854775807]", "squeeze.epochs": "[0, 100000]", "squeeze.batch_size": "[1, 1000000]",
+    "squeeze.lr": "(0, inf)", "squeeze.momentum": "[0, 1)", "squeeze.weight_decay": "[0, inf)",
+    "squeeze.warmup_epochs": "[0, 100000]", "squeeze.warmup_start_factor": "(0, 1]", "squeeze.crop_padding": "[0, 10000]",
+    "squeeze.class_bn_epochs": "[1, 1000]",
+    "recover.ipc": "[1, 100000]", "recover.iterations": "[1, 10000000]", "recover.lr": "(0, inf)", "recover.r_bn": "[0, inf)",
+    "recover.first_bn_multiplier": "[0, inf)", "recover.bn_teacher_prob": "[0, 1]", "recover.batch_size": "[1, 1000000]",
+    "recover.crop_scale_min": "(0, 1]", "recover.crop_scale_max": "(0, 1]", "recover.jitter": "[0, 10000]",
+    "recover.jpeg_quality": "[1, 100]", "recover.group_images": "[1, 100000000]", "recover.snapshot_every": "[0, 10000000]",
+    "relabel.epochs": "[1, 100000]", "relabel.batch_size": "[1, 1000000]", "relabel.num_crops": "[1, 100000]",
+    "relabel.num_seg": "[1, 100000]", "relabel.teacher_temperature": "(0, inf)", "relabel.crop_scale_min": "(0, 1]",
+    "relabel.crop_scale_max": "(0, 1]", "relabel.cutout_size": "(0, 1]", "relabel.cutmix_alpha": "(0, inf)",
+    "relabel.mixup_alpha": "(0, inf)", "relabel.primary_weight": "[0, 1]", "relabel.order_seed": "[0, 9223372036854775807]",
+    "relabel.prune_ratio": "[0, 1)", "relabel.topk": "[1, 1000000]",
+    "validate.epochs": "[1, 100000]", "validate.lr": "(0, inf)", "validate.momentum": "[0, 1)",
+    "validate.weight_decay": "[0, inf)", "validate.warmup_epochs": "[0, 100000]", "validate.temperature": "(0, inf)",
+    "validate.keep_topk": "[0, 1000000]", "validate.ce_weight": "[0, inf)", "validate.accumulation_steps": "[1, 100000]",
+    "validate.checkpoint_every": "[0, 100000]", "validate.eval_every": "[1, 100000]", "validate.eval_batch_size": "[1, 1000000]",
+}
+
+# %% ../nbs/00_core.ipynb #912f7dfd
+def _in_range(value, limit: str) -> bool:
+    "Whether `value` lies in a LIMITS range such as '[0, 1)'."
+    low, high = (float(v) for v in limit[1:-1].split(","))
+    return (low <= value if limit[0] == "[" else low < value) and (value <= high if limit[-1] == "]" else value < high)
+
+def _choices(cls) -> dict:
+    "{field: allowed values} of the fields of a config class annotated Literal[...]."
+    return {n: get_args(t) for n, t in get_type_hints(cls).items() if get_origin(t) is Literal}
+
+def _value_problems(cfg, prefix: str = "") -> list[str]:
+    "What is wrong with single values: choices, finiteness, whole numbers, LIMITS ranges."
+    problems, choices = [], _choices(type(cfg))
+    for f in fields(cfg):
+        key, value = f"{prefix}{f.name}", getattr(cfg, f.name)
+        if is_dataclass(value): problems += _value_problems(value, f"{key}."); continue
+        if f.name in choices and value not in choices[f.name]:
+            problems.append(f"{key}={value!r} is not one of {', '.join(map(repr, choices[f.name]))}")
+        elif isinstance(value, float) and not math.isfinite(value): problems.append(f"{key}={value!r} is not a finite number")
+        elif key in LIMITS and not isinstance(value, bool) and not _in_range(value, LIMITS[key]):
+            problems.append(f"{key}={value!r} is outside {LIMITS[key]}")
+    return problems
+
+# %% ../nbs/00_core.ipynb #c64bc6ec
+def _rule(cfg) -> list:
+    "(broken?, message) of every rule between fields; the data set and model names are looked up lazily."
+    r, l, v, s = cfg.recover, cfg.relabel, cfg.validate, cfg.squeeze
+    stored = v.labels == "stored"
+    return [
+        (r.bn_target == "class" and r.batch_mode != "within-class",
+         "recover.bn_target=class matches one class's statistics per batch: set recover.batch_mode=within-class"),
+        (r.bn_target == "class" and bool(r.bn_teachers.strip()),
+         "recover.bn_teachers (PRISM) match global statistics: use them with recover.bn_target=global"),
+        (r.iteration_schedule == "prism-cyclic" and r.batch_mode != "cross-class",
+         "recover.iteration_schedule=prism-cyclic needs recover.batch_mode=cross-class"),
+        (r.crop_scale_min > r.crop_scale_max, f"recover.crop_scale_min={r.crop_scale_min} exceeds recover.crop_scale_max={r.crop_scale_max}"),
+        (l.crop_scale_min > l.crop_scale_max, f"relabel.crop_scale_min={l.crop_scale_min} exceeds relabel.crop_scale_max={l.crop_scale_max}"),
+        (l.mode == "region" and l.num_crops % l.num_seg != 0,
+         f"relabel.num_crops={l.num_crops} must be a multiple of relabel.num_seg={l.num_seg}"),
+        (not re.fullmatch(LABEL_TYPES, l.label_type),
+         f"relabel.label_type={l.label_type!r} is not one of hard, smoothing, marginal_smoothing_kK, marginal_renorm_kK"),
+        (v.labels == "online" and v.loss not in ("kl", "mse_gt"),
+         f"validate.labels=online trains with validate.loss=kl or mse_gt, not {v.loss}"),
+        (stored and v.loss == "mse_gt" and l.logits != "fp16",
+         "validate.loss=mse_gt compares every raw logit: it needs relabel.logits=fp16"),
+        (not (s.weights or s.checkpoint) and s.epochs < 1, "squeeze.epochs must be at least 1 to train a teacher "
+         "(or give squeeze.weights or squeeze.checkpoint)"),
+        (bool(s.weights and s.checkpoint), "give squeeze.weights or squeeze.checkpoint, not both"),
+        (not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device), f"device={cfg.device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'"),
+        (cfg.data.decode == "gpu" and cfg.device == "cpu", "data.decode=gpu decodes on the GPU: it needs device=auto or cuda"),
+    ]
+
+# %% ../nbs/00_core.ipynb #8a620af5
+def _lookup_problems(cfg) -> list[str]:
+    "Names that must exist in a registry: the data set (with its class count) and every model."
+    from sre2l.data import get_dataset
+    from sre2l.models import check_model_name
+    problems = []
+    try:
+        spec = get_dataset(cfg.data.name, cfg.data.num_classes)
+        if cfg.relabel.logits == "topk" and cfg.relabel.topk > spec.num_classes:
+            problems.append(f"relabel.topk={cfg.relabel.topk} exceeds the {spec.num_classes} classes of {spec.name}")
+    except Sre2lError as error: problems.append(str(error))
+    names = [("squeeze.model", cfg.squeeze.model), ("validate.model", cfg.validate.model)]
+    names += [(k, n.strip()) for k, text in (("recover.bn_teachers", cfg.recover.bn_teachers),
+                                             ("relabel.teachers", cfg.relabel.teachers)) for n in text.split(",") if n.strip()]
+    for key, name in names:
+        try: check_model_name(name)
+        except Sre2lError as error: problems.append(f"{key}: {error}")
+    return problems
+
+def check_config(cfg: RunConfig) -> RunConfig:
+    "Refuse a configuration with any value, rule or name that cannot work: one ConfigError listing every problem."
+    problems = _value_problems(cfg)
+    if not problems: problems = [message for broken, message in _rule(cfg) if broken] + _lookup_problems(cfg)
+    if problems: raise ConfigError("; ".join(problems))
     return cfg
 
 # %% ../nbs/00_core.ipynb #4c01c8dd
@@ -365,7 +481,7 @@ def _prism_in1k():
 # %% ../nbs/00_core.ipynb #fbe5c5b7
 def make_config(preset: str = "digits",  # preset name
                 overrides: list[str] | dict | None = None):  # 'key=value' strings or a {key: value} dict
-    "A `RunConfig` from a preset plus `--set` style overrides."
+    "A checked `RunConfig` from a preset plus `--set` style overrides (`check_config` refuses what cannot work)."
     if preset not in PRESETS:
         close = difflib.get_close_matches(preset, PRESETS, n=3)
         raise ConfigError(f"unknown preset {preset!r}; " +
@@ -373,7 +489,7 @@ def make_config(preset: str = "digits",  # preset name
     cfg = PRESETS[preset]()
     items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides or []]
     for key, value in items: set_value(cfg, key, value)
-    return cfg
+    return check_config(cfg)
 
 def _split_override(text: str) -> tuple[str, str]:
     "'key=value' -> (key, value)."
@@ -390,11 +506,22 @@ def parameter_names(cfg: RunConfig | None = None) -> dict:
     names.update({s: k for s, k in zip(short, keys) if short.count(s) == 1})
     return names
 
-def notebook_overrides(namespace: dict, before: set) -> list[str]:
-    "The --set strings of configuration keys injected into a notebook (names absent before its parameters cell)."
-    names = parameter_names()
-    return [f"{names[n]}={v}" for n, v in namespace.items() if n not in before and n in names
-            and n not in ("preset", "run_dir", "overrides")]
+_PLAIN = (bool, int, float, str, list, tuple, dict, type(None))  # what papermill injects; imports are not plain
+
+def notebook_overrides(namespace: dict, before: set,
+                       own=("preset", "run_dir", "overrides")) -> list[str]:  # the parameters cell's own names
+    "The --set strings of configuration keys injected into a notebook; any other injected name is refused."
+    names, sets, unknown = parameter_names(), [], []
+    for name, value in namespace.items():
+        if name in before or name in own or name.startswith("_") or not isinstance(value, _PLAIN): continue
+        if name in names: sets.append(f"{names[name]}={value}")
+        else: unknown.append(name)
+    if unknown:
+        hints = [f"{n} (did you mean {', '.join(difflib.get_close_matches(n, names, n=4, cutoff=0.5)) or 'no key'}?)" for n in unknown]
+        raise ConfigError(f"unknown notebook parameter {'; '.join(hints)}: give a configuration key by its unique "
+                          f"field name or as section__field, or pass overrides=[...]")
+    if sets: print("configuration keys from the notebook's parameters:", ", ".join(sets))
+    return sets
 
 # %% ../nbs/00_core.ipynb #0dfae581
 STAGES = ("squeeze", "recover", "relabel", "validate")
@@ -412,7 +539,7 @@ def config_from_dict(data: dict) -> RunConfig:
             for k, v in value.items(): walk(f"{prefix}{k}.", v)
         else: set_value(cfg, prefix[:-1], value)
     walk("", data)
-    return cfg
+    return check_config(cfg)
 
 def hash_json(data) -> str:
     "sha256 of canonical JSON, 16 hex digits."
@@ -542,6 +669,8 @@ def release(path):
     Path(path).unlink(missing_ok=True)
 
 # %% ../nbs/00_core.ipynb #853c00a6
+_UMASK = os.umask(0o022); os.umask(_UMASK)  # this process's umask, read once (os.umask can only be read by setting it)
+
 @contextmanager
 def atomic_write(path,  # destination file
                  mode: str = "wb"):  # 'wb' for bytes, 'w' for text
@@ -554,6 +683,7 @@ def atomic_write(path,  # destination file
         with os.fdopen(handle, mode) as f:
             yield f
             f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would make it: other users of a shared folder can read it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -564,8 +694,9 @@ def save_json(path, data):
     with atomic_write(path, "w") as f: json.dump(data, f, indent=2, sort_keys=True, default=str); f.write("\n")
 
 def load_json(path):
-    "Read a JSON file."
-    return json.loads(Path(path).read_text())
+    "Read a JSON file; a damaged one is a DamagedFile error naming it."
+    try: return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as error: raise DamagedFile(f"{path} is damaged ({error})") from None
 
 # %% ../nbs/00_core.ipynb #6e4c09b7
 def save_tensors(path, tensors: dict, metadata: dict | None = None):
@@ -608,10 +739,40 @@ def versions() -> dict:
     if torch.cuda.is_available(): out["gpu"] = torch.cuda.get_device_name()
     return out
 
+# %% ../nbs/00_core.ipynb #7133aad0
+def human_bytes(n: float) -> str:
+    "Bytes as B, kB, MB (one decimal), GB or TB (two decimals), in powers of 1000."
+    for unit, scale, digits in (("TB", 1e12, 2), ("GB", 1e9, 2), ("MB", 1e6, 1), ("kB", 1e3, 1)):
+        if abs(n) >= scale: return f"{n / scale:.{digits}f} {unit}"
+    return f"{n:.0f} B"
+
+def free_space(folder) -> tuple[int, int]:
+    "(bytes free to this user, block size) of the file system holding `folder` (or its nearest existing parent)."
+    folder = Path(folder)
+    probe = next((p for p in [folder, *folder.parents] if p.exists()), Path("/"))
+    stat = os.statvfs(probe)
+    return stat.f_bavail * stat.f_frsize, stat.f_frsize or 4096
+
+def memory_available() -> int:
+    "Bytes of memory this machine can still give (MemAvailable on Linux; free pages elsewhere)."
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+def preflight(folder, nbytes: float, files: int = 1, what: str = "the output", advice: str = "free some space"):
+    "Refuse to start when `files` files of `nbytes` in all do not fit on the disk holding `folder`."
+    free, block = free_space(folder)
+    needed = int(nbytes) + files * block  # each file ends in a partly used block
+    if free < needed:
+        raise Sre2lError(f"{what} needs about {human_bytes(needed)} ({files} files) but {folder} has only "
+                         f"{human_bytes(free)} free; {advice}")
+
 # %% ../nbs/00_core.ipynb #ce61194e
-def sweep_temporaries(folder):
+def sweep_temporaries(folder, recursive: bool = True):
     "Delete temporaries that killed processes left under `folder` (atomic_write names carry the writer's pid)."
-    for tmp in Path(folder).rglob(".*.tmp"):
+    for tmp in (Path(folder).rglob if recursive else Path(folder).glob)(".*.tmp"):
         parts = tmp.name[:-len(".tmp")].rsplit(".", 2)
         if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != os.getpid() and not _alive(int(parts[1])):
             tmp.unlink(missing_ok=True)
@@ -639,11 +800,17 @@ def write_manifest(stage_dir,  # the stage's folder, e.g. runs/demo/recover
     return manifest
 
 # %% ../nbs/00_core.ipynb #e48ae356
+class DamagedManifest(DamagedFile):
+    "A manifest.json that is not the JSON object a finished stage writes."
+
 def read_manifest(stage_dir, verify: bool = True) -> dict | None:
     "The stage's manifest, or None when the stage has not finished; with `verify`, check every artifact."
     path = Path(stage_dir) / "manifest.json"
     if not path.is_file(): return None
-    manifest = load_json(path)
+    try: manifest = load_json(path)
+    except DamagedFile as error: raise DamagedManifest(str(error)) from None
+    if not isinstance(manifest, dict) or not all(k in manifest for k in ("stage", "config_hash", "config", "artifacts")):
+        raise DamagedManifest(f"{path} is damaged (not a finished stage's manifest)")
     if verify:
         for name, info in manifest["artifacts"].items():
             file = Path(stage_dir) / name
@@ -664,6 +831,7 @@ def find_project_root(start=None) -> Path | None:
 
 def resolve_run_dir(run_dir) -> Path:
     "An absolute run folder; relative paths are taken from the project root when inside the repository."
+    if not str(run_dir).strip(): raise Sre2lError("the run folder is empty (--run-dir ''); name a folder")
     path = Path(run_dir).expanduser()
     if path.is_absolute(): return path
     return (find_project_root() or Path.cwd()) / path
@@ -671,7 +839,11 @@ def resolve_run_dir(run_dir) -> Path:
 def prepare_run(run_dir, cfg: RunConfig) -> Path:
     "Create the run folder and write config.json (the resolved configuration and its hash)."
     run_dir = resolve_run_dir(run_dir)
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise Sre2lError(f"the run folder {run_dir} is a symbolic link that leads nowhere (or back into itself)")
+    if run_dir.exists() and not run_dir.is_dir(): raise Sre2lError(f"the run folder {run_dir} is a file, not a folder")
     run_dir.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(run_dir, recursive=False)  # what a killed process left while writing config.json
     data = config_dict(cfg)
     save_json(run_dir / "config.json", {"config": data, "config_hash": hash_json(data)})
     return run_dir
@@ -687,10 +859,18 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b: out.append(f"{prefix}{key}: {a!r} in the folder, {b!r} now")
     return out
 
-def stage_status(run_dir, stage: str, cfg: RunConfig) -> dict | None:
+def stage_status(run_dir, stage: str, cfg: RunConfig,
+                 redo_damaged: bool = False) -> dict | None:  # a damaged manifest means: not finished (moved aside)
     "The verified manifest if `stage` finished with this configuration, None if not run yet; refuses a mismatch."
     stage_dir = Path(run_dir) / stage
-    manifest = read_manifest(stage_dir)
+    try: manifest = read_manifest(stage_dir)
+    except DamagedManifest as error:
+        if not redo_damaged:
+            raise Sre2lError(f"{error}; run `sre2l {stage} --run-dir {run_dir}` again to redo the stage") from None
+        aside = stage_dir / f"manifest.json.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(stage_dir / "manifest.json", aside)
+        log.warning("%s: %s; moved to %s, the stage is redone", stage, error, aside.name)
+        return None
     if manifest is None: return None
     wanted = stage_config(cfg, stage)
     if manifest["config_hash"] != hash_json(wanted):
@@ -709,9 +889,10 @@ def require_stage(run_dir, stage: str, cfg: RunConfig) -> dict:
 
 # %% ../nbs/00_core.ipynb #82aec889
 def open_stage(run_dir, stage: str, cfg: RunConfig) -> tuple[Path, dict | None]:
-    "Prepare the run folder; return (run_dir, manifest of the finished stage or None)."
+    "Check the configuration, prepare the run folder; return (run_dir, manifest of the finished stage or None)."
+    check_config(cfg)  # configurations built in code, not by make_config, are checked here
     run_dir = prepare_run(run_dir, cfg)
-    done = stage_status(run_dir, stage, cfg)
+    done = stage_status(run_dir, stage, cfg, redo_damaged=True)
     if done is not None: log.info("%s: already complete in %s", stage, run_dir / stage)
     else: log_to_stage(run_dir / stage)
     return run_dir, done
@@ -747,15 +928,20 @@ def run_status(run_dir) -> list[dict]:
 import logging
 log = logging.getLogger("sre2l")
 
+class _Stderr(logging.StreamHandler):
+    "A handler writing to whatever sys.stderr is when a line is logged (notebooks and tests replace it)."
+    def __init__(self): super().__init__(sys.stderr)
+    @property
+    def stream(self): return sys.stderr
+    @stream.setter
+    def stream(self, value): pass  # always the current sys.stderr: never a closed, replaced one
+
 def setup_logging(level=logging.INFO):
-    "Send the kit's log lines to stderr, once (following sys.stderr when a notebook or test replaces it)."
-    if not any(type(h) is logging.StreamHandler for h in log.handlers):
-        handler = logging.StreamHandler()
+    "Send the kit's log lines to stderr, once."
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
-    for handler in log.handlers:
-        if type(handler) is logging.StreamHandler and handler.stream is not sys.stderr:
-            handler.stream = sys.stderr  # not setStream: it would flush the old stream, which may be closed
     log.setLevel(level)
     return log
 

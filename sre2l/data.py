@@ -199,8 +199,12 @@ def decode_all(data: ImageSet,
                workers: int = -1,  # decoding processes (-1 = default_workers())
                batch_size: int = 256) -> ImageSet:  # images per worker task
     "Every file of `data` decoded once into one uint8 tensor, filled batch by batch (no second copy)."
-    from sre2l.core import progress
+    from sre2l.core import progress, memory_available
     if data.images is not None: return data
+    needed, available = len(data) * data.channels * data.resolution ** 2, memory_available()
+    if needed > 0.8 * available:  # computed before anything is allocated
+        raise DataError(f"decoding {len(data)} images of {data.resolution} px needs {needed / 1e9:.1f} GB of memory, but "
+                        f"this machine has {available / 1e9:.1f} GB available; use fewer images or a larger machine")
     if not len(data): return replace(data, images=torch.empty(0, data.channels, data.resolution, data.resolution,
                                                               dtype=torch.uint8), paths=None)
     loader, out, start = FileLoader(data, batch_size, workers), None, 0

@@ -166,15 +166,17 @@ def fetch(name: str,  # a registered artifact (see `list_artifacts()`)
         if not expected: raise Sre2lError(f"no checksum is known for {name}; pass --sha256 HEX (the Hub shows it on the file's page)")
     checksum = verify(path, expected, name)
     data_dir = Path(data_dir) if Path(data_dir).is_absolute() else (find_project_root() or Path.cwd()) / data_dir
-    unpacked = unpack(path, data_dir / name / "files")
+    if data_dir.exists() and not data_dir.is_dir(): raise Sre2lError(f"--data-dir {data_dir} is a file, not a folder")
+    folder = data_dir / name / checksum[:16]  # one folder per archive: fetch.json always describes the files beside it
+    unpacked = unpack(path, folder / "files")
     layout = find_layout(unpacked, artifact.kind)
     record = {"name": name, "file": artifact.filename, "repo": artifact.repo, "sha256": checksum, "source": str(path),
               "layout": str(layout)}
-    save_json(data_dir / name / "fetch.json", record)
+    save_json(folder / "fetch.json", record)
     if run_dir is not None:
         if artifact.kind == "images":
             from sre2l.recover import import_distilled
-            record["imported"] = import_distilled(layout, cfg, resolve_run_dir(run_dir))["images"]
+            record["imported"] = import_distilled(layout, cfg, resolve_run_dir(run_dir))["imported"]
         else:
             from sre2l.relabel import import_official_labels
             from sre2l.core import stage_status
@@ -183,6 +185,6 @@ def fetch(name: str,  # a registered artifact (see `list_artifacts()`)
                                and set(a.overrides) <= set(artifact.overrides)), "the matching image set")
                 raise Sre2lError(f"{resolve_run_dir(run_dir)} has no images for these labels; fetch {images} into the "
                                  "same --run-dir first")
-            record["imported"] = import_official_labels(layout, cfg, resolve_run_dir(run_dir), trust_pickle)["stored_batches"]
+            record["imported"] = import_official_labels(layout, cfg, resolve_run_dir(run_dir), trust_pickle)["imported"]
         log.info("fetch: %s imported into %s", name, resolve_run_dir(run_dir))
     return record

@@ -17,9 +17,9 @@ import torch.nn as nn
 from .core import Sre2lError, save_tensors, load_tensors, load_metadata, save_json, load_json, require_stage
 
 # %% auto #0
-__all__ = ['MODELS', 'ConvNet', 'register_model', 'small_input_stem', 'list_models', 'create_model', 'clean_state_dict',
-           'read_state_dict', 'load_checkpoint', 'save_model', 'load_model', 'load_teacher', 'load_named_teacher',
-           'bn_layers', 'ClassBNStats', 'save_class_bn', 'load_class_bn']
+__all__ = ['MODELS', 'ConvNet', 'register_model', 'small_input_stem', 'list_models', 'check_model_name', 'create_model',
+           'clean_state_dict', 'read_state_dict', 'load_checkpoint', 'save_model', 'load_model', 'load_teacher',
+           'load_named_teacher', 'bn_layers', 'ClassBNStats', 'save_class_bn', 'load_class_bn']
 
 # %% ../nbs/00b_models.ipynb #b8343196
 class ConvNet(nn.Module):
@@ -106,6 +106,14 @@ def list_models(pattern: str = "*") -> list[str]:
     names = ["convnet", "convnet-d{depth}-w{width}[-avg|-max|-none]", *sorted(_torchvision_names())]
     return [n for n in names if fnmatch.fnmatch(n, pattern)]
 
+def check_model_name(name: str) -> str:
+    "`name` when the factory can build it (timm and file: names are checked when built); else a clear error."
+    if name.startswith(("timm:", "file:")) and len(name) > 5: return name
+    if any(re.fullmatch(pattern, name) for pattern in MODELS) or name in _torchvision_names(): return name
+    close = difflib.get_close_matches(name, list_models(), n=3)
+    raise Sre2lError(f"unknown model {name!r}; " + (f"did you mean {', '.join(close)}?" if close else
+                     "see sre2l.models.list_models() (timm models as 'timm:<name>')"))
+
 def create_model(name: str,  # registry name, e.g. 'convnet-d3-w64', 'resnet18', 'timm:resnet18'
                  num_classes: int = 1000,  # output classes
                  in_channels: int = 3,  # image channels
@@ -117,11 +125,7 @@ def create_model(name: str,  # registry name, e.g. 'convnet-d3-w64', 'resnet18',
         match = re.fullmatch(pattern, name)
         if match: return builder(num_classes, in_channels, resolution, small_input, weights, **match.groupdict())
     if name.startswith("timm:"): return _build_timm(name[5:], num_classes, in_channels, resolution, small_input, weights)
-    if name in _torchvision_names():
-        return _build_torchvision(name, num_classes, in_channels, resolution, small_input, weights)
-    close = difflib.get_close_matches(name, list_models(), n=3)
-    raise Sre2lError(f"unknown model {name!r}; " + (f"did you mean {', '.join(close)}?" if close else
-                     "see sre2l.models.list_models() (timm models as 'timm:<name>')"))
+    return _build_torchvision(check_model_name(name), num_classes, in_channels, resolution, small_input, weights)
 
 # %% ../nbs/00b_models.ipynb #8a6227d4
 def clean_state_dict(state: dict) -> dict:
@@ -135,15 +139,31 @@ def clean_state_dict(state: dict) -> dict:
         out[k] = v
     return out
 
+def _file_kind(path: Path) -> str:
+    "'safetensors', 'torch' (zip or legacy pickle) or 'other', from the file's first bytes."
+    with open(path, "rb") as f: head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 10**8: return "safetensors"
+    return "torch" if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" else "other"
+
+def _refusal(path: Path, error: Exception) -> Sre2lError:
+    "Why torch's weights-only loader refused a file, in the kit's words (never advising weights_only=False)."
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"Unsupported operand[^\n]*", text)
+    if "Weights only load failed" in text or found:
+        what = f"a pickled {found.group(1)}" if found and found.groups() else "pickled Python objects"
+        return Sre2lError(f"{path} is not a weights-only checkpoint: it holds {what}, which would run code when "
+                          f"unpickled, and the kit loads only tensors; save model.state_dict() with torch.save, or as .safetensors")
+    return Sre2lError(f"{path} is a damaged torch checkpoint ({text.strip().splitlines()[-1][:160] if text.strip() else type(error).__name__})")
+
 def read_state_dict(path) -> dict:
     "A state dict from .safetensors or a torch checkpoint, never unpickling arbitrary objects."
     path = Path(path)
     if not path.is_file(): raise Sre2lError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors": return clean_state_dict(load_tensors(path))
+    kind = _file_kind(path)
+    if kind == "safetensors" or path.suffix == ".safetensors": return clean_state_dict(load_tensors(path))
+    if kind == "other": raise Sre2lError(f"{path} is not a torch or safetensors file")
     try: state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise Sre2lError(f"{path} could not be read as a weights-only torch checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200]})") from None
+    except Exception as error: raise _refusal(path, error) from None
     if not isinstance(state, dict): raise Sre2lError(f"{path} holds a {type(state).__name__}, not a state dict")
     return clean_state_dict(state)
 
@@ -152,6 +172,13 @@ def load_checkpoint(model: nn.Module, path) -> nn.Module:
     "Load weights into `model`, naming missing and unexpected keys, or the shapes, when they do not fit."
     state = read_state_dict(path)
     own = model.state_dict()
+    wrong_kind = [k for k, v in state.items() if not isinstance(v, torch.Tensor) or
+                  (k in own and v.is_floating_point() != own[k].is_floating_point())]
+    if wrong_kind:
+        k = wrong_kind[0]
+        held = type(state[k]).__name__ if not isinstance(state[k], torch.Tensor) else f"{state[k].dtype} values"
+        raise Sre2lError(f"{path}: {k} holds {held}, but the model's {k} is {own[k].dtype if k in own else 'a tensor'}; "
+                         f"not a checkpoint of this model's weights")
     wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape]
     if wrong:
         key, theirs, ours = wrong[-1]  # the last differs first when only the classifier does (another class count)

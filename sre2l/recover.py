@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +19,17 @@ import torch.nn.functional as F
 
 from .core import (RunConfig, RecoverConfig, Sre2lError, ConfigError, log, progress, pick_device, generator,
                         seed_everything, open_stage, stage_status, require_stage, write_manifest, save_json, load_json,
-                        save_tensors, shard_from_env, check_shard, claim)
+                        save_tensors, shard_from_env, check_shard, claim, preflight, sha256_file, hash_json, stage_config)
 from .data import (DatasetSpec, data_spec, open_split, cached, ipc_subset, distilled_path, read_distilled,
                         read_image, write_image, sample_crop_boxes, crop_resize, normalize)
 from .models import bn_layers, load_class_bn, load_teacher, load_named_teacher
 from .train import evaluate, to_device, batches
 
 # %% auto #0
-__all__ = ['WorkUnit', 'work_units', 'unit_iterations', 'unit_stats', 'trace_bn_inputs', 'has_bn', 'MatchingLoss',
-           'draw_augmentation', 'stack_draws', 'augment_units', 'bn_targets', 'initial_images', 'draw_bn_teachers',
-           'valid_range', 'to_uint8', 'group_loss', 'recover_group', 'group_units', 'check_teacher', 'run_recover',
+__all__ = ['MAX_CURVE_POINTS', 'DRAW_CHUNK', 'WorkUnit', 'work_units', 'unit_iterations', 'unit_stats', 'trace_bn_inputs',
+           'has_bn', 'MatchingLoss', 'draw_augmentation', 'stack_draws', 'augment_units', 'bn_targets',
+           'initial_images', 'draw_bn_teachers', 'valid_range', 'to_uint8', 'group_loss', 'draw_steps', 'recover_group',
+           'group_units', 'write_record', 'record_holds', 'unit_name', 'check_teacher', 'run_recover',
            'import_distilled', 'recovered_vs_real', 'trajectory', 'explorer']
 
 # %% ../nbs/02_recover.ipynb #c92edfef
@@ -46,7 +48,6 @@ class WorkUnit:
 
 def work_units(num_classes: int, ipc: int, batch_size: int, mode: str = "cross-class") -> list[WorkUnit]:
     "All work units of a recover run, in a fixed order."
-    if batch_size < 1: raise ConfigError(f"recover.batch_size must be at least 1, got {batch_size}")
     if mode == "cross-class":
         chunks = [range(s, min(s + batch_size, num_classes)) for s in range(0, num_classes, batch_size)]
         return [WorkUnit((mode, k, j), [(c, k) for c in chunk]) for k in range(ipc) for j, chunk in enumerate(chunks)]
@@ -59,10 +60,7 @@ def work_units(num_classes: int, ipc: int, batch_size: int, mode: str = "cross-c
 def unit_iterations(unit: WorkUnit, rc: RecoverConfig) -> int:
     "The number of optimisation steps of one unit."
     if rc.iteration_schedule == "constant": return rc.iterations
-    if rc.iteration_schedule != "prism-cyclic":
-        raise ConfigError(f"recover.iteration_schedule must be 'constant' or 'prism-cyclic', got {rc.iteration_schedule!r}")
-    if unit.key[0] != "cross-class": raise ConfigError("recover.iteration_schedule='prism-cyclic' needs batch_mode='cross-class'")
-    return max(1, round(rc.iterations * (1 - (unit.key[1] % 8) / 8)))
+    return max(1, round(rc.iterations * (1 - (unit.key[1] % 8) / 8)))  # PRISM: cross-class units, key[1] = IPC index
 
 # %% ../nbs/02_recover.ipynb #94f427c6
 class _UnitStats(torch.autograd.Function):
@@ -155,8 +153,6 @@ def draw_augmentation(rc: RecoverConfig, height: int, width: int, gen: torch.Gen
     "One unit's (crop box or None, flip, (dy, dx)) for one step, drawn in a fixed order."
     box = sample_crop_boxes(1, height, width, (rc.crop_scale_min, rc.crop_scale_max), generator=gen)[0] if rc.crop else None
     flip = bool(torch.rand(1, generator=gen).item() < 0.5) if rc.flip else False
-    if rc.jitter_mode not in ("one-sided", "symmetric"):
-        raise ConfigError(f"recover.jitter_mode must be 'one-sided' or 'symmetric', got {rc.jitter_mode!r}")
     low = -rc.jitter if rc.jitter_mode == "symmetric" else 0
     shift = tuple(torch.randint(low, rc.jitter + 1, (2,), generator=gen).tolist()) if rc.jitter else (0, 0)
     return box, flip, shift
@@ -176,7 +172,6 @@ def augment_units(x: torch.Tensor, draws, per_unit: int) -> torch.Tensor:
 def bn_targets(group: list, rc: RecoverConfig, class_stats: dict | None, layer_names: list, device):
     "Per-layer (mean [U, C], var [U, C]) targets of a group, or None for the running statistics."
     if rc.bn_target == "global": return None
-    if rc.bn_target != "class": raise ConfigError(f"recover.bn_target must be 'global' or 'class', got {rc.bn_target!r}")
     classes = torch.tensor([u.classes[0] for u in group])
     missing = [n for n in layer_names if n not in class_stats]
     if missing: raise Sre2lError(f"class-BN statistics have no layer {missing[0]!r}; run squeeze again for this teacher")
@@ -188,7 +183,6 @@ def initial_images(unit: WorkUnit, rc: RecoverConfig, spec: DatasetSpec,
     "A unit's starting images in normalised space: N(0, 1), or real training images (PRISM)."
     shape = (len(unit.members), spec.channels, spec.resolution, spec.resolution)
     if rc.init == "noise": return torch.randn(shape, generator=gen, device=gen.device)
-    if rc.init != "real": raise ConfigError(f"recover.init must be 'noise' or 'real', got {rc.init!r}")
     images, per_class = real
     picks = [per_class[c][k] for c, k in unit.members]
     return normalize(images.batch(picks), spec.mean, spec.std)
@@ -224,6 +218,15 @@ def group_loss(matching, extras: list, x_aug: torch.Tensor, labels: torch.Tensor
     return ce, bn / teachers  # PRISM: mean over the BN teachers
 
 # %% ../nbs/02_recover.ipynb #5a533e24
+MAX_CURVE_POINTS = 10_000  # loss-curve points kept per unit (every k-th step beyond that)
+DRAW_CHUNK = 1_000  # steps whose augmentation is drawn, and moved to the device, at once
+
+def draw_steps(gens: list, rc: RecoverConfig, size: int, count: int, device) -> tuple:
+    "(boxes, flips, shifts) of `count` steps of every unit, drawn in step order from each unit's generator, on `device`."
+    steps = [stack_draws([draw_augmentation(rc, size, size, g) for g in gens]) for _ in range(count)]
+    boxes = None if steps[0][0] is None else torch.stack([b for b, _, _ in steps]).to(device)
+    return boxes, torch.stack([f for _, f, _ in steps]).to(device), torch.stack([s for _, _, s in steps]).to(device)
+
 def recover_group(teacher: nn.Module,  # frozen teacher in eval mode (logits and BN statistics)
                   group: list,  # work units of equal size
                   spec: DatasetSpec,  # data set (shape, normalisation)
@@ -246,28 +249,28 @@ def recover_group(teacher: nn.Module,  # frozen teacher in eval mode (logits and
     iterations = unit_iterations(group[0], rc)
     optimizer = torch.optim.Adam([x], lr=rc.lr, betas=(0.5, 0.9), eps=1e-8, fused=x.is_cuda)  # fused: one kernel per step
     low, high = valid_range(spec, device)
-    curves = torch.zeros(2, iterations, units, device=device)
+    every = max(1, math.ceil(iterations / MAX_CURVE_POINTS))  # memory and loss files stay bounded for any length
+    curves = torch.zeros(2, math.ceil(iterations / every), units, device=device)
     snapshots = []
-    # every step's augmentation, drawn up front from each unit's generator in the same order as step by step,
-    # and moved to the device once: no host-to-device copy (and so no wait for the GPU) inside the loop
-    steps = [stack_draws([draw_augmentation(rc, spec.resolution, spec.resolution, g) for g in gens]) for _ in range(iterations)]
-    boxes = None if steps[0][0] is None else torch.stack([b for b, _, _ in steps]).to(device)
-    flips, shifts = torch.stack([f for _, f, _ in steps]).to(device), torch.stack([s for _, _, s in steps]).to(device)
     if matching is None: matching = MatchingLoss(teacher, rc.first_bn_multiplier, rc.precision)
     extras = [MatchingLoss(m, rc.first_bn_multiplier, rc.precision) for m in bn_models if has_bn(m)]
     for step in range(iterations):
+        # the augmentation of the next DRAW_CHUNK steps, drawn in the same order as step by step and moved to the
+        # device at once: no host-to-device copy (and so no wait for the GPU) inside the steps
+        if step % DRAW_CHUNK == 0: boxes, flips, shifts = draw_steps(gens, rc, spec.resolution, min(DRAW_CHUNK, iterations - step), device)
         optimizer.param_groups[0]["lr"] = 0.5 * (1 + math.cos(math.pi * step / iterations)) * rc.lr
-        draws = (None if boxes is None else boxes[step], flips[step], shifts[step])
+        i = step % DRAW_CHUNK
+        draws = (None if boxes is None else boxes[i], flips[i], shifts[i])
         ce, bn = group_loss(matching, extras, augment_units(x, draws, per_unit), labels, units, targets, 1 + len(bn_models))
         loss = (ce + rc.r_bn * bn).sum()
         optimizer.zero_grad(set_to_none=True); loss.backward(); optimizer.step()
         with torch.no_grad(): x.clamp_(low, high)
-        curves[0, step], curves[1, step] = ce.detach(), bn.detach()
+        if step % every == 0: curves[0, step // every], curves[1, step // every] = ce.detach(), bn.detach()
         if rc.snapshot_every and (step % rc.snapshot_every == 0 or step == iterations - 1):
             snapshots.append(to_uint8(x.detach(), spec).cpu())
     images = (x.detach().float() if raw else to_uint8(x.detach(), spec)).cpu().split(per_unit)
     curves = curves.cpu()
-    out_curves = [{"ce": curves[0, :, u].tolist(), "bn": curves[1, :, u].tolist()} for u in range(units)]
+    out_curves = [{"ce": curves[0, :, u].tolist(), "bn": curves[1, :, u].tolist(), "every": every} for u in range(units)]
     out_snaps = [torch.stack([s[u * per_unit:(u + 1) * per_unit] for s in snapshots]) if snapshots else None for u in range(units)]
     return list(images), out_curves, out_snaps
 
@@ -284,17 +287,22 @@ def group_units(units: list, rc: RecoverConfig, seed: int) -> list[list]:
         current.append(unit); signature = sig
     return groups + ([current] if current else [])
 
-# %% ../nbs/02_recover.ipynb #bdf6af26
-def _check(rc: RecoverConfig):
-    if rc.method not in ("sre2l", "real"): raise ConfigError(f"recover.method must be 'sre2l' or 'real', got {rc.method!r}")
-    if rc.image_format not in ("jpg", "png"): raise ConfigError(f"recover.image_format must be 'jpg' or 'png', got {rc.image_format!r}")
-    if rc.ipc < 1 or rc.iterations < 1: raise ConfigError(f"recover.ipc and recover.iterations must be positive, got {rc.ipc} and {rc.iterations}")
-    if rc.precision not in ("fp32", "bf16"): raise ConfigError(f"recover.precision must be 'fp32' or 'bf16', got {rc.precision!r}")
-    if rc.bn_target == "class" and rc.batch_mode != "within-class":
-        raise ConfigError("recover.bn_target='class' matches one class's statistics per batch; set recover.batch_mode=within-class")
-    if rc.bn_target == "class" and rc.bn_teachers:
-        raise ConfigError("recover.bn_teachers (PRISM) match global statistics; use recover.bn_target=global with them")
+# %% ../nbs/02_recover.ipynb #b9c88896
+def write_record(out: Path, name: str, files: list, store: str):
+    "Mark a unit (or a chunk of copied images) complete: the sha256 of its files and the configuration hash."
+    save_json(out / "units" / f"{name}.json", {"store": store, "files": {str(f.relative_to(out)): sha256_file(f) for f in files}})
 
+def record_holds(out: Path, name: str, files: list, store: str) -> bool:
+    "Whether record `name` is this configuration's, lists every one of `files`, and every file it lists is unchanged."
+    try: record = load_json(out / "units" / f"{name}.json")
+    except (OSError, ValueError): return False
+    listed = record.get("files", {}) if isinstance(record, dict) else {}
+    return (record.get("store") == store and {str(f.relative_to(out)) for f in files} <= set(listed)
+            and all((out / f).is_file() and sha256_file(out / f) == digest for f, digest in listed.items()))
+
+def unit_name(unit: WorkUnit) -> str: return "unit_" + "_".join(map(str, unit.key[1:]))
+
+# %% ../nbs/02_recover.ipynb #bdf6af26
 def check_teacher(teacher: nn.Module, rc: RecoverConfig):
     "Refuse BN matching with a teacher that has no BatchNorm layers (there would be no statistics to match)."
     if rc.method == "sre2l": bn_layers(teacher)  # raises, naming the model
@@ -307,11 +315,11 @@ def _real_images(cfg, spec):
     chosen = cached(train.subset(first), cfg.data.cache_bytes, cfg.data.workers)
     return chosen, [[c * ipc + k for k in range(ipc)] for c in range(spec.num_classes)]
 
-def _recover_groups(teacher, spec, cfg, run_dir, device, shard):
+def _recover_groups(teacher, spec, cfg, run_dir, device, shard, store):
     rc, out = cfg.recover, run_dir / "recover"
     units = work_units(spec.num_classes, rc.ipc, rc.batch_size, rc.batch_mode)
     groups = group_units(units, rc, cfg.seed)[shard[0]::shard[1]]
-    todo = [[u for u in g if not all(f.is_file() for f in u.files(out / "images", rc.image_format))] for g in groups]
+    todo = [[u for u in g if not record_holds(out, unit_name(u), u.files(out / "images", rc.image_format), store)] for g in groups]
     todo = [g for g in todo if g]
     log.info("recover: %d of %d work units to run in this process", sum(map(len, todo)), sum(map(len, groups)))
     class_stats = load_class_bn(run_dir / "squeeze" / "class_bn.safetensors") if rc.bn_target == "class" else None
@@ -325,10 +333,10 @@ def _recover_groups(teacher, spec, cfg, run_dir, device, shard):
         held = claim(ticket)
         if held is None:  # another process on this folder is recovering this group
             log.info("recover: %s is held by another process; skipped", ticket.name); continue
-        with held: _recover_one_group(group, teacher, spec, cfg, out, device, class_stats, names, real, matching, extra)
+        with held: _recover_one_group(group, teacher, spec, cfg, out, device, class_stats, names, real, matching, extra, store)
     return units
 
-def _recover_one_group(group, teacher, spec, cfg, out, device, class_stats, names, real, matching, extra):
+def _recover_one_group(group, teacher, spec, cfg, out, device, class_stats, names, real, matching, extra, store):
     rc = cfg.recover
     sizes = {len(u.members) for u in group}
     for part in ([group] if len(sizes) == 1 else [[u] for u in group]):
@@ -337,25 +345,38 @@ def _recover_one_group(group, teacher, spec, cfg, out, device, class_stats, name
         images, curves, snaps = recover_group(teacher, part, spec, rc, cfg.seed, device,
                                               bn_targets(part, rc, class_stats, names, device), bn_models, real, matching)
         for unit, imgs, curve, snap in zip(part, images, curves, snaps):
-            name = "_".join(map(str, unit.key[1:]))
-            save_json(out / "losses" / f"unit_{name}.json", curve)
-            if snap is not None: save_tensors(out / "snapshots" / f"unit_{name}.safetensors", {"images": snap},
-                                              {"members": unit.members, "every": rc.snapshot_every})
-            for file, image in zip(unit.files(out / "images", rc.image_format), imgs):
-                write_image(file, image, rc.jpeg_quality)
+            name, written = unit_name(unit), unit.files(out / "images", rc.image_format)
+            for file, image in zip(written, imgs): write_image(file, image, rc.jpeg_quality)
+            save_json(out / "losses" / f"{name}.json", curve); written.append(out / "losses" / f"{name}.json")
+            if snap is not None:
+                save_tensors(out / "snapshots" / f"{name}.safetensors", {"images": snap}, {"members": unit.members, "every": rc.snapshot_every})
+                written.append(out / "snapshots" / f"{name}.safetensors")
+            write_record(out, name, written, store)  # last: the unit is complete
 
 # %% ../nbs/02_recover.ipynb #ce4d65b8
-def _copy_real_subset(cfg, spec, image_dir):
+def _copy_real_subset(cfg, spec, image_dir, store, chunk: int = 256):
     "The random-real baseline: `ipc` seeded random training images per class, decoded by the loader and saved."
-    rc = cfg.recover
+    rc, out = cfg.recover, image_dir.parent
     train = open_split(cfg.data, "train")
     chosen = ipc_subset(train.labels, rc.ipc, "random", cfg.seed, spec.num_classes)
     files = [distilled_path(image_dir, int(train.labels[i]), k % rc.ipc, rc.image_format) for k, i in enumerate(chosen.tolist())]
-    todo = torch.tensor([k for k, f in enumerate(files) if not f.is_file()], dtype=torch.long)
-    for start, (images, _) in zip(range(0, len(todo), 256), progress(
-            batches(train.subset(chosen), 256, "cpu", todo, workers=cfg.data.workers), desc="real subset",
-            total=-(-len(todo) // 256), status=image_dir.parent / "progress.json")):
-        for k, image in zip(todo[start: start + 256].tolist(), images): write_image(files[k], image, rc.jpeg_quality)
+    starts = [s for s in range(0, len(files), chunk) if not record_holds(out, f"real_{s}", files[s: s + chunk], store)]
+    order = torch.cat([torch.arange(s, min(s + chunk, len(files))) for s in starts]) if starts else torch.zeros(0, dtype=torch.long)
+    for start, (images, _) in zip(starts, progress(batches(train.subset(chosen), chunk, "cpu", order, workers=cfg.data.workers),
+                                                   desc="real subset", total=len(starts), status=out / "progress.json")):
+        for file, image in zip(files[start: start + chunk], images): write_image(file, image, rc.jpeg_quality)
+        write_record(out, f"real_{start}", files[start: start + chunk], store)
+
+# %% ../nbs/02_recover.ipynb #58a06ba4
+def _preflight_images(cfg: RunConfig, spec: DatasetSpec, out: Path):
+    "Refuse to start when the images (with their loss curves and records) will not fit on the disk."
+    rc = cfg.recover
+    images = spec.num_classes * rc.ipc
+    per_image = spec.resolution ** 2 * spec.channels * (0.3 if rc.image_format == "jpg" else 1.05) + 600  # header
+    units = math.ceil(images / max(1, rc.batch_size)) if rc.method == "sre2l" else math.ceil(images / 256)
+    curve = 2 * 22 * min(rc.iterations, MAX_CURVE_POINTS) if rc.method == "sre2l" else 0  # two JSON numbers a step
+    preflight(out, images * per_image + units * (curve + 100 * max(1, rc.batch_size)), images + 2 * units,
+              f"the {images} images of recover.ipc={rc.ipc}", "free some space, or lower recover.ipc")
 
 # %% ../nbs/02_recover.ipynb #4866ff67
 def run_recover(cfg: RunConfig, run_dir,
@@ -364,7 +385,7 @@ def run_recover(cfg: RunConfig, run_dir,
     began = time.perf_counter()
     run_dir, done = open_stage(run_dir, "recover", cfg)
     if done is not None: return done
-    rc = cfg.recover; _check(rc)
+    rc = cfg.recover
     shard = check_shard(shard or shard_from_env())
     seed_everything(cfg.seed)
     device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), data_spec(cfg.data)
@@ -372,11 +393,12 @@ def run_recover(cfg: RunConfig, run_dir,
     teacher = load_teacher(run_dir, cfg, device)
     check_teacher(teacher, rc)
     if rc.channels_last: teacher = teacher.to(memory_format=torch.channels_last)
-    start = time.perf_counter()
-    if rc.method == "sre2l": units = _recover_groups(teacher, spec, cfg, run_dir, device, shard)
-    else: _copy_real_subset(cfg, spec, image_dir); units = []
+    start, store = time.perf_counter(), hash_json(stage_config(cfg, "recover"))
+    _preflight_images(cfg, spec, out)
+    if rc.method == "sre2l": units = _recover_groups(teacher, spec, cfg, run_dir, device, shard, store)
+    else: _copy_real_subset(cfg, spec, image_dir, store); units = []
     seconds = time.perf_counter() - start
-    missing = sum(not all(f.is_file() for f in u.files(image_dir, rc.image_format)) for u in units)
+    missing = sum(not record_holds(out, unit_name(u), u.files(image_dir, rc.image_format), store) for u in units)
     if missing:
         log.info("recover: shard %d/%d finished; %d units are left to other shards", shard[0], shard[1], missing)
         return {"stage": "recover", "complete": False, "units_left": missing, "timings": {"seconds": seconds}}
@@ -384,33 +406,46 @@ def run_recover(cfg: RunConfig, run_dir,
     teacher_acc = evaluate(teacher, to_device(distilled, device), spec, device)["top1"]
     log.info("recover: %d images, teacher top-1 on them %.1f%%", len(distilled), teacher_acc)
     artifacts = sorted(str(p.relative_to(out)) for p in image_dir.rglob(f"*.{rc.image_format}"))
-    for folder, suffix in ((loss_dir, "json"), (out / "snapshots", "safetensors")):
+    for folder, suffix in ((loss_dir, "json"), (out / "snapshots", "safetensors"), (out / "units", "json")):
         if folder.exists(): artifacts += sorted(str(p.relative_to(out)) for p in folder.glob(f"*.{suffix}"))
     return write_manifest(out, "recover", cfg, artifacts, inputs={"squeeze": run_dir / "squeeze" / "manifest.json"},
                           timings={"seconds": seconds, "total_seconds": time.perf_counter() - began},
                           extra={"images": len(distilled), "teacher_top1_on_images": teacher_acc})
 
 # %% ../nbs/02_recover.ipynb #6ed7f9f2
+def _official_files(source: Path, num_classes: int) -> dict:
+    "{class: [(ipc id, file)]} of an official-layout folder; anything else in it, or a class beyond the data set's, is refused."
+    if not source.is_dir(): raise Sre2lError(f"{source} is not a folder of distilled images")
+    per_class = {}
+    for folder in sorted(p for p in source.iterdir() if not p.name.startswith(".")):
+        if not (folder.is_dir() and re.fullmatch(r"new\d+", folder.name)):
+            raise Sre2lError(f"{folder} is not an official new<class> folder; move it out of {source}")
+        for file in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+            match = re.fullmatch(r"class(\d+)_id(\d+)\.(jpg|jpeg|png|JPEG|JPG|PNG)", file.name)
+            if not match: raise Sre2lError(f"{file} is not named class<c>_id<k>.<jpg|png>; move it out of {source}")
+            c, k = int(match.group(1)), int(match.group(2))
+            if c >= num_classes: raise Sre2lError(f"{file} is an image of class {c}, but the data set has {num_classes} classes")
+            per_class.setdefault(c, []).append((k, file))
+    return per_class
+
 def import_distilled(source,  # folder with new{cls:03d}/class{cls:03d}_id{ipc:03d}.* images
                      cfg: RunConfig, run_dir) -> dict:
     "Copy an official-layout image set into `run_dir/recover/images` and write its manifest."
     import shutil
-    run_dir, done = open_stage(run_dir, "recover", cfg)
-    if done is not None: return done
-    spec, image_dir = data_spec(cfg.data), run_dir / "recover" / "images"
-    images = read_distilled(source, cfg.recover.ipc, spec.channels, spec.num_classes)
-    per_class = {}
-    for file in Path(source).glob("new*/class*_id*.*"):
-        c, k = (int(v) for v in file.stem[5:].split("_id"))
-        per_class.setdefault(c, []).append((k, file))
+    run_dir, done = open_stage(run_dir, "recover", cfg)  # refuses a finished stage made with other settings
+    if done is not None: return {**done, "imported": 0}
+    spec, image_dir, source = data_spec(cfg.data), run_dir / "recover" / "images", Path(source)
+    per_class = _official_files(source, spec.num_classes)
+    images = read_distilled(source, cfg.recover.ipc, spec.channels, spec.num_classes, workers=cfg.data.workers)
     artifacts = []
     for c, files in sorted(per_class.items()):
         for _, file in sorted(files)[: cfg.recover.ipc]:
             target = image_dir / file.parent.name / file.name
             target.parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(file, target)
             artifacts.append(str(target.relative_to(run_dir / "recover")))
-    return write_manifest(run_dir / "recover", "recover", cfg, artifacts,
-                          extra={"images": len(images), "imported_from": str(Path(source).resolve())})
+    manifest = write_manifest(run_dir / "recover", "recover", cfg, artifacts,
+                              extra={"images": len(images), "imported_from": str(source.resolve())})
+    return {**manifest, "imported": len(artifacts)}
 
 # %% ../nbs/02_recover.ipynb #a723bf15
 def recovered_vs_real(run_dir, cfg: RunConfig, classes: int = 10, ipc: int = 10):

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from .core import (RunConfig, RelabelConfig, Sre2lError, ConfigError, log, progress, pick_device, generator,
                         unit_seed, seed_everything, open_stage, stage_status, require_stage, write_manifest,
-                        read_manifest, save_tensors, load_tensors, load_json, atomic_write, shard_from_env, check_shard, claim)
+                        read_manifest, save_tensors, load_tensors, load_metadata, load_json, atomic_write, shard_from_env,
+                        check_shard, claim, LABEL_TYPES, human_bytes, preflight, hash_json, stage_config)
 from .data import (DatasetSpec, data_spec, open_split, cached, read_distilled, sample_crop_boxes, crop_resize,
                         flip_where, normalize)
 from .models import load_teacher, load_named_teacher
@@ -33,10 +34,10 @@ from .train import to_device, evaluate, place_images
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'BatchPlan', 'cutmix_box', 'official_order', 'draw_epoch', 'replay_batch', 'gather_batch',
            'apply_cutout', 'combine_logits', 'kept_batches', 'prune_ratio_for', 'teacher_probs', 'epoch_file',
-           'save_epoch', 'load_epoch', 'image_list_hash', 'teacher_logits', 'parse_label_type', 'quantize_labels',
-           'recover_labels', 'region_labels', 'store_bytes', 'official_store_bytes', 'human_bytes', 'preflight',
-           'store_facts', 'run_relabel', 'read_official_batch', 'import_official_labels', 'export_official_labels',
-           'crop_overlay', 'label_histograms', 'storage_table']
+           'save_epoch', 'epoch_complete', 'load_epoch', 'image_list_hash', 'teacher_logits', 'parse_label_type',
+           'quantize_labels', 'recover_labels', 'region_labels', 'store_bytes', 'official_store_bytes', 'store_facts',
+           'run_relabel', 'read_official_batch', 'import_official_labels', 'export_official_labels', 'crop_overlay',
+           'label_histograms', 'storage_table']
 
 # %% ../nbs/03_relabel.ipynb #85891db5
 @dataclass
@@ -73,8 +74,6 @@ def draw_epoch(num_images: int,  # images in the distilled set
                size: int,  # crop output size
                seed: int) -> list[BatchPlan]:  # run seed
     "All batch plans of one epoch, from the epoch's own seed."
-    if rl.mix not in ("cutmix", "mixup", "none"): raise ConfigError(f"relabel.mix must be cutmix, mixup or none, got {rl.mix!r}")
-    if rl.order not in ("kit", "official"): raise ConfigError(f"relabel.order must be 'kit' or 'official', got {rl.order!r}")
     gen = generator(seed, "relabel", epoch)
     order = torch.randperm(num_images, generator=gen) if rl.order == "kit" else official_order(num_images, epoch, rl.order_seed)
     plans = []
@@ -198,7 +197,8 @@ def epoch_file(label_dir, epoch: int) -> Path:
     "The store file of one epoch."
     return Path(label_dir) / f"epoch_{epoch:04d}.safetensors"
 
-def save_epoch(path, plans: list[BatchPlan], logits: list, topk: int = 0):
+def save_epoch(path, plans: list[BatchPlan], logits: list, topk: int = 0,
+               facts: dict | None = None):  # what the file is: {'epoch': e, 'store': hash of the relabel configuration}
     "Write one epoch's plans and teacher logits (all of them in fp16, or the top `topk`; stored targets as they are)."
     tensors = {}
     for b, (plan, z) in enumerate(zip(plans, logits)):
@@ -212,7 +212,13 @@ def save_epoch(path, plans: list[BatchPlan], logits: list, topk: int = 0):
                             ("mix_partner", plan.mix_partner), ("mix_lambda", torch.tensor([plan.mix_lambda], dtype=torch.float32)),
                             ("mix_box", plan.mix_box), *outputs]:
             tensors[f"b{b:05d}.{name}"] = value
-    save_tensors(path, tensors, {"batches": len(plans), "format": FORMAT_VERSION})
+    save_tensors(path, tensors, {"batches": len(plans), "format": FORMAT_VERSION, **(facts or {})})
+
+def epoch_complete(path, facts: dict) -> bool:
+    "Whether `path` is a whole store file (its header covers the file) that says it is `facts` (epoch, store)."
+    try: metadata = load_metadata(path)
+    except Sre2lError: return False
+    return all(metadata.get(k) == v for k, v in facts.items())
 
 def load_epoch(path) -> list[tuple[BatchPlan, torch.Tensor | tuple]]:
     "Read one epoch: [(plan, fp16 logits or (top-k values, indices))] in batch order."
@@ -244,8 +250,7 @@ def parse_label_type(label_type: str) -> tuple[str, int]:
     "(kind, K) of an FKD label type: hard, smoothing, marginal_smoothing_kK, marginal_renorm[_kK]."
     if label_type in ("hard", "smoothing"): return label_type, 1
     match = re.fullmatch(r"(marginal_smoothing|marginal_renorm)(?:_k(\d+))?", label_type)
-    if match and (match.group(2) or match.group(1) == "marginal_renorm") and int(match.group(2) or 5) >= 1:
-        return match.group(1), int(match.group(2) or 5)
+    if match and re.fullmatch(LABEL_TYPES, label_type): return match.group(1), int(match.group(2) or 5)
     raise ConfigError(f"relabel.label_type must be hard, smoothing, marginal_smoothing_kK or marginal_renorm[_kK], got {label_type!r}")
 
 def quantize_labels(probs: torch.Tensor, label_type: str) -> tuple:
@@ -345,22 +350,6 @@ def official_store_bytes(num_images: int, num_classes: int, epochs: int, batch_s
     epoch = (per_epoch - 1) * file_bytes(batch_size) + file_bytes(last)
     return full * epoch + rest * file_bytes(batch_size)
 
-# %% ../nbs/03_relabel.ipynb #ff3775d8
-def human_bytes(n: float) -> str:
-    "Bytes as GB, MB or kB (decimal), or plain bytes below 1 kB, for messages and tables."
-    if n >= 1e8: return f"{n / 1e9:.2f} GB"
-    if n >= 1e5: return f"{n / 1e6:.1f} MB"
-    return f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{int(n)} B"
-
-def preflight(folder, needed: int, what: str = "the label store"):
-    "Refuse to start when the disk holding `folder` has less free space than `needed` bytes."
-    folder = Path(folder)
-    probe = next((p for p in [folder, *folder.parents] if p.exists()), Path("/"))
-    free = shutil.disk_usage(probe).free
-    if free < needed:
-        raise Sre2lError(f"{what} needs about {human_bytes(needed)} but {probe} has only {human_bytes(free)} free; "
-                         f"free some space, prune labels (relabel.prune_ratio) or store top-k logits (relabel.logits=topk)")
-
 # %% ../nbs/03_relabel.ipynb #a831a0c0
 def store_facts(cfg: RunConfig, spec: DatasetSpec, num_images: int, image_dir, stored_batches: int, **extra) -> dict:
     "The manifest facts of a label store."
@@ -385,7 +374,6 @@ def run_relabel(cfg: RunConfig, run_dir,
     run_dir, done = open_stage(run_dir, "relabel", cfg)
     if done is not None: return done
     rl = cfg.relabel
-    if rl.epochs < 1 or rl.batch_size < 1: raise ConfigError(f"relabel.epochs and relabel.batch_size must be positive, got {rl.epochs} and {rl.batch_size}")
     require_stage(run_dir, "recover", cfg)
     seed_everything(cfg.seed)
     shard = check_shard(shard or shard_from_env())
@@ -400,34 +388,32 @@ def run_relabel(cfg: RunConfig, run_dir,
         checked["teacher_test_top1"] = evaluate(teacher, test, spec, device, workers=cfg.data.workers)["top1"]
         log.info("relabel: teacher test top-1 %.2f%%", checked["teacher_test_top1"])
     if rl.mode == "region": return _run_region(cfg, run_dir, teacher, images, spec, image_dir, out, checked)
-    if rl.mode != "fkd-mix": raise ConfigError(f"relabel.mode must be 'fkd-mix' or 'region', got {rl.mode!r}")
     candidates = [load_named_teacher(n.strip(), rl.teacher_weights, spec, device) for n in rl.teachers.split(",") if n.strip()]
     label = lambda x: combine_logits([teacher_logits(t, x) for t in [teacher, *candidates]], rl.ensemble, rl.primary_weight)
-    if rl.logits not in ("fp16", "topk"): raise ConfigError(f"relabel.logits must be 'fp16' or 'topk', got {rl.logits!r}")
-    if rl.logits == "topk" and not 1 <= rl.topk <= spec.num_classes:
-        raise ConfigError(f"relabel.topk must be between 1 and {spec.num_classes} classes, got {rl.topk}")
     per_epoch = math.ceil(len(images) / rl.batch_size)
     kept = kept_batches(len(images), rl.batch_size, rl.epochs, rl.prune_ratio)
     stored_epochs = math.ceil(kept / per_epoch)
-    start, label_dir = time.perf_counter(), out / "labels"
+    start, label_dir, store = time.perf_counter(), out / "labels", hash_json(stage_config(cfg, "relabel"))
     predicted = store_bytes(len(images), spec.num_classes, rl.epochs, rl.batch_size, rl.prune_ratio,
                             rl.topk if rl.logits == "topk" else 0, rl.cutout)
-    existing = sum(epoch_file(label_dir, e).stat().st_size for e in range(stored_epochs) if epoch_file(label_dir, e).is_file())
-    preflight(out, predicted["total"] - existing)
-    todo = [e for e in range(stored_epochs) if not epoch_file(label_dir, e).is_file()]
+    existing = sum(f.stat().st_size for f in label_dir.glob("epoch_*.safetensors")) if label_dir.is_dir() else 0
+    preflight(out, max(0, predicted["total"] - existing), stored_epochs, "the label store", "free some space, prune "
+              "labels (relabel.prune_ratio) or store top-k logits (relabel.logits=topk)")  # before any loop or write
+    done = lambda e: epoch_complete(epoch_file(label_dir, e), {"epoch": e, "store": store})  # whole, and this store's
+    todo = [e for e in range(stored_epochs) if not done(e)]
     log.info("relabel: %d of %d epochs to generate (%d of %d batches kept)", len(todo), stored_epochs, kept, rl.epochs * per_epoch)
     topk = rl.topk if rl.logits == "topk" else 0
     for epoch in progress(todo, status=out / "progress.json", desc="relabel epochs"):
         plans = draw_epoch(len(images), epoch, rl, spec.resolution, cfg.seed)[: kept - epoch * per_epoch]
-        if shard[1] > 1: _label_shard(plans, epoch, label_dir, label, images, spec, topk, shard, device); continue
+        if shard[1] > 1: _label_shard(plans, epoch, label_dir, label, images, spec, topk, shard, device, store); continue
         ticket = out / "claims" / f"epoch_{epoch:04d}.claim"
         held = claim(ticket)
         if held is None: log.info("relabel: epoch %d is held by another process; skipped", epoch); continue
         with held:
-            if not epoch_file(label_dir, epoch).is_file():  # another process may have finished it meanwhile
+            if not done(epoch):  # another process may have finished it meanwhile
                 logits = [label(replay_batch(images, p, spec, spec.resolution, device)) for p in plans]
-                save_epoch(epoch_file(label_dir, epoch), plans, logits, topk)
-    left = [e for e in range(stored_epochs) if not epoch_file(label_dir, e).is_file()]
+                save_epoch(epoch_file(label_dir, epoch), plans, logits, topk, {"epoch": epoch, "store": store})
+    left = [e for e in range(stored_epochs) if not done(e)]
     if left:
         log.info("relabel: shard %d/%d finished; %d epochs wait for other shards", shard[0], shard[1], len(left))
         return {"stage": "relabel", "complete": False, "epochs_left": len(left), "timings": {"seconds": time.perf_counter() - start}}
@@ -488,17 +474,36 @@ def read_official_batch(path, trust_pickle: bool = False) -> list:
 
 # %% ../nbs/03_relabel.ipynb #ac70bc50
 def _numbered(folder: Path, prefix: str) -> list[Path]:
-    "Entries named <prefix><n>[.tar], in numeric order, refusing gaps."
-    found = {int(p.name[len(prefix):].split(".")[0]): p for p in folder.iterdir() if p.name.startswith(prefix)}
+    "Entries named <prefix><n>[.tar], in numeric order; anything else in the folder (but hidden files), or a gap, is refused."
+    if not folder.is_dir(): raise Sre2lError(f"{folder} is not a folder of official labels")
+    found, pattern = {}, re.compile(rf"{re.escape(prefix)}(\d+)(\.tar)?")
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."): continue
+        match = pattern.fullmatch(p.name)
+        if not match: raise Sre2lError(f"{p} is not an official {prefix}<n> entry; move it out of {folder}")
+        found[int(match.group(1))] = p
     if sorted(found) != list(range(len(found))):
         raise Sre2lError(f"{folder} has {prefix}* entries {sorted(found)[:10]}, not 0..{len(found) - 1}")
     return [found[i] for i in range(len(found))]
+
+def _official_content(file: Path, trust_pickle: bool) -> list:
+    "The six fields of an official batch file, checked: [coords (n, 4), flips (n,), mix index, lambda, box, logits (n, C)]."
+    content = read_official_batch(file, trust_pickle)
+    ok = isinstance(content, (list, tuple)) and len(content) >= 6 and all(isinstance(content[i], torch.Tensor) for i in (0, 1, 5))
+    if ok:  # C is the teacher's class count (the official sample labels 10 image classes with a 1000-class teacher)
+        n = len(content[1])
+        ok = n > 0 and tuple(content[0].shape) == (n, 4) and content[5].ndim == 2 and len(content[5]) == n
+    if not ok: raise Sre2lError(f"{file} is not an official label batch (expected [coords (n, 4), flips (n,), mix index, "
+                                f"lambda, box, logits (n, C)])")
+    return list(content[:6])
 
 def import_official_labels(label_dir,  # folder holding epoch_0/, epoch_1/, ...
                            cfg: RunConfig, run_dir,  # the run whose recover/images the labels belong to
                            trust_pickle: bool = False) -> dict:  # required: the files are pickles
     "Convert an official FKD-mix label folder into the run's label store."
-    run_dir, label_dir = Path(run_dir), Path(label_dir)
+    run_dir, done = open_stage(run_dir, "relabel", cfg)  # refuses a finished store made with other settings
+    if done is not None: return {**done, "imported": 0}
+    label_dir = Path(label_dir)
     recover = require_stage(run_dir, "recover", cfg)
     rl, spec, image_dir = cfg.relabel, data_spec(cfg.data), run_dir / "recover" / "images"
     epochs = _numbered(label_dir, "epoch_")
@@ -513,7 +518,7 @@ def import_official_labels(label_dir,  # folder holding epoch_0/, epoch_1/, ...
     for e, files in enumerate(progress(batches, desc="import")):
         order, plans, logits, start = official_order(recover["images"], e, rl.order_seed), [], [], 0
         for file in files:
-            coords, flip, mix_index, lam, bbox, z = read_official_batch(file, trust_pickle)[:6]
+            coords, flip, mix_index, lam, bbox, z = _official_content(file, trust_pickle)
             n = len(flip); idx = order[start: start + n]; start += n
             plans.append(BatchPlan(idx, coords.float(), flip.bool(), mix_index if mix_index is not None else torch.arange(n),
                                    1.0 if lam is None else float(lam),
@@ -521,11 +526,13 @@ def import_official_labels(label_dir,  # folder holding epoch_0/, epoch_1/, ...
             logits.append(z)
         if start != recover["images"]:
             raise Sre2lError(f"{epochs[e]} labels {start} images, but {image_dir} holds {recover['images']}")
-        save_epoch(epoch_file(out / "labels", e), plans, logits, rl.topk if rl.logits == "topk" else 0)
+        save_epoch(epoch_file(out / "labels", e), plans, logits, rl.topk if rl.logits == "topk" else 0,
+                   {"epoch": e, "store": hash_json(stage_config(cfg, "relabel"))})
     artifacts = [str(epoch_file(out / "labels", e).relative_to(out)) for e in range(len(epochs))]
-    return write_manifest(out, "relabel", cfg, artifacts, inputs={"recover": run_dir / "recover" / "manifest.json"},
-                          extra=store_facts(cfg, spec, recover["images"], image_dir, sum(map(len, batches)),
-                                            imported_from=str(label_dir)))
+    manifest = write_manifest(out, "relabel", cfg, artifacts, inputs={"recover": run_dir / "recover" / "manifest.json"},
+                              extra=store_facts(cfg, spec, recover["images"], image_dir, sum(map(len, batches)),
+                                                imported_from=str(label_dir)))
+    return {**manifest, "imported": sum(map(len, batches))}
 
 # %% ../nbs/03_relabel.ipynb #89ebe2e8
 def export_official_labels(run_dir, target) -> Path:
@@ -545,17 +552,19 @@ def export_official_labels(run_dir, target) -> Path:
     return target
 
 # %% ../nbs/03_relabel.ipynb #06e07c50
-def _label_shard(plans, epoch, label_dir, label, images, spec, topk, shard, device):
+def _label_shard(plans, epoch, label_dir, label, images, spec, topk, shard, device, store: str):
     part_dir = label_dir / "parts" / f"epoch_{epoch:04d}"
     parts = [part_dir / f"batch_{b:05d}.safetensors" for b in range(len(plans))]
+    facts = lambda b: {"epoch": epoch, "batch": b, "store": store}
     for b in range(shard[0], len(plans), shard[1]):
-        if not parts[b].is_file(): save_epoch(parts[b], [plans[b]], [label(replay_batch(images, plans[b], spec, spec.resolution, device))], topk)
-    if not all(p.is_file() for p in parts): return
+        if not epoch_complete(parts[b], facts(b)):
+            save_epoch(parts[b], [plans[b]], [label(replay_batch(images, plans[b], spec, spec.resolution, device))], topk, facts(b))
+    if not all(epoch_complete(p, facts(b)) for b, p in enumerate(parts)): return
     try: merged = [load_epoch(p)[0] for p in parts]
     except Sre2lError:
         if epoch_file(label_dir, epoch).is_file(): return  # another process merged this epoch meanwhile
         raise
-    save_epoch(epoch_file(label_dir, epoch), [p for p, _ in merged], [t for _, t in merged])
+    save_epoch(epoch_file(label_dir, epoch), [p for p, _ in merged], [t for _, t in merged], 0, {"epoch": epoch, "store": store})
     shutil.rmtree(part_dir, ignore_errors=True)
 
 # %% ../nbs/03_relabel.ipynb #d81619cd

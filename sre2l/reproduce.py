@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import (RunConfig, Sre2lError, ConfigError, STAGES, make_config, stage_config, hash_json,
-                        read_manifest, resolve_run_dir, find_project_root, save_json, load_json, log, claim, atomic_write)
+                        read_manifest, resolve_run_dir, find_project_root, save_json, load_json, log, claim, atomic_write, human_bytes)
 
 # %% auto #0
 __all__ = ['TABLES', 'H100', 'MODEL_COST', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'STAGE_NOTEBOOK', 'WAIT_SECONDS', 'Cell',
            'TableSpec', 'register_table', 'list_tables', 'get_table', 'pruned', 'CellRun', 'stage_key', 'plan_table',
-           'Rates', 'split_sizes', 'stage_work', 'predict_cost', 'calibrate', 'rates_file', 'load_rates', 'human',
-           'duration', 'finished', 'plan_report', 'find_stages', 'link_stages', 'reproduce', 'gather', 'summarise',
+           'Rates', 'split_sizes', 'stage_work', 'predict_cost', 'calibrate', 'rates_file', 'load_rates', 'duration',
+           'finished', 'plan_report', 'find_stages', 'link_stages', 'reproduce', 'gather', 'summarise',
            'render_markdown', 'render_latex', 'render_csv', 'images_figure', 'pruning_figure', 'storage_figure',
            'write_report']
 
@@ -88,8 +88,10 @@ def pruned(compression: int) -> tuple:
 assert pruned(40)[0] == "relabel.prune_ratio=0.975" and pruned(1) == ()
 
 # %% ../nbs/05_reproduce.ipynb #72828687
-_SRE2L = "../shared/reference/sre2l.md §5.1 (SRe2L README, results.png)"
-_LPLD = "../shared/reference/lpld-prism.md §C (LPLD README, 'Previous soft labels vs ours')"
+_SRE2L = ("SRe2L (Yin, Xing, Shen, NeurIPS 2023, arXiv 2306.13092): main results, the official README's results "
+          "figure (VILA-Lab/SRe2L, img/results.png)")
+_LPLD = ("LPLD (Xiao, He, 'Are Large-scale Soft Labels Necessary for Large-scale Dataset Distillation?', "
+         "NeurIPS 2024, arXiv 2410.15919): the official README's table 'Previous soft labels vs ours'")
 
 def _fashion_cells(ipcs, extra=(), budgets=(1, 10, 40)) -> list:
     "Random real vs SRe2L vs LPLD class-BN images at each label budget (1 = full), for each IPC."
@@ -235,7 +237,7 @@ def _fkd_region():
                   source=_SRE2L),
              Cell("ImageNet-1K, IPC 50, SRe2L images", "FKD region labels (soft CE)", "sre2l_in1k", ("recover.ipc=50", *region),
                   None, source="no published number on distilled sets; FKD's own ResNet-50 on all of ImageNet-1K is "
-                               "80.1 (../shared/reference/fkd-peers-nbdev.md §1.9)")]
+                               "80.1 (FKD, Shen, Xing, ECCV 2022: the official README)")]
     return TableSpec("fkd_region", "FKD region labels (marginal smoothing, k=5) against FKD-mix labels on a distilled set",
                      cells, about="Region labels store 300 crops per image, compressed to the top 5 classes; "
                                   "the student trains with soft cross-entropy, each epoch on each image's next crop.")
@@ -495,13 +497,6 @@ def load_rates(which: str = "auto") -> Rates:
         raise Sre2lError(f"{path} is not a rates file written by `sre2l reproduce --calibrate` ({error})") from None
 
 # %% ../nbs/05_reproduce.ipynb #c36c8fbf
-def human(n: float) -> str:
-    "Bytes in B, kB, MB, GB or TB (powers of 1000, as the papers write them)."
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000: return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
 def duration(seconds: float) -> str:
     "Seconds as s, min or h, whichever reads best."
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
@@ -534,10 +529,10 @@ def plan_report(spec: TableSpec, runs: list[CellRun], rates: Rates | None = None
             if not done: total, todo = total + cost["seconds"][stage], todo + 1
             disk, labels = disk + image_bytes + label_bytes, labels + label_bytes
             lines.append(f"{stage:9} {key:26} {duration(cost['compute'][stage]):>9} {duration(cost['decode'][stage]):>9} "
-                         f"{duration(cost['seconds'][stage]):>9} {human(image_bytes) if image_bytes else '-':>9} "
-                         f"{human(label_bytes) if label_bytes else '-':>9}  {'done' if done else 'to run':7} {run.cell.name}-seed{run.seed}")
+                         f"{duration(cost['seconds'][stage]):>9} {human_bytes(image_bytes) if image_bytes else '-':>9} "
+                         f"{human_bytes(label_bytes) if label_bytes else '-':>9}  {'done' if done else 'to run':7} {run.cell.name}-seed{run.seed}")
     lines += ["", f"{todo} stage runs to go: about {duration(total)} on {rates.machine} (a model, see above), plus about "
-                  f"{duration(todo * rates.startup)} of start-up; {human(disk)} of images and labels on disk, of which labels {human(labels)}"]
+                  f"{duration(todo * rates.startup)} of start-up; {human_bytes(disk)} of images and labels on disk, of which labels {human_bytes(labels)}"]
     return "\n".join(lines)
 
 # %% ../nbs/05_reproduce.ipynb #5ea6811e
@@ -780,11 +775,11 @@ def _columns(summary: list[dict]) -> list:
                 else _short(e["problems"])),
                ("paper", lambda e: _number(e["paper"], e["paper_std"], 1)),
                ("delta", lambda e: f"{e['delta']:+.2f}" if e["delta"] is not None else "-"),
-               ("labels (kit)", lambda e: human(e["label_bytes"]) if e["label_bytes"] is not None else
-                (f"{human(e['predicted_label_bytes'])} predicted" if e.get("predicted_label_bytes") is not None else "-"))]
+               ("labels (kit)", lambda e: human_bytes(e["label_bytes"]) if e["label_bytes"] is not None else
+                (f"{human_bytes(e['predicted_label_bytes'])} predicted" if e.get("predicted_label_bytes") is not None else "-"))]
     if all(e["paper"] is None for e in summary): del columns[3:5]  # a kit table: no paper, no delta
     if any(e["paper_label_gb"] is not None for e in summary):
-        columns.append(("labels (paper)", lambda e: human(e["paper_label_gb"] * 1e9) if e["paper_label_gb"] is not None else "-"))
+        columns.append(("labels (paper)", lambda e: human_bytes(e["paper_label_gb"] * 1e9) if e["paper_label_gb"] is not None else "-"))
     return columns
 
 def render_markdown(spec: TableSpec, summary: list[dict], note: str = "") -> str:

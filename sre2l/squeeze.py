@@ -74,8 +74,6 @@ def run_squeeze(cfg: RunConfig, run_dir) -> dict:
     run_dir, done = open_stage(run_dir, "squeeze", cfg)
     if done is not None: return done
     sc, dc = cfg.squeeze, cfg.data
-    if sc.class_bn not in ("exact", "ema", "none"):
-        raise ConfigError(f"squeeze.class_bn must be 'exact', 'ema' or 'none', got {sc.class_bn!r}")
     seed_everything(sc.seed)
     device, spec, out = pick_device(cfg.device), data_spec(dc), run_dir / "squeeze"
     test = to_device(cached(open_split(dc, "test"), dc.cache_bytes, dc.workers), device)

@@ -31,7 +31,7 @@ def repo_copy(tmp_path):
     return target
 
 
-def run(args, cwd=None, env=None, timeout=900):
+def run(args, cwd=None, env=None, timeout=3600):  # only catches a hang; no test depends on a machine's speed
     "Run a command, returning the completed process (never raising on a non-zero exit)."
     full_env = {**os.environ, "SRE2L_NO_PROGRESS": "1", **(env or {})}
     return subprocess.run([str(a) for a in args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -23,7 +23,7 @@ def test_help_lists_every_key(verb):
 @pytest.mark.parametrize("args, message", [
     (["config", "--set", "recover.lrr=1"], "unknown config key 'recover.lrr'; did you mean recover.lr"),
     (["config", "--preset", "nope"], "unknown preset 'nope'"),
-    (["config", "--set", "recover.ipc=ten"], "recover.ipc='ten' is not a valid int"),
+    (["config", "--set", "recover.ipc=ten"], "recover.ipc='ten' is not a whole number"),
     (["config", "--set", "recover.ipc"], "--set expects key=value"),
     (["squeeze", "--set", "data.name=imagenet-1k", "--set", "data.root=/nonexistent"], "data set 'imagenet-1k' not found"),
     (["recover", "--run-dir", "{tmp}/empty"], "has no finished squeeze stage"),

@@ -41,7 +41,8 @@ def test_stage_notebook_has_one_literal_parameters_cell(name):
 
 
 def test_every_notebook_runs(repo_copy):
-    result = run([tool("nbdev_test"), "--n_workers", "0", "--timing"], cwd=repo_copy)
+    # no time limit a slow machine could hit: one hour only catches a hang (it runs in about 5 minutes on 2 cores)
+    result = run([tool("nbdev_test"), "--n_workers", "0", "--timing"], cwd=repo_copy, timeout=3600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (repo_copy / "runs" / "lesson" / "validate" / "manifest.json").is_file()
 
