@@ -11,8 +11,19 @@
     python bench/relabel.py --variant cpu            # small, for CI and laptops
     python bench/relabel.py --variant resnet18-224   # ImageNet shape: ResNet-18 at 224 px, batch 1024, 16 workers
 
+With --mode region it measures FKD region labelling instead, crops per second over the training split of an
+ImageNet-shaped folder (JPEGs of ImageNet's sizes, made in a temporary folder): (d) FKD's generator shape, a
+DataLoader item that decodes one image and applies RandomResizedCrop + flip + ToTensor + Normalize in PIL
+`num_crops` times, the teacher on `num_seg` crops at a time; (e) the kit's streamed path, worker processes
+decoding the original images, crops drawn per image and resampled on the device, `num_seg` crops of several
+images per teacher call (sre2l.regions.label_crops).
+
+    python bench/relabel.py --mode region --variant cpu
+    python bench/relabel.py --mode region --variant resnet18-224
+
 The images are random JPEGs written to a temporary folder; the teacher has random weights.
 """
+import sys
 import tempfile
 from pathlib import Path
 
@@ -70,7 +81,72 @@ def kit(images, teacher, spec, rl, epochs, device, out, bf16=False):
         save_epoch(epoch_file(out, epoch), plans, logits)
 
 
+REGION_VARIANTS = {  # classes, training images per class, teacher input side, crops per image, crops per forward, workers
+    "cpu": (8, 10, 64, 20, 10, 2),
+    "resnet18-224": (50, 20, 224, 100, 50, 16),
+}
+
+
+class FKDItem(torch.utils.data.Dataset):
+    "FKD's generator shape: one item = one decoded image, transformed num_crops times in PIL."
+    def __init__(self, files, size, crops):
+        self.files, self.crops = files, crops
+        self.transform = T.Compose([T.RandomResizedCrop(size, scale=(0.08, 1), interpolation=T.InterpolationMode.BICUBIC),
+                                    T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    def __len__(self): return len(self.files)
+    def __getitem__(self, i):
+        with Image.open(self.files[i]) as im:
+            im = im.convert("RGB")
+            return torch.stack([self.transform(im) for _ in range(self.crops)])
+
+
+def fkd_regions(files, teacher, size, crops, seg, workers, device):
+    loader = torch.utils.data.DataLoader(FKDItem(files, size, crops), batch_size=1, num_workers=workers)
+    with torch.no_grad():
+        for x in loader:
+            for part in x[0].split(seg): teacher(part.to(device)).softmax(1).topk(5, 1)
+
+
+def kit_regions(split, teacher, rl, view, workers, device):
+    import sre2l.regions as regions
+    for (images, sizes), which in regions.originals(split, torch.arange(len(split)), max(1, 512 // rl.num_seg), workers):
+        pools = [regions.draw_regions(int(i), h, w, rl, 0) for i, (h, w) in zip(which, sizes.tolist())]
+        boxes, flips = torch.stack([b for b, _ in pools]), torch.stack([f for _, f in pools])
+        regions.label_crops(teacher, images.to(device), sizes, boxes.to(device), flips.to(device), rl, view)
+
+
+def region_main(args, device):
+    from sre2l.data import load_split
+    from sre2l.imagefolder import make_imagefolder
+    classes, per_class, size, crops, seg, workers = REGION_VARIANTS[args.variant]
+    workers = workers if args.workers is None else args.workers
+    teacher = create_model("resnet18", 1000, 3, size).to(device).eval().requires_grad_(False)
+    with tempfile.TemporaryDirectory() as folder:
+        make_imagefolder(folder, classes, per_class, 1, workers=workers)
+        split = load_split("imagenet-shape", "train", folder, num_classes=classes)
+        rl = RelabelConfig(num_crops=crops, num_seg=seg, label_type="marginal_smoothing_k5")
+        view = {"size": size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        fkd_regions(split.paths[:2], teacher, size, crops, seg, 0, device)  # warm-up
+        rows = [("(d) FKD's shape: an item per image, PIL transforms per crop", timed(
+            lambda: fkd_regions(split.paths, teacher, size, crops, seg, workers, device), device))]
+        kit_regions(split.subset(range(2)), teacher, rl, view, 0, device)
+        rows.append(("(e) kit: originals decoded by workers, crops resampled on the device", timed(
+            lambda: kit_regions(split, teacher, rl, view, workers, device), device)))
+    print_table(f"region labels, {args.variant}: ResNet-18 teacher at {size} px, {len(split)} ImageNet-sized JPEGs, {crops} crops "
+                f"each, {seg} per forward, {workers} workers, {machine(device)}", "crops/s", rows, len(split) * crops)
+
+
 def main():
+    if "--mode" in sys.argv and sys.argv[sys.argv.index("--mode") + 1] == "region":
+        import argparse
+        parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--mode", choices=["fkd-mix", "region"], default="fkd-mix")
+        parser.add_argument("--variant", choices=sorted(REGION_VARIANTS), default="cpu")
+        parser.add_argument("--workers", type=int, default=None)
+        parser.add_argument("--device", default="auto")
+        args = parser.parse_args()
+        from sre2l.core import pick_device
+        return region_main(args, pick_device(args.device))
     args, device, (classes, ipc, size, small, batch_size), workers, spec = loader_bench_setup(__doc__, VARIANTS)
     teacher = create_model("resnet18", classes, 3, size, small_input=small).to(device).eval().requires_grad_(False)
     with tempfile.TemporaryDirectory() as folder:

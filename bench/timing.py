@@ -21,7 +21,7 @@ def machine(device) -> str:
 def print_table(title: str, unit: str, rows: list, work: float):
     "A Markdown table of (label, seconds) rows as `work / seconds` rates, with each row's ratio to the first."
     print(f"\n{title}\n")
-    print(f"| path | {unit} | vs (a) |\n|---|---|---|")
+    print(f"| path | {unit} | vs {rows[0][0].split()[0]} |\n|---|---|---|")
     reference_rate = work / rows[0][1]
     for label, seconds in rows:
         rate = work / seconds

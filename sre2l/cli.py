@@ -94,13 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=keys, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="folder with new{cls:03d}/class{cls:03d}_id{ipc:03d}.* images")
     _common(p)
-    p = verbs.add_parser("import-labels", help="convert an official epoch_*/batch_*.tar label folder into the run's store",
+    p = verbs.add_parser("import-labels", help="convert official labels into the run's store: SRe2L's epoch_*/batch_*.tar, "
+                                               "or FKD's per-image <class>/<stem>.tar files of a training split",
                          epilog=keys, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", help="folder with epoch_0/, epoch_1/, ... of batch_*.tar files")
+    p.add_argument("folder", help="folder with epoch_0/, epoch_1/, ... of batch_*.tar files, or FKD's <save>/<split> folder "
+                                  "(with relabel.mode=region, relabel.images=train)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="the files are pickles: read them (weights-only, numpy scalars allowed) only if you trust their source")
     _common(p)
-    p = verbs.add_parser("export-labels", help="write the run's label store in the official epoch_*/batch_*.tar layout")
+    p = verbs.add_parser("export-labels", help="write the run's label store in the official layout: epoch_*/batch_*.tar, "
+                                               "or FKD's per-image files for a region store")
     p.add_argument("--run-dir", required=True, help="run folder with a finished relabel stage")
     p.add_argument("--to", required=True, help="folder to write epoch_*/batch_*.tar into")
     p = verbs.add_parser("make-imagefolder", help="write an ImageNet-shaped folder (layout, JPEG sizes, colour modes) to rehearse on",
@@ -373,8 +376,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(fetch(args.name, args.run_dir, args.source, args.sha256, args.data_dir, args.trust_pickle,
                                    args.overrides), indent=2)); return 0
         if args.verb == "export-labels":
+            from sre2l.core import read_manifest
             from sre2l.relabel import export_official_labels
-            print(export_official_labels(resolve_run_dir(args.run_dir), args.to)); return 0
+            from sre2l.regions import export_fkd_labels
+            region = (read_manifest(resolve_run_dir(args.run_dir) / "relabel", verify=False) or {}).get("mode") == "region"
+            print((export_fkd_labels if region else export_official_labels)(resolve_run_dir(args.run_dir), args.to)); return 0
         cfg = make_config(args.preset, args.overrides)
         if args.verb == "config": print(json.dumps(config_dict(cfg), indent=2)); return 0
         if args.verb == "import-images":
@@ -383,9 +389,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{result['imported']} images imported" if result["imported"] else
                   f"recover already complete in {resolve_run_dir(args.run_dir) / 'recover'} ({result['images']} images); nothing imported")
             return 0
-        if args.verb == "import-labels":
+        if args.verb == "import-labels":  # SRe2L's epoch_*/batch_*.tar, or FKD's <class>/<stem>.tar of a split
             from sre2l.relabel import import_official_labels
-            manifest = import_official_labels(args.folder, cfg, resolve_run_dir(args.run_dir), args.trust_pickle)
+            from sre2l.regions import import_fkd_labels
+            per_image = not (Path(args.folder) / "epoch_0").is_dir() and any(Path(args.folder).glob("*/*.tar"))
+            manifest = (import_fkd_labels if per_image else import_official_labels)(
+                args.folder, cfg, resolve_run_dir(args.run_dir), trust_pickle=args.trust_pickle)
             print(f"{manifest['imported']} batches imported" if manifest["imported"] else
                   f"relabel already complete in {resolve_run_dir(args.run_dir) / 'relabel'}; nothing imported"); return 0
         if args.verb == "demo":

@@ -29,9 +29,9 @@ import torch
 __all__ = ['Precision', 'LABEL_TYPES', 'LIMITS', 'PRESETS', 'PRESET_SOURCES', 'STAGES', 'LEASE_SECONDS', 'log', 'Sre2lError',
            'ConfigError', 'DamagedFile', 'DataConfig', 'SqueezeConfig', 'RecoverConfig', 'RelabelConfig',
            'ValidateConfig', 'RunConfig', 'set_value', 'check_config', 'register_preset', 'list_presets', 'make_config',
-           'parameter_names', 'notebook_overrides', 'config_dict', 'config_from_dict', 'hash_json', 'stage_config',
-           'seed_everything', 'unit_seed', 'generator', 'pick_device', 'shard_from_env', 'check_shard', 'Claim',
-           'claim', 'release', 'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors',
+           'parameter_names', 'notebook_overrides', 'config_dict', 'config_from_dict', 'hash_json', 'stages_needed',
+           'stage_config', 'seed_everything', 'unit_seed', 'generator', 'pick_device', 'shard_from_env', 'check_shard',
+           'Claim', 'claim', 'release', 'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors',
            'load_metadata', 'sha256_file', 'versions', 'human_bytes', 'free_space', 'memory_available', 'preflight',
            'sweep_temporaries', 'write_manifest', 'DamagedManifest', 'read_manifest', 'find_project_root',
            'resolve_run_dir', 'prepare_run', 'stage_status', 'require_stage', 'open_stage', 'build_missing',
@@ -121,6 +121,11 @@ class RecoverConfig:
 class RelabelConfig:
     "Stage 3: FKD-mix soft labels for stored crops (or FKD region labels)."
     mode: Literal["fkd-mix", "region"] = "fkd-mix"  # stored batches per epoch (SRe2L) or crops per image (FKD)
+    images: Literal["recovered", "train"] = "recovered"  # region mode: the distilled set, or the whole training split
+    shard_images: int = 1000  # region mode: images per store file (a shard, resumable and claimed as a whole)
+    teacher_input_size: int = 0  # side the teacher sees crops at; 0 = its weights' own, else the data set's
+    teacher_mean: str = ""  # the teacher's normalisation, comma-separated per channel; '' = its weights' own
+    teacher_std: str = ""  # the teacher's standard deviations, as teacher_mean
     epochs: int = 300  # stored epochs of augmentation plans and teacher logits
     batch_size: int = 1024  # stored batch size (validate replays exactly these batches)
     num_crops: int = 500  # region mode: crops stored per image
@@ -160,8 +165,11 @@ class ValidateConfig:
     weight_decay: float = 0.01  # weight decay
     decay_bn_bias: bool = False  # also decay BatchNorm and bias parameters (the Tiny and CIFAR scripts do)
     warmup_epochs: int = 0  # linear warm-up epochs before the per-epoch cosine
-    labels: Literal["stored", "online"] = "stored"  # replay the relabel store, or label each batch online
-    loss: Literal["kl", "mse_gt", "soft_ce"] = "kl"  # KL at T; PRISM's MSE + CE; soft CE for region labels
+    images: Literal["distilled", "train"] = "distilled"  # the distilled set, or (FKD) the whole training split
+    labels: Literal["stored", "online", "hard"] = "stored"  # the relabel store, the teacher online, or the classes
+    crops_per_image: int = 1  # FKD: crops of one image in a batch, from its stored pool (training split only)
+    mix: Literal["none", "mixup", "cutmix"] = "none"  # training split: mix images and their labels with one lambda
+    loss: Literal["kl", "mse_gt", "soft_ce", "ce"] = "kl"  # KL at T; PRISM's MSE + CE; soft CE; plain CE
     temperature: float = 20.0  # KL temperature
     kl_t2: bool = False  # multiply the KL loss by T^2 (Tiny-ImageNet script; the ImageNet script does not)
     keep_topk: int = 0  # build the teacher target from its k largest logits only (0 = every class)
@@ -259,7 +267,8 @@ LIMITS = {  # allowed ranges: [ ] include the end, ( ) exclude it; every float m
     "relabel.num_seg": "[1, 100000]", "relabel.teacher_temperature": "(0, inf)", "relabel.crop_scale_min": "(0, 1]",
     "relabel.crop_scale_max": "(0, 1]", "relabel.cutout_size": "(0, 1]", "relabel.cutmix_alpha": "(0, inf)",
     "relabel.mixup_alpha": "(0, inf)", "relabel.primary_weight": "[0, 1]", "relabel.order_seed": "[0, 9223372036854775807]",
-    "relabel.prune_ratio": "[0, 1)", "relabel.topk": "[1, 1000000]",
+    "relabel.prune_ratio": "[0, 1)", "relabel.topk": "[1, 1000000]", "relabel.shard_images": "[1, 100000000]",
+    "relabel.teacher_input_size": "[0, 10000]", "validate.crops_per_image": "[1, 100000]",
     "validate.epochs": "[1, 100000]", "validate.lr": "(0, inf)", "validate.momentum": "[0, 1)",
     "validate.weight_decay": "[0, inf)", "validate.warmup_epochs": "[0, 100000]", "validate.temperature": "(0, inf)",
     "validate.keep_topk": "[0, 1000000]", "validate.ce_weight": "[0, inf)", "validate.accumulation_steps": "[1, 100000]",
@@ -290,6 +299,13 @@ def _value_problems(cfg, prefix: str = "") -> list[str]:
     return problems
 
 # %% ../nbs/00_core.ipynb #c64bc6ec
+def _channels_ok(text: str, cfg, positive: bool = False) -> bool:
+    "Whether a per-channel list such as '0.5,0.5,0.5' is empty or well formed."
+    if not text.strip(): return True
+    try: values = [float(v) for v in text.split(",")]
+    except ValueError: return False
+    return all(math.isfinite(v) and (v > 0 or not positive) for v in values) and len(values) in (1, 3)
+
 def _rule(cfg) -> list:
     "(broken?, message) of every rule between fields; the data set and model names are looked up lazily."
     r, l, v, s = cfg.recover, cfg.relabel, cfg.validate, cfg.squeeze
@@ -307,8 +323,21 @@ def _rule(cfg) -> list:
          f"relabel.num_crops={l.num_crops} must be a multiple of relabel.num_seg={l.num_seg}"),
         (not re.fullmatch(LABEL_TYPES, l.label_type),
          f"relabel.label_type={l.label_type!r} is not one of hard, smoothing, marginal_smoothing_kK, marginal_renorm_kK"),
-        (v.labels == "online" and v.loss not in ("kl", "mse_gt"),
-         f"validate.labels=online trains with validate.loss=kl or mse_gt, not {v.loss}"),
+        (v.labels == "online" and v.loss not in ("kl", "mse_gt", "soft_ce"),
+         f"validate.labels=online trains with validate.loss=kl, mse_gt or soft_ce, not {v.loss}"),
+        ((v.labels == "hard") != (v.loss == "ce"), "validate.labels=hard trains with validate.loss=ce, and only it does"),
+        (l.images == "train" and l.mode != "region", "relabel.images=train labels a whole split: it needs relabel.mode=region"),
+        (stored and v.images == "train" and not (l.images == "train" and l.mode == "region"),
+         "validate.images=train with stored labels needs a region store of the training split "
+         "(relabel.mode=region, relabel.images=train), or validate.labels=online or hard"),
+        (v.crops_per_image > 1 and v.images != "train", "validate.crops_per_image is for training on the training split"),
+        (v.images == "train" and v.loss not in ("soft_ce", "ce"),
+         f"a student of the training split learns label distributions: validate.loss=soft_ce (or ce), not {v.loss}"),
+        (l.batch_size % v.crops_per_image != 0,
+         f"relabel.batch_size={l.batch_size} (crops per batch) must be a multiple of validate.crops_per_image={v.crops_per_image}"),
+        (v.mix != "none" and v.images != "train", "validate.mix mixes training-split batches; distilled batches mix in relabel"),
+        (not _channels_ok(l.teacher_mean, cfg) or not _channels_ok(l.teacher_std, cfg, positive=True),
+         "relabel.teacher_mean and teacher_std are one number per channel, comma-separated (std above 0), or ''"),
         (stored and v.loss == "mse_gt" and l.logits != "fp16",
          "validate.loss=mse_gt compares every raw logit: it needs relabel.logits=fp16"),
         (not (s.weights or s.checkpoint) and s.epochs < 1, "squeeze.epochs must be at least 1 to train a teacher "
@@ -386,6 +415,7 @@ def _fashion_mnist():
                  recover__batch_size=10, recover__crop_scale_min=0.5, recover__jitter=2,
                  recover__jitter_mode="symmetric", recover__image_format="png",
                  relabel__epochs=100, relabel__batch_size=100, relabel__crop_scale_min=0.5,
+                 relabel__num_crops=20, relabel__num_seg=20, relabel__shard_images=10000,  # region mode: CPU-sized pools
                  validate__epochs=100, validate__lr=3e-3)
 
 # %% ../nbs/00_core.ipynb #527d517a
@@ -544,6 +574,14 @@ def config_from_dict(data: dict) -> RunConfig:
 def hash_json(data) -> str:
     "sha256 of canonical JSON, 16 hex digits."
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+def stages_needed(cfg: RunConfig) -> tuple:
+    "The stages a cell's student needs: a student of the training split with hard or online labels skips recover and relabel."
+    v, l = cfg.validate, cfg.relabel
+    relabel = v.labels == "stored"
+    recover = v.images == "distilled" or (relabel and l.images == "recovered")
+    squeeze = recover or relabel or v.labels == "online"
+    return tuple(s for s, needed in zip(STAGES, (squeeze, recover, relabel, True)) if needed)
 
 def stage_config(cfg: RunConfig, stage: str) -> dict:
     "The part of the configuration that `stage` and the stages before it depend on."
@@ -898,8 +936,9 @@ def open_stage(run_dir, stage: str, cfg: RunConfig) -> tuple[Path, dict | None]:
     return run_dir, done
 
 def build_missing(cfg: RunConfig, run_dir, builders: dict):
-    "Run, in order, each stage of `builders` ({stage: run function}) that has not finished in `run_dir`."
+    "Run, in order, each stage of `builders` ({stage: run function}) that the run needs and has not finished."
     for stage, build in builders.items():
+        if stage not in stages_needed(cfg): continue  # e.g. no distilled images for a student of the training split
         if stage_status(resolve_run_dir(run_dir), stage, cfg) is None:
             print(f"no {stage} stage in {run_dir}: building it first")
             build(cfg, run_dir)

@@ -24,10 +24,10 @@ from .core import Sre2lError, atomic_write, find_project_root, log
 # %% auto #0
 __all__ = ['WORKER_TIMEOUT', 'DATASETS', 'FASHION_CLASSES', 'IMAGE_SUFFIXES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'DataError',
            'ImageSet', 'decode_file', 'resize_crop', 'read_image', 'default_workers', 'OrderBatches', 'FileImages',
-           'decode_on_device', 'FileLoader', 'decode_all', 'cached', 'DatasetSpec', 'register_dataset', 'list_datasets',
-           'get_dataset', 'load_split', 'default_roots', 'data_spec', 'open_split', 'read_idx', 'scan_image_folder',
-           'ipc_subset', 'distilled_path', 'read_distilled', 'write_image', 'sample_crop_boxes', 'crop_resize',
-           'flip_where', 'normalize']
+           'collate_padded', 'decode_on_device', 'FileLoader', 'decode_all', 'cached', 'DatasetSpec',
+           'register_dataset', 'list_datasets', 'get_dataset', 'load_split', 'default_roots', 'data_spec', 'open_split',
+           'read_idx', 'scan_image_folder', 'ipc_subset', 'distilled_path', 'read_distilled', 'image_list_hash',
+           'write_image', 'sample_crop_boxes', 'crop_resize', 'flip_where', 'normalize']
 
 # %% ../nbs/00a_data.ipynb #f0defe02
 class DataError(Sre2lError):
@@ -126,12 +126,22 @@ class OrderBatches(torch.utils.data.Sampler):
 
 # %% ../nbs/00a_data.ipynb #7c94b3f3
 class FileImages(torch.utils.data.Dataset):
-    "The files of an on-disk ImageSet: item i is (uint8 image, label), or (the file's bytes, label, i) with `raw`."
-    def __init__(self, data: ImageSet, raw: bool = False): self.data, self.raw = data, raw
+    "Item i of an on-disk ImageSet: (uint8 image, label); with `raw`, (the file's bytes, label, i); with `original`, unresized."
+    def __init__(self, data: ImageSet, raw: bool = False, original: bool = False):
+        self.data, self.raw, self.original = data, raw, original
     def __len__(self): return len(self.data)
     def __getitem__(self, i: int):
+        if self.original: return decode_file(self.data.paths[i], self.data.channels), self.data.labels[i]
         if not self.raw: return self.data.read(i), self.data.labels[i]
         return Path(self.data.paths[i]).read_bytes(), self.data.labels[i], i  # bytes: no shared-memory handles
+
+def collate_padded(items: list) -> tuple:
+    "Images of different sizes as one zero-padded uint8 tensor [B, C, H, W] and their sizes [B, 2]: ((images, sizes), labels)."
+    height, width = max(x.shape[-2] for x, _ in items), max(x.shape[-1] for x, _ in items)
+    out = torch.zeros(len(items), items[0][0].shape[0], height, width, dtype=torch.uint8)
+    for b, (x, _) in enumerate(items): out[b, :, : x.shape[-2], : x.shape[-1]] = x
+    sizes = torch.tensor([list(x.shape[-2:]) for x, _ in items])
+    return (out, sizes), torch.stack([torch.as_tensor(y) for _, y in items])
 
 def _collate_bytes(items: list) -> tuple:
     "Batch raw files: ((byte tensors, indices), labels)."
@@ -176,15 +186,16 @@ class FileLoader:
                  workers: int = -1,  # decoding processes; -1 = default_workers(), 0 = this process
                  pin_memory: bool = False,  # page-locked batches, for asynchronous copies to a GPU
                  drop_last: bool = False,  # skip a final partial batch
-                 decode_device=None):  # workers read bytes only; JPEGs are decoded in batches on this device
+                 decode_device=None,  # workers read bytes only; JPEGs are decoded in batches on this device
+                 original: bool = False):  # no resize: batches are ((zero-padded images, sizes [B, 2]), labels)
         self.data, self.device = data, None if decode_device is None else torch.device(decode_device)
         self.sampler = OrderBatches(torch.arange(len(data)), batch_size, drop_last)
         workers = min(default_workers() if workers < 0 else workers, len(self.sampler))
         self.loader = torch.utils.data.DataLoader(
-            FileImages(data, raw=self.device is not None), batch_sampler=self.sampler, num_workers=workers,
+            FileImages(data, raw=self.device is not None, original=original), batch_sampler=self.sampler, num_workers=workers,
             pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
             timeout=WORKER_TIMEOUT if workers else 0,
-            collate_fn=_collate_bytes if self.device is not None else None)
+            collate_fn=_collate_bytes if self.device is not None else collate_padded if original else None)
 
     def __call__(self, order=None):
         "Yield (uint8 images [B, C, H, W], labels [B]) for the batches of `order` (default: the set's order)."
@@ -480,6 +491,17 @@ def read_distilled(root,  # folder holding new{cls}/ sub-folders
     return decode_all(files, workers)
 
 # %% ../nbs/00a_data.ipynb #860d6ada
+def image_list_hash(source) -> str:
+    "sha256 of what a label store is bound to: a distilled folder's sorted file names, or a split's files (or labels)."
+    import hashlib
+    if isinstance(source, ImageSet):
+        if source.paths is not None:  # a split on disk: its files, relative to the split's folder
+            root = Path(source.paths[0]).parent.parent if source.paths else Path(".")
+            text = "\n".join(str(Path(p).relative_to(root)) for p in source.paths)
+        else: text = f"{tuple(source.images.shape)}\n" + ",".join(map(str, source.labels.tolist()))  # a split in memory
+    else: text = "\n".join(sorted(str(p.relative_to(source)) for p in Path(source).rglob("class*_id*.*")))
+    return hashlib.sha256(text.encode()).hexdigest()
+
 def write_image(path, image: torch.Tensor,  # uint8 [C, H, W]
                 quality: int = 75):  # JPEG quality (ignored for PNG)
     "Save one uint8 image atomically; the format follows the suffix (.jpg or .png)."

@@ -17,9 +17,10 @@ import torch.nn as nn
 from .core import Sre2lError, save_tensors, load_tensors, load_metadata, save_json, load_json, require_stage
 
 # %% auto #0
-__all__ = ['MODELS', 'ConvNet', 'register_model', 'small_input_stem', 'list_models', 'check_model_name', 'create_model',
-           'clean_state_dict', 'read_state_dict', 'load_checkpoint', 'save_model', 'load_model', 'load_teacher',
-           'load_named_teacher', 'bn_layers', 'ClassBNStats', 'save_class_bn', 'load_class_bn']
+__all__ = ['MODELS', 'ConvNet', 'register_model', 'small_input_stem', 'list_models', 'model_input', 'check_model_name',
+           'create_model', 'clean_state_dict', 'read_state_dict', 'read_pickled_labels', 'load_checkpoint',
+           'save_model', 'load_model', 'load_teacher', 'load_named_teacher', 'bn_layers', 'ClassBNStats',
+           'save_class_bn', 'load_class_bn']
 
 # %% ../nbs/00b_models.ipynb #b8343196
 class ConvNet(nn.Module):
@@ -106,6 +107,21 @@ def list_models(pattern: str = "*") -> list[str]:
     names = ["convnet", "convnet-d{depth}-w{width}[-avg|-max|-none]", *sorted(_torchvision_names())]
     return [n for n in names if fnmatch.fnmatch(n, pattern)]
 
+def model_input(name: str, weights: str = "") -> dict | None:
+    "The input size and normalisation a model's pretrained weights expect ({'size', 'mean', 'std', 'source'}), or None."
+    if name.startswith("timm:") and weights == "pretrained":
+        import timm
+        cfg = timm.models.get_pretrained_cfg(name[5:])
+        if cfg is None: return None
+        return {"size": int(cfg.input_size[-1]), "mean": list(cfg.mean), "std": list(cfg.std), "source": "timm pretrained_cfg"}
+    if weights and not name.startswith(("timm:", "file:")) and name in _torchvision_names():
+        import torchvision
+        try: transforms = torchvision.models.get_model_weights(name)[weights].transforms()
+        except (KeyError, ValueError): return None
+        return {"size": int(transforms.crop_size[0]), "mean": list(transforms.mean), "std": list(transforms.std),
+                "source": f"torchvision {weights}"}
+    return None
+
 def check_model_name(name: str) -> str:
     "`name` when the factory can build it (timm and file: names are checked when built); else a clear error."
     if name.startswith(("timm:", "file:")) and len(name) > 5: return name
@@ -168,6 +184,30 @@ def read_state_dict(path) -> dict:
     return clean_state_dict(state)
 
 # %% ../nbs/00b_models.ipynb #66a27754
+def _numpy_globals(arrays: bool) -> list:
+    "The numpy types a label pickle may hold: scalars and dtypes (numpy 1 and 2 names), and arrays if asked."
+    import numpy
+    core = getattr(numpy, "_core", None) or numpy.core
+    allowed = [core.multiarray.scalar, numpy.dtype, (core.multiarray.scalar, "numpy.core.multiarray.scalar")]
+    if hasattr(numpy, "dtypes"):
+        allowed += [getattr(numpy.dtypes, n) for n in ("Int64DType", "Int32DType", "Float16DType", "Float32DType",
+                                                        "Float64DType", "BoolDType")]
+    if arrays: allowed += [numpy.ndarray, core.multiarray._reconstruct,
+                           (core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+    return allowed
+
+def read_pickled_labels(path, trust_pickle: bool, what: str, arrays: bool = False):
+    "A torch.save pickle of labels (official FKD-mix batches, FKD region files), read weights-only, numpy allowed."
+    if not trust_pickle:
+        raise Sre2lError(f"{path} is a pickle written by torch.save; import it only from a source you trust, "
+                         f"with --trust-pickle (it is then read weights-only, with numpy types allowed)")
+    try:
+        with torch.serialization.safe_globals(_numpy_globals(arrays)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise Sre2lError(f"{path} is not {what} the kit can read without running code "
+                         f"({str(error).strip().splitlines()[-1][:160]})") from None
+
 def load_checkpoint(model: nn.Module, path) -> nn.Module:
     "Load weights into `model`, naming missing and unexpected keys, or the shapes, when they do not fit."
     state = read_state_dict(path)

@@ -26,18 +26,18 @@ from .core import (RunConfig, RelabelConfig, Sre2lError, ConfigError, log, progr
                         unit_seed, seed_everything, open_stage, stage_status, require_stage, write_manifest,
                         read_manifest, save_tensors, load_tensors, load_metadata, load_json, atomic_write, shard_from_env,
                         check_shard, claim, LABEL_TYPES, human_bytes, preflight, hash_json, stage_config)
-from .data import (DatasetSpec, data_spec, open_split, cached, read_distilled, sample_crop_boxes, crop_resize,
+from .data import (DatasetSpec, data_spec, open_split, cached, read_distilled, image_list_hash, sample_crop_boxes, crop_resize,
                         flip_where, normalize)
-from .models import load_teacher, load_named_teacher
+from .models import load_teacher, load_named_teacher, read_pickled_labels
 from .train import to_device, evaluate, place_images
+from .regions import run_regions, teacher_view, check_view
 
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'BatchPlan', 'cutmix_box', 'official_order', 'draw_epoch', 'replay_batch', 'gather_batch',
            'apply_cutout', 'combine_logits', 'kept_batches', 'prune_ratio_for', 'teacher_probs', 'epoch_file',
-           'save_epoch', 'epoch_complete', 'load_epoch', 'image_list_hash', 'teacher_logits', 'parse_label_type',
-           'quantize_labels', 'recover_labels', 'region_labels', 'store_bytes', 'official_store_bytes', 'store_facts',
-           'run_relabel', 'read_official_batch', 'import_official_labels', 'export_official_labels', 'crop_overlay',
-           'label_histograms', 'storage_table']
+           'save_epoch', 'epoch_complete', 'load_epoch', 'teacher_logits', 'store_bytes', 'official_store_bytes',
+           'store_facts', 'run_relabel', 'store_summary', 'read_official_batch', 'import_official_labels',
+           'export_official_labels', 'crop_overlay', 'label_histograms', 'storage_table']
 
 # %% ../nbs/03_relabel.ipynb #85891db5
 @dataclass
@@ -97,18 +97,20 @@ def draw_epoch(num_images: int,  # images in the distilled set
 # %% ../nbs/03_relabel.ipynb #62d49a54
 def replay_batch(images: torch.Tensor,  # uint8 [N, C, H, W] distilled set, on the device (or pinned host memory)
                  plan: BatchPlan,  # the stored batch's random choices
-                 spec: DatasetSpec,  # normalisation
+                 spec: DatasetSpec,  # normalisation (and the size the plan's CutMix box was drawn at: its resolution)
                  size: int,  # output side
-                 device=None) -> torch.Tensor:  # where to build the batch (default: where the images are)
-    "The normalised, cropped, flipped and mixed batch of a plan."
+                 device=None,  # where to build the batch (default: where the images are)
+                 norm: tuple | None = None) -> torch.Tensor:  # (mean, std) instead of the data set's (a teacher's own)
+    "The normalised, cropped, flipped and mixed batch of a plan, at `size` (the CutMix box scales with it)."
     device = images.device if device is None else torch.device(device)
+    mean, std = norm or (spec.mean, spec.std)
     batch = gather_batch(images, plan.indices, device)
     height, width = batch.shape[-2:]
     boxes = plan.boxes.to(device) * torch.tensor([height, width, height, width], device=device, dtype=torch.float32)
-    x = flip_where(crop_resize(normalize(batch, spec.mean, spec.std), boxes, size), plan.flips)
-    if plan.cutout is not None: x = apply_cutout(x, plan.cutout.to(device), spec)
+    x = flip_where(crop_resize(normalize(batch, mean, std), boxes, size), plan.flips)
+    if plan.cutout is not None: x = apply_cutout(x, plan.cutout.to(device), mean, std)
     partner = plan.mix_partner.to(device)
-    r1, c1, r2, c2 = plan.mix_box.tolist()
+    r1, c1, r2, c2 = (round(v * size / spec.resolution) for v in plan.mix_box.tolist())
     if r2 > r1 and c2 > c1:
         x = x.clone(); x[:, :, r1:r2, c1:c2] = x[partner][:, :, r1:r2, c1:c2]
     elif plan.mix_lambda != 1.0:
@@ -142,7 +144,7 @@ def gather_batch(images: torch.Tensor, indices: torch.Tensor, device) -> torch.T
 # %% ../nbs/03_relabel.ipynb #59ca3236
 def apply_cutout(x: torch.Tensor,  # normalised images [B, C, S, S]
                  cutout: torch.Tensor,  # [B, 7]: centre y, x, height, width (fractions), fill r, g, b in [0, 1]
-                 spec: DatasetSpec) -> torch.Tensor:
+                 mean, std) -> torch.Tensor:  # the normalisation of x
     "Fill each image's Cutout box with its colour, in one masked operation."
     size, channels = x.shape[-1], x.shape[1]
     lo = ((cutout[:, :2] - cutout[:, 2:4] / 2) * size).floor().clamp(0, size)
@@ -150,8 +152,8 @@ def apply_cutout(x: torch.Tensor,  # normalised images [B, C, S, S]
     steps = torch.arange(size, device=x.device)
     rows = (steps >= lo[:, :1]) & (steps < hi[:, :1])
     cols = (steps >= lo[:, 1:2]) & (steps < hi[:, 1:2])
-    mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
+    mean = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
     fill = (cutout[:, 4:4 + channels].view(-1, channels, 1, 1) - mean) / std
     return torch.where((rows[:, :, None] & cols[:, None, :])[:, None], fill, x)
 
@@ -235,78 +237,15 @@ def load_epoch(path) -> list[tuple[BatchPlan, torch.Tensor | tuple]]:
     return out
 
 # %% ../nbs/03_relabel.ipynb #6fc488e3
-def image_list_hash(image_dir) -> str:
-    "sha256 of the sorted relative paths of a distilled image folder."
-    names = sorted(str(p.relative_to(image_dir)) for p in Path(image_dir).rglob("class*_id*.*"))
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()
-
 @torch.no_grad()
 def teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
     "The frozen teacher's logits of a batch."
     return teacher(x).float()
 
-# %% ../nbs/03_relabel.ipynb #a697eb03
-def parse_label_type(label_type: str) -> tuple[str, int]:
-    "(kind, K) of an FKD label type: hard, smoothing, marginal_smoothing_kK, marginal_renorm[_kK]."
-    if label_type in ("hard", "smoothing"): return label_type, 1
-    match = re.fullmatch(r"(marginal_smoothing|marginal_renorm)(?:_k(\d+))?", label_type)
-    if match and re.fullmatch(LABEL_TYPES, label_type): return match.group(1), int(match.group(2) or 5)
-    raise ConfigError(f"relabel.label_type must be hard, smoothing, marginal_smoothing_kK or marginal_renorm[_kK], got {label_type!r}")
-
-def quantize_labels(probs: torch.Tensor, label_type: str) -> tuple:
-    "Stored form of probabilities [N, C]: (int32 indices [N, K], fp16 values [N, K] or None for hard)."
-    kind, k = parse_label_type(label_type)
-    top = probs.topk(k, 1)
-    return top.indices.int(), None if kind == "hard" else top.values.half()
-
-def recover_labels(indices: torch.Tensor, values, label_type: str, num_classes: int) -> torch.Tensor:
-    "Full distributions [N, C] from stored region labels."
-    kind, k = parse_label_type(label_type)
-    idx = indices.long()
-    if kind == "hard": return F.one_hot(idx[:, 0], num_classes).float()
-    v = values.float()
-    v = v / v.sum(1, keepdim=True).clamp_min(1.0)  # fp16 rounding must not push the kept mass past 1
-    if kind == "marginal_renorm": return torch.zeros(len(v), num_classes, device=v.device).scatter_(1, idx, v / v.sum(1, keepdim=True))
-    rest = (1 - v.sum(1, keepdim=True)) / (num_classes - k)
-    return rest.expand(len(v), num_classes).clone().scatter_(1, idx, v)
-
-# %% ../nbs/03_relabel.ipynb #509df2e6
-@torch.no_grad()
-def region_labels(teacher: nn.Module, images: torch.Tensor,  # uint8 [N, C, H, W] on the device
-                  spec: DatasetSpec, rl: RelabelConfig, seed: int, reference: dict | None = None) -> dict:
-    "FKD region labels of every image: boxes, flips, and quantised teacher labels."
-    if rl.num_seg < 1 or rl.num_crops % rl.num_seg:
-        raise ConfigError(f"relabel.num_crops={rl.num_crops} must be a multiple of relabel.num_seg={rl.num_seg}")
-    parse_label_type(rl.label_type)
-    n, height, width = len(images), images.shape[-2], images.shape[-1]
-    device = next(teacher.parameters()).device
-    if reference is not None:
-        if reference["boxes"].shape[0] != n or reference["boxes"].shape[1] < rl.num_crops:
-            raise Sre2lError(f"the reference store has {tuple(reference['boxes'].shape[:2])} (images, crops); "
-                             f"this run needs {n} images and at least {rl.num_crops} crops")
-        boxes, flips = reference["boxes"][:, : rl.num_crops], reference["flips"][:, : rl.num_crops].bool()
-    else:
-        gen = generator(seed, "region-crops")
-        boxes = sample_crop_boxes(n * rl.num_crops, height, width, (rl.crop_scale_min, rl.crop_scale_max), generator=gen)
-        boxes = (boxes / torch.tensor([height, width, height, width])).view(n, rl.num_crops, 4).float()
-        flips = (torch.rand(n, rl.num_crops, generator=gen) < 0.5) if rl.flip else torch.zeros(n, rl.num_crops, dtype=torch.bool)
-    scale = torch.tensor([height, width, height, width], dtype=torch.float32)
-    indices, values = [], []
-    for i in progress(range(n), desc="region labels", leave=False):
-        image = normalize(images[i: i + 1].to(device), spec.mean, spec.std)  # the set may be in host memory
-        for start in range(0, rl.num_crops, rl.num_seg):
-            part = slice(start, start + rl.num_seg)
-            x = crop_resize(image.expand(rl.num_seg, -1, -1, -1), boxes[i, part] * scale, spec.resolution, flips[i, part])
-            probs = F.softmax(teacher(x).float() / rl.teacher_temperature, 1)
-            idx, val = quantize_labels(probs, rl.label_type)
-            indices.append(idx.cpu()); values.append(val.cpu() if val is not None else None)
-    out = {"boxes": boxes, "flips": flips.to(torch.uint8), "indices": torch.cat(indices).view(n, rl.num_crops, -1)}
-    if values[0] is not None: out["values"] = torch.cat(values).view(n, rl.num_crops, -1)
-    return out
-
 # %% ../nbs/03_relabel.ipynb #42917db9
 @functools.lru_cache(maxsize=64)
-def _epoch_parts(num_images: int, num_classes: int, batch_size: int, keep: int, topk: int, cutout: bool = False) -> dict:
+def _epoch_parts(num_images: int, num_classes: int, batch_size: int, keep: int, topk: int, cutout: bool = False,
+                 epoch: int = 0) -> dict:  # the epoch number, written in the file's header (its digits count)
     "Bytes of one stored epoch of `keep` batches, by part, measured on a representative epoch."
     plans, logits = [], []
     for b in range(keep):
@@ -316,7 +255,7 @@ def _epoch_parts(num_images: int, num_classes: int, batch_size: int, keep: int, 
                                torch.zeros(n, 7) if cutout else None))
         logits.append(torch.zeros(n, num_classes))
     with tempfile.TemporaryDirectory() as folder:
-        save_epoch(Path(folder) / "e.safetensors", plans, logits, topk)
+        save_epoch(Path(folder) / "e.safetensors", plans, logits, topk, {"epoch": epoch, "store": hash_json(None)})
         total = (Path(folder) / "e.safetensors").stat().st_size
     images = sum(len(p.indices) for p in plans)
     labels = images * (topk * 6 if topk else num_classes * 2)
@@ -329,9 +268,13 @@ def store_bytes(num_images: int, num_classes: int, epochs: int, batch_size: int,
     per_epoch = math.ceil(num_images / batch_size)
     kept = kept_batches(num_images, batch_size, epochs, prune_ratio)
     full, rest = divmod(kept, per_epoch)
-    parts = {k: full * v for k, v in _epoch_parts(num_images, num_classes, batch_size, per_epoch, topk, cutout).items()}
-    if rest:
-        for k, v in _epoch_parts(num_images, num_classes, batch_size, rest, topk, cutout).items(): parts[k] += v
+    parts = dict.fromkeys(("labels", "augmentation", "format"), 0)
+    def add(count, keep, epoch):  # `count` epochs of `keep` batches whose numbers have as many digits as `epoch`
+        for k, v in _epoch_parts(num_images, num_classes, batch_size, keep, topk, cutout, epoch).items(): parts[k] += count * v
+    for digits in range(1, len(str(full)) + 1):  # epoch numbers 0-9, 10-99, ...: headers differ by a digit
+        low, high = (0 if digits == 1 else 10 ** (digits - 1)), min(full, 10 ** digits)
+        if high > low: add(high - low, per_epoch, low)
+    if rest: add(1, rest, full)
     return {**parts, "total": sum(parts.values()), "batches": kept}
 
 # %% ../nbs/03_relabel.ipynb #d9ffd19b
@@ -369,27 +312,49 @@ def store_facts(cfg: RunConfig, spec: DatasetSpec, num_images: int, image_dir, s
 # %% ../nbs/03_relabel.ipynb #bd0ea284
 def run_relabel(cfg: RunConfig, run_dir,
                 shard: tuple | None = None) -> dict:  # (index, count) of this process; default from torchrun's env
-    "Stage 3: the FKD-mix label store of the recovered images, in `run_dir/relabel`."
+    "Stage 3: a label store in `run_dir/relabel`: FKD-mix batches of the recovered images, or FKD region pools."
     began = time.perf_counter()
     run_dir, done = open_stage(run_dir, "relabel", cfg)
     if done is not None: return done
     rl = cfg.relabel
-    require_stage(run_dir, "recover", cfg)
     seed_everything(cfg.seed)
     shard = check_shard(shard or shard_from_env())
     device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), data_spec(cfg.data)
-    image_dir, out = run_dir / "recover" / "images", run_dir / "relabel"
-    distilled = read_distilled(image_dir, cfg.recover.ipc, spec.channels, spec.num_classes, workers=cfg.data.workers)
-    images = place_images(distilled.images, device)
     teacher = load_teacher(run_dir, cfg, device)
     checked = {}
     if rl.evaluate:  # FKD's --evaluate: the teacher's accuracy on real data, before any label is made
         test = to_device(cached(open_split(cfg.data, "test"), cfg.data.cache_bytes, cfg.data.workers), device)
         checked["teacher_test_top1"] = evaluate(teacher, test, spec, device, workers=cfg.data.workers)["top1"]
         log.info("relabel: teacher test top-1 %.2f%%", checked["teacher_test_top1"])
-    if rl.mode == "region": return _run_region(cfg, run_dir, teacher, images, spec, image_dir, out, checked)
+    if rl.mode == "region": return run_regions(cfg, run_dir, teacher, spec, device, shard, checked)
+    return _run_fkd_mix(cfg, run_dir, teacher, spec, device, shard, checked, began)
+
+# %% ../nbs/03_relabel.ipynb #bb75780b
+def store_summary(manifest: dict) -> str:
+    "One sentence on a finished label store: what it holds and what it takes."
+    measured = sum(a["bytes"] for a in manifest["artifacts"].values())
+    if manifest.get("mode") == "region":
+        return (f"{manifest['num_crops']} crops per image for {manifest['images']} images ({manifest['split']}), "
+                f"{manifest['label_type']} labels from a teacher at {manifest['teacher_input']['size']} px: "
+                f"{human_bytes(measured)} (predicted {human_bytes(manifest['storage']['predicted'])})")
+    return (f"{manifest['epochs']} epochs x batch {manifest['batch_size']} of {manifest['images']} images: {human_bytes(measured)} "
+            f"of labels (predicted {human_bytes(manifest['storage']['predicted']['total'])}; the images take "
+            f"{human_bytes(manifest['storage']['images'])})")
+
+# %% ../nbs/03_relabel.ipynb #fddd72ba
+def _run_fkd_mix(cfg: RunConfig, run_dir: Path, teacher, spec, device, shard: tuple, checked: dict, began: float) -> dict:
+    "The FKD-mix mode of relabel: per-epoch batches of the recovered images, their plans and the teachers' logits."
+    rl, out = cfg.relabel, run_dir / "relabel"
+    require_stage(run_dir, "recover", cfg)
+    image_dir = run_dir / "recover" / "images"
+    distilled = read_distilled(image_dir, cfg.recover.ipc, spec.channels, spec.num_classes, workers=cfg.data.workers)
+    images = place_images(distilled.images, device)
     candidates = [load_named_teacher(n.strip(), rl.teacher_weights, spec, device) for n in rl.teachers.split(",") if n.strip()]
-    label = lambda x: combine_logits([teacher_logits(t, x) for t in [teacher, *candidates]], rl.ensemble, rl.primary_weight)
+    view = teacher_view(rl, load_json(run_dir / "squeeze" / "manifest.json"), spec)  # the teacher's own size and normalisation
+    check_view(teacher, view, spec.channels, device)
+    label = lambda plan: combine_logits([teacher_logits(t, replay_batch(images, plan, spec, view["size"], device,
+                                                                       (view["mean"], view["std"])))
+                                         for t in [teacher, *candidates]], rl.ensemble, rl.primary_weight)
     per_epoch = math.ceil(len(images) / rl.batch_size)
     kept = kept_batches(len(images), rl.batch_size, rl.epochs, rl.prune_ratio)
     stored_epochs = math.ceil(kept / per_epoch)
@@ -405,13 +370,13 @@ def run_relabel(cfg: RunConfig, run_dir,
     topk = rl.topk if rl.logits == "topk" else 0
     for epoch in progress(todo, status=out / "progress.json", desc="relabel epochs"):
         plans = draw_epoch(len(images), epoch, rl, spec.resolution, cfg.seed)[: kept - epoch * per_epoch]
-        if shard[1] > 1: _label_shard(plans, epoch, label_dir, label, images, spec, topk, shard, device, store); continue
+        if shard[1] > 1: _label_shard(plans, epoch, label_dir, label, topk, shard, store); continue
         ticket = out / "claims" / f"epoch_{epoch:04d}.claim"
         held = claim(ticket)
         if held is None: log.info("relabel: epoch %d is held by another process; skipped", epoch); continue
         with held:
             if not done(epoch):  # another process may have finished it meanwhile
-                logits = [label(replay_batch(images, p, spec, spec.resolution, device)) for p in plans]
+                logits = [label(p) for p in plans]
                 save_epoch(epoch_file(label_dir, epoch), plans, logits, topk, {"epoch": epoch, "store": store})
     left = [e for e in range(stored_epochs) if not done(e)]
     if left:
@@ -421,7 +386,7 @@ def run_relabel(cfg: RunConfig, run_dir,
     return write_manifest(out, "relabel", cfg, artifacts,
                           inputs={"squeeze": run_dir / "squeeze" / "manifest.json", "recover": run_dir / "recover" / "manifest.json"},
                           timings={"seconds": time.perf_counter() - start, "total_seconds": time.perf_counter() - began},
-                          extra=store_facts(cfg, spec, len(images), image_dir, kept, **checked,
+                          extra=store_facts(cfg, spec, len(images), image_dir, kept, **checked, teacher_input=view,
                                             storage={"predicted": predicted, "measured": sum(
                                                 epoch_file(label_dir, e).stat().st_size for e in range(stored_epochs)),
                                                 "images": sum(v["bytes"] for k, v in load_json(
@@ -429,48 +394,10 @@ def run_relabel(cfg: RunConfig, run_dir,
                                             teacher=load_json(run_dir / "squeeze" / "teacher.json"),
                                             teacher_sha256=load_json(run_dir / "squeeze" / "manifest.json")["artifacts"]["teacher.safetensors"]["sha256"]))
 
-# %% ../nbs/03_relabel.ipynb #9c1df527
-def _run_region(cfg, run_dir, teacher, images, spec, image_dir, out, checked) -> dict:
-    "Region mode of run_relabel: one safetensors file of crops and quantised labels for every image."
-    rl, start = cfg.relabel, time.perf_counter()
-    reference = None
-    if rl.reference:
-        ref = Path(rl.reference)
-        ref_file = ref / "regions.safetensors" if ref.is_dir() else ref
-        reference = load_tensors(ref_file)
-    labels = region_labels(teacher, images, spec, rl, cfg.seed, reference)
-    save_tensors(out / "regions.safetensors", labels, {"label_type": rl.label_type, "format": FORMAT_VERSION})
-    size = (out / "regions.safetensors").stat().st_size
-    return write_manifest(out, "relabel", cfg, ["regions.safetensors"],
-                          inputs={"squeeze": run_dir / "squeeze" / "manifest.json", "recover": run_dir / "recover" / "manifest.json"},
-                          timings={"seconds": time.perf_counter() - start},
-                          extra={"format": FORMAT_VERSION, "mode": "region", "images": len(images),
-                                 "image_list_sha256": image_list_hash(image_dir), "num_crops": rl.num_crops,
-                                 "num_seg": rl.num_seg, "label_type": rl.label_type, "teacher_temperature": rl.teacher_temperature,
-                                 "reference": rl.reference or None, "crop_scale": [rl.crop_scale_min, rl.crop_scale_max],
-                                 "normalization": {"mean": spec.mean, "std": spec.std}, "storage": {"measured": size},
-                                 "teacher": load_json(run_dir / "squeeze" / "teacher.json"), **checked})
-
 # %% ../nbs/03_relabel.ipynb #f0373dbe
-def _official_safe_globals() -> list:
-    "The only non-tensor types the official label files contain: numpy scalars and dtypes (numpy 1 and 2 names)."
-    import numpy
-    core = getattr(numpy, "_core", None) or numpy.core
-    allowed = [core.multiarray.scalar, numpy.dtype, (core.multiarray.scalar, "numpy.core.multiarray.scalar")]
-    if hasattr(numpy, "dtypes"):
-        allowed += [getattr(numpy.dtypes, n) for n in ("Int64DType", "Int32DType", "Float32DType", "Float64DType", "BoolDType")]
-    return allowed
-
 def read_official_batch(path, trust_pickle: bool = False) -> list:
     "One official batch file, read without executing code (weights-only, numpy scalar types allowed)."
-    if not trust_pickle:
-        raise Sre2lError(f"{path} is a pickle written by torch.save; import it only from a source you trust, "
-                         f"with --trust-pickle (it is then read weights-only, with numpy scalar types allowed)")
-    try:
-        with torch.serialization.safe_globals(_official_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise Sre2lError(f"{path} is not an official label file the kit can read safely ({str(e).splitlines()[0][:200]})") from None
+    return read_pickled_labels(path, trust_pickle, "an official label file")
 
 # %% ../nbs/03_relabel.ipynb #ac70bc50
 def _numbered(folder: Path, prefix: str) -> list[Path]:
@@ -552,13 +479,13 @@ def export_official_labels(run_dir, target) -> Path:
     return target
 
 # %% ../nbs/03_relabel.ipynb #06e07c50
-def _label_shard(plans, epoch, label_dir, label, images, spec, topk, shard, device, store: str):
+def _label_shard(plans, epoch, label_dir, label, topk, shard, store: str):
     part_dir = label_dir / "parts" / f"epoch_{epoch:04d}"
     parts = [part_dir / f"batch_{b:05d}.safetensors" for b in range(len(plans))]
     facts = lambda b: {"epoch": epoch, "batch": b, "store": store}
     for b in range(shard[0], len(plans), shard[1]):
         if not epoch_complete(parts[b], facts(b)):
-            save_epoch(parts[b], [plans[b]], [label(replay_batch(images, plans[b], spec, spec.resolution, device))], topk, facts(b))
+            save_epoch(parts[b], [plans[b]], [label(plans[b])], topk, facts(b))
     if not all(epoch_complete(p, facts(b)) for b, p in enumerate(parts)): return
     try: merged = [load_epoch(p)[0] for p in parts]
     except Sre2lError:

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import io
 import json
 import math
@@ -20,14 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import (RunConfig, Sre2lError, ConfigError, STAGES, make_config, stage_config, hash_json,
+from .core import (RunConfig, Sre2lError, ConfigError, STAGES, stages_needed, make_config, stage_config, hash_json,
                         read_manifest, resolve_run_dir, find_project_root, save_json, load_json, log, claim, atomic_write, human_bytes)
 
 # %% auto #0
-__all__ = ['TABLES', 'H100', 'MODEL_COST', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'STAGE_NOTEBOOK', 'WAIT_SECONDS', 'Cell',
-           'TableSpec', 'register_table', 'list_tables', 'get_table', 'pruned', 'CellRun', 'stage_key', 'plan_table',
-           'Rates', 'split_sizes', 'stage_work', 'predict_cost', 'calibrate', 'rates_file', 'load_rates', 'duration',
-           'finished', 'plan_report', 'find_stages', 'link_stages', 'reproduce', 'gather', 'summarise',
+__all__ = ['TABLES', 'H100', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'STAGE_NOTEBOOK', 'WAIT_SECONDS', 'Cell', 'TableSpec',
+           'register_table', 'list_tables', 'get_table', 'pruned', 'CellRun', 'stage_key', 'plan_table', 'Rates',
+           'model_cost', 'split_sizes', 'stage_work', 'predict_cost', 'calibrate', 'rates_file', 'load_rates',
+           'duration', 'finished', 'plan_report', 'find_stages', 'link_stages', 'reproduce', 'gather', 'summarise',
            'render_markdown', 'render_latex', 'render_csv', 'images_figure', 'pruning_figure', 'storage_figure',
            'write_report']
 
@@ -58,6 +60,7 @@ class TableSpec:
     seeds: tuple = (0,)  # seeds every cell runs with (mean +- std over them)
     about: str = ""  # one paragraph: what the table shows and what differs from the paper
     imagefolder: dict | None = None  # make_imagefolder settings of the folder the cells read, made if missing
+    speed: bool = False  # also report the students' seconds per epoch (for tables that compare the cost of labels)
 
 TABLES: dict = {}
 
@@ -171,6 +174,24 @@ def _imagenet_rehearsal():
                      about=_REHEARSAL.format("6 teacher epochs, 50 iterations, 20 stored and 20 student epochs; 1000 classes "
                                              "of 100 training and 50 validation images"))
 
+@register_table("fkd_fashion_mnist")
+def _fkd_fashion_mnist():
+    split = ("validate.images=train", "validate.epochs=10", "validate.eval_every=5", "validate.crops_per_image=1")
+    labels = {"(a) hard labels": ("validate.labels=hard", "validate.loss=ce"),
+              "(b) online KD from the teacher": ("validate.labels=online", "validate.loss=soft_ce"),
+              "(c) stored FKD region labels": ("relabel.mode=region", "relabel.images=train", "relabel.num_crops=20",
+                                               "relabel.label_type=marginal_smoothing_k5", "validate.loss=soft_ce")}
+    cells = [Cell("Fashion-MNIST training split, ConvNet student, 10 passes", column, "fashion-mnist", (*split, *changes),
+                  source="kit table; FKD's claim (Shen, Xing, ECCV 2022): (c) matches (b) at a lower cost per epoch")
+             for column, changes in labels.items()]
+    return TableSpec("fkd_fashion_mnist", "FKD on Fashion-MNIST: a student of the whole training split from hard labels, "
+                     "online KD, or stored region labels", cells, seeds=(0, 1, 2), speed=True,
+                     about="The fashion-mnist ConvNet teacher labels 20 random-resized crops of each of the 60,000 training "
+                           "images once (marginal smoothing, top 5, T = 1). Students train 10 passes over the split with one "
+                           "crop per image and step, the same recipe for all three: (a) cross-entropy on the classes, (b) soft "
+                           "cross-entropy to the teacher's softmax on each fresh crop, (c) soft cross-entropy to the stored "
+                           "label of the image's next stored crop. s/epoch is the student's training time per pass on the CPU.")
+
 @register_table("sre2l_main")
 def _sre2l_main():
     paper = {("tiny", 50): [(41.1, .4), (42.2, .5), (42.5, .2)], ("tiny", 100): [(49.7, .3), (51.2, .4), (51.5, .3)],
@@ -267,7 +288,7 @@ def plan_table(spec: TableSpec,  # the table
         for seed in seeds or spec.seeds:
             cfg = make_config(cell.preset, [*cell.overrides, *overrides, f"seed={seed}"])
             runs.append(CellRun(cell, seed, cfg, root / "cells" / f"{cell.name}-seed{seed}",
-                                {stage: stage_key(cfg, stage) for stage in STAGES}, list(overrides)))
+                                {stage: stage_key(cfg, stage) for stage in stages_needed(cfg)}, list(overrides)))
     return runs
 
 # %% ../nbs/05_reproduce.ipynb #548b43eb
@@ -283,7 +304,6 @@ class Rates:
     class_bn: float = 20456.0 / 3  # images/s of the class-statistics pass (forward with the statistics hooks)
     recover: float = 5993.0  # recover image-iterations/s, ResNet-18 at 224 px, fp32
     recover_bf16: float = 15573.0  # the same with bf16 and torch.compile
-    small_images: float = 31888 / 5993  # how much faster a step on 64-px images runs than on 224-px ones
     decode: float = 0.0025  # seconds one worker takes to decode and resize one ImageNet-sized JPEG
     workers: int = 16  # decoding processes
     startup: float = 15.0  # seconds a stage run spends starting (kernel, imports, model building)
@@ -292,18 +312,27 @@ H100 = Rates("one H100 80 GB with 16 CPU cores", "bench/RESULTS.md, 2026-11-22 (
              "development machine's seconds per image and worker (`bench/decode.py`), not yet measured on the GPU machine")
 
 # %% ../nbs/05_reproduce.ipynb #aa7b3bba
-MODEL_COST = {"resnet18": 1.0, "resnet50": 2.3, "resnet101": 4.3}  # forward FLOPs relative to ResNet-18 (1.8 GFLOPs)
 SPLIT_SIZES = {"imagenet-1k": (1281167, 50000), "imagenet-21k": (11060223, 522500), "tiny-imagenet": (100000, 10000),
                "cifar10": (50000, 10000), "cifar100": (50000, 10000), "fashion-mnist": (60000, 10000), "digits": (1437, 360)}
 IMAGENET_PIXELS = 500 * 375  # the typical ImageNet JPEG, the unit of Rates.decode
 
-def _model_cost(name: str) -> float:
-    "Relative cost of a model (unknown models count as a ResNet-18)."
-    return MODEL_COST.get(name.split(":")[-1], 1.0)
-
-def _speed(resolution: int, rates: Rates) -> float:
-    "How much faster than at 224 px a step on `resolution`-pixel images runs."
-    return rates.small_images if resolution <= 64 else (224 / resolution) ** 2
+@functools.lru_cache(maxsize=256)
+def model_cost(name: str, resolution: int, channels: int = 3, classes: int = 1000, small_input: bool = False) -> float:
+    "A model's forward multiply-adds at `resolution`, relative to ResNet-18 at 224 px (counted on the meta device)."
+    import torch, torch.nn as nn
+    from sre2l.models import create_model
+    def macs(*args):
+        with torch.device("meta"): model = create_model(*args)
+        total = []
+        def count(m, inputs, out):
+            per = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] if isinstance(m, nn.Conv2d) else m.in_features
+            total.append(out.numel() * per)
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)): m.register_forward_hook(count)
+        with torch.no_grad(): model(torch.zeros(1, args[2], args[3], args[3], device="meta"))
+        return sum(total)
+    try: return max(1e-4, macs(name, classes, channels, resolution, small_input) / macs("resnet18", 1000, 3, 224, False))
+    except Exception: return 1.0  # a model that cannot be built here (timm, a file): counted as a ResNet-18
 
 def split_sizes(cfg: RunConfig) -> tuple[int, int]:
     "(training, test) images of the configured data set (an imagenet-shape folder: from its dataset.json)."
@@ -328,8 +357,10 @@ class _Shape:
         spec = data_spec(self.cfg.data)
         self.train, self.test = split_sizes(self.cfg)
         self.images, self.res, self.files = spec.num_classes * self.cfg.recover.ipc, spec.resolution, float(spec.files)
-        speed = _speed(spec.resolution, self.rates)
-        self.teacher, self.student = _model_cost(self.cfg.squeeze.model) / speed, _model_cost(self.cfg.validate.model) / speed
+        self.labelled = self.train if self.cfg.relabel.images == "train" and self.cfg.relabel.mode == "region" else self.images
+        s, v, shape = self.cfg.squeeze, self.cfg.validate, (spec.channels, spec.num_classes)
+        self.teacher = model_cost(s.model, spec.resolution, *shape, s.small_input)
+        self.student = model_cost(v.model, spec.resolution, *shape, v.small_input)
         self.bytes_per_image = spec.channels * spec.resolution ** 2
 
     def fits(self, n: int) -> bool: return n * self.bytes_per_image <= self.cfg.data.cache_bytes  # decoded once
@@ -359,10 +390,11 @@ def _recover_work(w: _Shape) -> dict:
 def _relabel_work(w: _Shape) -> dict:
     "The teachers' forward passes over every stored crop (and the optional test evaluation)."
     l, rates = w.cfg.relabel, w.rates
-    crops = w.images * l.num_crops if l.mode == "region" else min(w.images, l.batch_size) * _kept(w.images, l)
+    crops = w.labelled * l.num_crops if l.mode == "region" else min(w.images, l.batch_size) * _kept(w.images, l)
     teachers = 1 + len([t for t in l.teachers.split(",") if t.strip()])
+    read = w.decode_files(w.train) if w.labelled == w.train and w.labelled != w.images else w.decode_distilled()
     return {"compute": (crops * teachers + l.evaluate * w.test) * w.teacher / rates.forward,
-            "decode": w.decode_distilled() + l.evaluate * w.decode_files(w.test)}
+            "decode": read + l.evaluate * w.decode_files(w.test)}
 
 def _validate_work(w: _Shape) -> dict:
     "Student training (with the teacher's forward for online labels) and every test evaluation."
@@ -370,6 +402,10 @@ def _validate_work(w: _Shape) -> dict:
     evaluations = math.ceil(v.epochs / max(v.eval_every, 1))
     online = w.teacher / 3 if v.labels == "online" else 0
     train_rate = rates.train_bf16 if v.precision == "bf16" else rates.train
+    if v.images == "train":  # the whole split, decoded every pass, crops_per_image crops of each image
+        return {"compute": v.epochs * w.train * v.crops_per_image * (w.student + online) / train_rate
+                           + evaluations * w.test * w.student / rates.forward,
+                "decode": w.decode_files(w.train * v.epochs + w.test * (1 if w.fits(w.test) else evaluations))}
     return {"compute": v.epochs * w.images * (w.student + online) / train_rate + evaluations * w.test * w.student / rates.forward,
             "decode": w.decode_distilled() + w.decode_files(w.test * (1 if w.fits(w.test) else evaluations))}
 
@@ -379,9 +415,10 @@ def _kept(images: int, l) -> int:
     return kept_batches(images, l.batch_size, l.epochs, l.prune_ratio)
 
 def stage_work(cfg: RunConfig, rates: Rates) -> dict:
-    "{stage: {'compute': s, 'decode': s}} of one run on the machine `rates` describes."
-    w = _Shape(cfg, rates)
-    return {"squeeze": _squeeze_work(w), "recover": _recover_work(w), "relabel": _relabel_work(w), "validate": _validate_work(w)}
+    "{stage: {'compute': s, 'decode': s}} of one run on the machine `rates` describes (stages it does not need: 0)."
+    w, needed = _Shape(cfg, rates), stages_needed(cfg)
+    work = {"squeeze": _squeeze_work, "recover": _recover_work, "relabel": _relabel_work, "validate": _validate_work}
+    return {s: f(w) if s in needed else {"compute": 0.0, "decode": 0.0} for s, f in work.items()}
 
 # %% ../nbs/05_reproduce.ipynb #b6b684cc
 def predict_cost(cfg: RunConfig, rates: Rates | None = None) -> dict:
@@ -393,18 +430,17 @@ def predict_cost(cfg: RunConfig, rates: Rates | None = None) -> dict:
     work = stage_work(cfg, rates)
     combine = max if rates.device == "cuda" else (lambda a, b: a + b)
     images = spec.num_classes * r.ipc
-    if l.mode == "region": label_bytes = images * l.num_crops * (4 * 4 + 1 + 6 * _topk(l.label_type))
+    if l.mode == "region":
+        from sre2l.regions import region_store_bytes
+        labelled = split_sizes(cfg)[0] if l.images == "train" else images
+        label_bytes = region_store_bytes(labelled, l.num_crops, l.label_type, l.shard_images)
     else: label_bytes = store_bytes(images, spec.num_classes, l.epochs, l.batch_size, l.prune_ratio,
                                     l.topk if l.logits == "topk" else 0)["total"]
     per_image = spec.resolution ** 2 * spec.channels * (0.25 if r.image_format == "jpg" else 0.8)
+    label_bytes = label_bytes if "relabel" in stages_needed(cfg) else 0
     return {"seconds": {k: combine(w["compute"], w["decode"]) for k, w in work.items()},
             "compute": {k: w["compute"] for k, w in work.items()}, "decode": {k: w["decode"] for k, w in work.items()},
             "image_bytes": int(images * per_image), "label_bytes": int(label_bytes)}
-
-def _topk(label_type: str) -> int:
-    "Classes kept per crop by an FKD label type (hard and smoothing keep one)."
-    match = re.search(r"_k(\d+)$", label_type)
-    return int(match.group(1)) if match else 1
 
 # %% ../nbs/05_reproduce.ipynb #62fd677b
 def _per_second(step, items: int, device, repeats: int = 3) -> float:
@@ -480,7 +516,7 @@ def calibrate(device: str = "auto",  # 'auto', 'cpu', 'cuda' or 'cuda:N'
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine()
     return Rates(f"{where} with {cores} CPU cores", f"sre2l reproduce --calibrate, {time.strftime('%Y-%m-%d')}, torch "
                  f"{torch.__version__}", dev.type, train, train_bf16, forward, class_bn, recover,
-                 recover if dev.type != "cuda" else H100.recover_bf16, H100.small_images, _decode_seconds(),
+                 recover if dev.type != "cuda" else H100.recover_bf16, _decode_seconds(),
                  default_workers(), time.perf_counter() - start)
 
 # %% ../nbs/05_reproduce.ipynb #08b932cd
@@ -492,7 +528,7 @@ def load_rates(which: str = "auto") -> Rates:
     "Rates by name: 'h100' (built in), a JSON file from `calibrate`, or 'auto' (runs/rates.json if present, else 'h100')."
     if which == "h100" or (which == "auto" and not rates_file().is_file()): return H100
     path = rates_file() if which == "auto" else Path(which)
-    try: return Rates(**load_json(path))
+    try: return Rates(**{k: v for k, v in load_json(path).items() if k in {f.name for f in dataclasses.fields(Rates)}})
     except (OSError, ValueError, TypeError) as error:
         raise Sre2lError(f"{path} is not a rates file written by `sre2l reproduce --calibrate` ({error})") from None
 
@@ -520,8 +556,8 @@ def plan_report(spec: TableSpec, runs: list[CellRun], rates: Rates | None = None
     seen, total, disk, labels, todo = set(), 0.0, 0, 0, 0
     for stage in STAGES:
         for run in runs:
-            key = run.keys[stage]
-            if key in seen: continue
+            key = run.keys.get(stage)
+            if key is None or key in seen: continue
             seen.add(key)
             cost, done = predict_cost(run.cfg, rates), finished(run, stage) is not None
             image_bytes = cost["image_bytes"] if stage == "recover" and run.cfg.recover.method != "real" else 0
@@ -635,9 +671,9 @@ def _stage_jobs(runs: list, stage: str, failed: dict) -> dict:
     "{key: first run} of the stage's unfinished jobs; those whose inputs failed are marked skipped in `failed`."
     jobs = {}
     for run in runs:
-        key = run.keys[stage]
-        if key in jobs or key in failed or finished(run, stage) is not None: continue
-        blocked = [run.keys[s] for s in STAGES[:STAGES.index(stage)] if run.keys[s] in failed]
+        key = run.keys.get(stage)
+        if key is None or key in jobs or key in failed or finished(run, stage) is not None: continue
+        blocked = [run.keys[s] for s in STAGES[:STAGES.index(stage)] if run.keys.get(s) in failed]
         if blocked: failed[key] = f"skipped: its {blocked[0].split('-')[0]} stage failed"; continue
         jobs[key] = run
     return jobs
@@ -727,13 +763,14 @@ def gather(runs: list[CellRun], failed: dict | None = None) -> list[dict]:
         row = {"cell": run.cell.name, "row": run.cell.row, "column": run.cell.column, "seed": run.seed,
                "preset": run.cell.preset, "overrides": list(run.cell.overrides),
                "predicted_label_bytes": predict_cost(run.cfg)["label_bytes"]}
-        validate, relabel = finished(run, "validate"), finished(run, "relabel")
+        validate, relabel = finished(run, "validate"), finished(run, "relabel") if "relabel" in run.keys else None
         if relabel: row["label_bytes"] = label_bytes(relabel)
         if validate:
             row["top1"] = validate["metrics"]["test_top1"]
             if "test_top5" in validate["metrics"]: row["top5"] = validate["metrics"]["test_top5"]
+            if "seconds_per_epoch" in validate["metrics"]: row["seconds_per_epoch"] = validate["metrics"]["seconds_per_epoch"]
         else:
-            reasons = [(failed or {}).get(run.keys[s]) for s in STAGES]
+            reasons = [(failed or {}).get(run.keys[s]) for s in STAGES if s in run.keys]
             row["problem"] = next((r for r in reasons if r), "not run")
         rows.append(row)
     return rows
@@ -753,7 +790,8 @@ def summarise(spec: TableSpec, rows: list[dict]) -> list[dict]:
                  "label_bytes": next((r["label_bytes"] for r in mine if "label_bytes" in r), None),
                  "predicted_label_bytes": next((r["predicted_label_bytes"] for r in mine if "predicted_label_bytes" in r), None),
                  "paper_label_gb": cell.paper_label_gb, "source": cell.source,
-                 "problems": sorted({r["problem"] for r in mine if "problem" in r})}
+                 "problems": sorted({r["problem"] for r in mine if "problem" in r}),
+                 "seconds_per_epoch": statistics.mean(s) if (s := [r["seconds_per_epoch"] for r in mine if "seconds_per_epoch" in r]) else None}
         out.append(entry)
     return out
 
@@ -778,6 +816,8 @@ def _columns(summary: list[dict]) -> list:
                ("labels (kit)", lambda e: human_bytes(e["label_bytes"]) if e["label_bytes"] is not None else
                 (f"{human_bytes(e['predicted_label_bytes'])} predicted" if e.get("predicted_label_bytes") is not None else "-"))]
     if all(e["paper"] is None for e in summary): del columns[3:5]  # a kit table: no paper, no delta
+    if any(e.get("seconds_per_epoch") is not None for e in summary):
+        columns.append(("s/epoch", lambda e: f"{e['seconds_per_epoch']:.1f}" if e.get("seconds_per_epoch") is not None else "-"))
     if any(e["paper_label_gb"] is not None for e in summary):
         columns.append(("labels (paper)", lambda e: human_bytes(e["paper_label_gb"] * 1e9) if e["paper_label_gb"] is not None else "-"))
     return columns
@@ -810,10 +850,10 @@ def render_csv(summary: list[dict]) -> str:
     "The table as CSV: one line per cell, numbers unrounded."
     buffer = io.StringIO()
     keys = ["row", "column", "preset", "overrides", "seeds", "measured", "measured_std", "paper", "paper_std", "delta",
-            "label_bytes", "predicted_label_bytes", "paper_label_gb", "source", "problems"]
+            "label_bytes", "predicted_label_bytes", "paper_label_gb", "seconds_per_epoch", "source", "problems"]
     writer = csv.DictWriter(buffer, keys, lineterminator="\n")
     writer.writeheader()
-    for e in summary: writer.writerow({k: (";".join(map(str, e[k])) if isinstance(e[k], list) else e[k]) for k in keys})
+    for e in summary: writer.writerow({k: (";".join(map(str, e[k])) if isinstance(e.get(k), list) else e.get(k)) for k in keys})
     return buffer.getvalue()
 
 # %% ../nbs/05_reproduce.ipynb #c49d5d4c
@@ -825,7 +865,8 @@ def images_figure(runs: list[CellRun], classes: int = 10, columns: int = 10):
     use_style()
     shown, panels, first_seed = set(), [], min(r.seed for r in runs)
     for run in runs:
-        if run.keys["recover"] in shown or run.cfg.recover.method == "real" or run.seed != first_seed: continue
+        if "recover" not in run.keys or run.keys["recover"] in shown or run.cfg.recover.method == "real" or run.seed != first_seed:
+            continue
         shown.add(run.keys["recover"])
         if finished(run, "recover") is None: continue
         spec = data_spec(run.cfg.data)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .core import (RunConfig, Sre2lError, ConfigError, log, progress, pick_device, generator, seed_everything,
                         open_stage, write_manifest, save_json)
 from .data import ImageSet, DatasetSpec, data_spec, open_split, cached
-from .models import create_model, load_checkpoint, save_model, ClassBNStats, save_class_bn
+from .models import create_model, load_checkpoint, save_model, ClassBNStats, save_class_bn, model_input
 from .train import make_batches, to_device, augment, epoch_factor, param_groups, make_optimizer, evaluate, write_history
 
 # %% auto #0
@@ -102,4 +102,6 @@ def run_squeeze(cfg: RunConfig, run_dir) -> dict:
     timings["total_seconds"] = time.perf_counter() - began
     return write_manifest(out, "squeeze", cfg, artifacts, timings=timings,
                           extra={"metrics": metrics, "dataset": {"name": spec.name, "mean": spec.mean, "std": spec.std,
-                                                                 "num_classes": spec.num_classes, "resolution": spec.resolution}})
+                                                                 "num_classes": spec.num_classes, "resolution": spec.resolution},
+                                 "teacher_input": model_input(sc.model, sc.weights) or {  # what the teacher expects
+                                     "size": spec.resolution, "mean": list(spec.mean), "std": list(spec.std), "source": "data set"}})

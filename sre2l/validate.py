@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,18 +21,22 @@ import torch.distributed as dist
 
 from .core import (RunConfig, Sre2lError, ConfigError, log, progress, pick_device, generator, seed_everything, open_stage,
                         stage_status, require_stage, write_manifest, save_json, atomic_write, hash_json, stage_config,
-                        set_value, resolve_run_dir, load_tensors, shard_from_env)
-from .data import data_spec, open_split, cached, read_distilled
+                        set_value, resolve_run_dir, load_tensors, shard_from_env, load_json,
+                        unit_seed, make_config)
+from .data import (ImageSet, DatasetSpec, FileLoader, data_spec, open_split, cached, read_distilled, load_split,
+                        image_list_hash, sample_crop_boxes, normalize)
 from .models import create_model, save_model, load_teacher
 from .train import evaluate, epoch_factor, param_groups, make_optimizer, write_history, to_device, place_images
 from .recover import run_recover
-from .relabel import (load_epoch, epoch_file, replay_batch, image_list_hash, teacher_probs, run_relabel, BatchPlan,
-                           recover_labels, draw_epoch)
+from .relabel import (load_epoch, epoch_file, replay_batch, teacher_probs, run_relabel, BatchPlan, draw_epoch,
+                           cutmix_box)
+from .regions import RegionStore, recover_labels, resample_crops, teacher_view
 
 # %% auto #0
 __all__ = ['LOSSES', 'kd_loss', 'keep_top_logits', 'student_loss', 'pool_schedule', 'check_store', 'save_training_state',
-           'load_training_state', 'train_student', 'region_epoch', 'run_validate', 'share_stage', 'label_bytes',
-           'pruning_curve', 'plot_pruning']
+           'load_training_state', 'store_batches', 'online_batches', 'train_student', 'region_batches', 'split_crops',
+           'mix_batch', 'split_batches', 'batch_source', 'run_validate', 'share_stage', 'label_bytes', 'pruning_curve',
+           'plot_pruning']
 
 # %% ../nbs/04_validate.ipynb #16295401
 def kd_loss(student_logits: torch.Tensor, target,  # stored fp16 logits, or (top-k values, indices)
@@ -49,17 +55,17 @@ def keep_top_logits(target, k: int):
     return top, where if indices is None else indices.gather(1, where)
 
 # %% ../nbs/04_validate.ipynb #84e0b366
-LOSSES = ("kl", "mse_gt", "soft_ce")
+LOSSES = ("kl", "mse_gt", "soft_ce", "ce")
 
-def student_loss(student_logits: torch.Tensor, target,  # stored logits or (top-k values, indices)
-                 labels: torch.Tensor | None,  # classes of the un-mixed images of the batch (for 'mse_gt')
+def student_loss(student_logits: torch.Tensor, target,  # logits, (top-k values, indices), a distribution, or None
+                 labels: torch.Tensor | None,  # classes of the un-mixed images of the batch ('mse_gt', 'ce')
                  vc) -> torch.Tensor:  # ValidateConfig
     "The training loss of one (micro-)batch, in fp32, as `vc.loss` names it."
     logits = student_logits.float()
     if vc.loss == "kl": return kd_loss(logits, keep_top_logits(target, vc.keep_topk), vc.temperature, vc.kl_t2)
     if vc.loss == "mse_gt": return F.mse_loss(logits, target.float()) + vc.ce_weight * F.cross_entropy(logits, labels)
-    if vc.loss == "soft_ce": return -(target * F.log_softmax(logits, 1)).sum(1).mean()  # FKD: target = stored distribution
-    raise ConfigError(f"validate.loss must be one of {', '.join(LOSSES)}, got {vc.loss!r}")
+    if target is not None: return -(target * F.log_softmax(logits, 1)).sum(1).mean()  # soft CE: FKD's, or mixed classes
+    return F.cross_entropy(logits, labels)
 
 # %% ../nbs/04_validate.ipynb #a4746d41
 def pool_schedule(manifest: dict, vc, seed: int) -> list[list[tuple[int, int]]]:
@@ -83,29 +89,27 @@ def pool_schedule(manifest: dict, vc, seed: int) -> list[list[tuple[int, int]]]:
             for e in range(vc.epochs)]
 
 # %% ../nbs/04_validate.ipynb #9a474057
-def check_store(relabel_manifest: dict, image_dir, epochs: int, pool: str = "epoch/order",
-                loss: str = "kl"):  # the validate loss; 'mse_gt' needs every logit
-    "Refuse a store made for other images, with too few complete epochs for an in-order replay, or without what the loss needs."
-    if (relabel_manifest.get("mode") == "region") != (loss == "soft_ce"):
-        kind = "FKD region labels" if relabel_manifest.get("mode") == "region" else "FKD-mix teacher logits"
-        wanted = "soft_ce" if relabel_manifest.get("mode") == "region" else "kl or mse_gt"
-        raise Sre2lError(f"the label store holds {kind}, which validate.loss={loss} cannot train from; set validate.loss={wanted}")
-    if relabel_manifest.get("mode") == "region": return _check_images(relabel_manifest, image_dir)
-    complete = relabel_manifest["complete_epochs"]
-    if complete < epochs and pool == "epoch/order":
+def check_store(relabel_manifest: dict, images, vc) -> None:  # images: the distilled folder, or the training split
+    "Refuse a store made for other images, too short for an in-order replay, or without what the loss needs."
+    region, split = relabel_manifest.get("mode") == "region", relabel_manifest.get("split", "recovered")
+    if region != (vc.loss == "soft_ce"):
+        kind, wanted = ("FKD region labels", "soft_ce") if region else ("FKD-mix teacher logits", "kl or mse_gt")
+        raise Sre2lError(f"the label store holds {kind}, which validate.loss={vc.loss} cannot train from; set validate.loss={wanted}")
+    if region and (split == "train") != (vc.images == "train"):
+        raise Sre2lError(f"the region store labels the {'training split' if split == 'train' else 'distilled images'}: "
+                         f"set validate.images={'train' if split == 'train' else 'distilled'}")
+    if not region and relabel_manifest["complete_epochs"] < vc.epochs and vc.pool_granularity == "epoch" and vc.pool_metric == "order":
+        complete = relabel_manifest["complete_epochs"]
         pruned = f" (pruned with prune_ratio={relabel_manifest['prune_ratio']}: train from a label pool, e.g. " \
                  f"--set validate.pool_granularity=batch --set validate.pool_metric=random)" if relabel_manifest["prune_ratio"] else ""
-        raise Sre2lError(f"validate.epochs={epochs} but the label store has only {complete} complete epochs{pruned}; "
+        raise Sre2lError(f"validate.epochs={vc.epochs} but the label store has only {complete} complete epochs{pruned}; "
                          f"set validate.epochs <= {complete} or relabel with more epochs")
-    if loss == "mse_gt" and relabel_manifest.get("logits", "fp16") != "fp16":
+    if vc.loss == "mse_gt" and relabel_manifest.get("logits", "fp16") != "fp16":
         raise Sre2lError(f"validate.loss=mse_gt compares every raw logit, but the label store keeps only the "
                          f"{relabel_manifest['logits']} logits; relabel with relabel.logits=fp16 or use validate.loss=kl")
-    _check_images(relabel_manifest, image_dir)
-
-def _check_images(relabel_manifest: dict, image_dir):
-    if relabel_manifest["image_list_sha256"] != image_list_hash(image_dir):
-        raise Sre2lError(f"the label store was made for another image list than {image_dir} (image_list_sha256 "
-                         f"{relabel_manifest['image_list_sha256'][:12]} vs {image_list_hash(image_dir)[:12]}); relabel again")
+    if relabel_manifest["image_list_sha256"] != image_list_hash(images):
+        raise Sre2lError(f"the label store was made for another image list than {images if not isinstance(images, ImageSet) else 'the split'} "
+                         f"(image_list_sha256 {relabel_manifest['image_list_sha256'][:12]} vs {image_list_hash(images)[:12]}); relabel again")
 
 # %% ../nbs/04_validate.ipynb #b9a4d66e
 def save_training_state(path, key: str,  # the validate configuration hash the run belongs to
@@ -128,142 +132,231 @@ def load_training_state(path, key: str) -> dict | None:
     return state
 
 # %% ../nbs/04_validate.ipynb #4a107802
+def _on(target, device):
+    "A target (tensor, (values, indices), or None) on `device`."
+    if target is None: return None
+    return tuple(t.to(device) for t in target) if isinstance(target, tuple) else target.to(device)
+
+def store_batches(images: torch.Tensor, labels: torch.Tensor, label_dir, schedule: list, spec, device):
+    "Source: the stored FKD-mix batches each epoch's schedule names (`pool_schedule`), replayed on `device`."
+    cache = {}  # stored epochs stay loaded while consecutive training epochs use them, and are dropped after
+    def epoch_batches(epoch: int):
+        needed = {e for e, _ in schedule[epoch]}
+        for e in [e for e in cache if e not in needed]: del cache[e]
+        for e in sorted(needed - set(cache)): cache[e] = load_epoch(epoch_file(label_dir, e))
+        for e, b in schedule[epoch]:
+            plan, target = cache[e][b]
+            yield replay_batch(images, plan, spec, spec.resolution, device), _on(target, device), labels[plan.indices.to(labels.device)]
+    return epoch_batches
+
+# %% ../nbs/04_validate.ipynb #058dd6f8
+def online_batches(images: torch.Tensor, labels: torch.Tensor, cfg: RunConfig, spec, device,
+                   teacher: nn.Module | None = None):  # None: hard labels (plans without mixing, the images' classes)
+    "Source: fresh plans each epoch (relabel's crop and mix settings), labelled by the teacher on the very batch."
+    rl, vc = cfg.relabel, cfg.validate
+    if teacher is None: rl = dataclasses.replace(rl, mix="none")  # a hard label is the un-mixed image's class
+    def epoch_batches(epoch: int):
+        for plan in draw_epoch(len(images), epoch, rl, spec.resolution, cfg.seed):
+            x, y = replay_batch(images, plan, spec, spec.resolution, device), labels[plan.indices.to(labels.device)]
+            if teacher is None: yield x, None, y; continue
+            with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=vc.precision == "bf16"):
+                logits = teacher(x).float()
+            yield x, F.softmax(logits / rl.teacher_temperature, 1) if vc.loss == "soft_ce" else logits, y
+    return epoch_batches
+
+# %% ../nbs/04_validate.ipynb #0738ff4c
 def _micro_batches(size: int, count: int) -> list[slice]:
     "`count` contiguous, nearly equal slices of a batch of `size` (fewer when the batch is smaller)."
     bounds = [round(i * size / count) for i in range(count + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
-def train_student(student: nn.Module, images: torch.Tensor, label_dir, spec, vc, device,
-                  schedule,  # (stored epoch, batch) keys of each training epoch (pool_schedule), or epoch -> [(plan, target)]
-                  test=None,  # real test split (ImageSet on the device) evaluated every vc.eval_every epochs
-                  labels: torch.Tensor | None = None,  # classes of the distilled images (loss 'mse_gt' needs them)
+def _step(model, optimizer, x, target, y, vc, rank: int, world: int) -> torch.Tensor:
+    "One optimiser step on this rank's slice of a batch, in `accumulation_steps` micro-batches; the batch's loss."
+    if len(x) < world: raise ConfigError(f"a batch of {len(x)} images cannot be split over {world} ranks")
+    mine, total = _micro_batches(len(x), world)[rank], torch.zeros((), device=x.device)
+    parts = [slice(mine.start + p.start, mine.start + p.stop) for p in _micro_batches(mine.stop - mine.start, vc.accumulation_steps)]
+    optimizer.zero_grad(set_to_none=True)
+    for i, part in enumerate(parts):
+        with model.no_sync() if world > 1 and i < len(parts) - 1 else contextlib.nullcontext():
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=vc.precision == "bf16"):
+                out = model(x[part])
+            piece = None if target is None else tuple(t[part] for t in target) if isinstance(target, tuple) else target[part]
+            loss = student_loss(out, piece, None if y is None else y[part], vc) * ((part.stop - part.start) / len(x))
+            (loss * world).backward(); total += loss.detach()  # DDP averages: scaled by world, the average is the batch's
+    optimizer.step()
+    return total
+
+# %% ../nbs/04_validate.ipynb #8edd405d
+def train_student(student: nn.Module,
+                  batches,  # a batch source: epoch -> (x, target, labels) batches (see above)
+                  vc, device, spec,  # ValidateConfig, the device, the data set (for evaluation)
+                  test=None,  # real test split, evaluated every vc.eval_every epochs
                   checkpoint=None,  # checkpoint file: resumed from when present, written every vc.checkpoint_every epochs
                   checkpoint_key: str = "",  # configuration hash a checkpoint must carry to be resumed
-                  teacher: nn.Module | None = None,  # online KD: targets are this frozen teacher's logits
                   status=None) -> list[dict]:  # progress.json to keep up to date (see sre2l.core.progress)
-    "Train `student` on the replayed store; returns per-epoch history. Under torch.distributed each rank takes its slice of every batch."
-    if vc.loss == "mse_gt" and labels is None: raise ConfigError("validate.loss=mse_gt needs the images' labels")
+    "Train `student` on a batch source; returns per-epoch history. Under torch.distributed each rank takes its slice."
     if vc.channels_last: student.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(vc.optimizer, param_groups(student, vc.weight_decay, vc.decay_bn_bias), vc.lr, vc.momentum)
-    history, start = [], 0
     state = load_training_state(checkpoint, checkpoint_key) if checkpoint is not None else None
-    if state is not None:
-        student.load_state_dict(state["student"]); optimizer.load_state_dict(state["optimizer"])
-        history, start = state["history"], state["epochs_done"]
-        log.info("validate: resuming after epoch %d from %s", start, checkpoint)
+    history, start = (state["history"], state["epochs_done"]) if state else ([], 0)
+    if state: student.load_state_dict(state["student"]); optimizer.load_state_dict(state["optimizer"])
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    model = student
-    if world > 1:  # DDP averages the ranks' gradients; each rank's loss is scaled by `world` so the average is the batch's
-        model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
-    cache = {}
+    model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else student
     for epoch in progress(range(start, vc.epochs), status=status if rank == 0 else None, desc="validate epochs",
-                                   initial=start, total=vc.epochs, disable=rank > 0):
+                          initial=start, total=vc.epochs, disable=rank > 0):
         for group in optimizer.param_groups: group["lr"] = vc.lr * epoch_factor(epoch, vc.epochs, vc.warmup_epochs)
-        student.train(); total = torch.zeros((), device=device); steps = 0
-        if callable(schedule): batches = schedule(epoch)  # e.g. region_epoch
-        else:
-            # stored epochs stay loaded while consecutive training epochs use them and are dropped after,
-            # so memory holds what one training epoch needs, not the whole store
-            needed = {e for e, _ in schedule[epoch]}
-            cache = {e: cache[e] if e in cache else load_epoch(epoch_file(label_dir, e)) for e in sorted(needed)}
-            batches = [cache[e][b] for e, b in schedule[epoch]]
-        for plan, target in batches:
-            x = replay_batch(images, plan, spec, spec.resolution, device)
+        student.train(); began, total, steps = time.perf_counter(), torch.zeros((), device=device), 0
+        for x, target, y in batches(epoch):
             if vc.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-            if teacher is not None:  # online KD: the teacher labels the very batch the student sees
-                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=vc.precision == "bf16"):
-                    target = teacher(x).float()
-            else: target = tuple(t.to(device) for t in target) if isinstance(target, tuple) else target.to(device)
-            y = labels[plan.indices.to(device)] if labels is not None else None
-            if len(x) < world: raise ConfigError(f"a stored batch of {len(x)} images cannot be split over {world} ranks")
-            mine = _micro_batches(len(x), world)[rank]  # this rank's slice of the batch
-            parts = [slice(mine.start + p.start, mine.start + p.stop) for p in _micro_batches(mine.stop - mine.start, vc.accumulation_steps)]
-            optimizer.zero_grad(set_to_none=True)
-            for i, part in enumerate(parts):
-                with model.no_sync() if world > 1 and i < len(parts) - 1 else contextlib.nullcontext():
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=vc.precision == "bf16"):
-                        out = model(x[part])
-                    piece = tuple(t[part] for t in target) if isinstance(target, tuple) else target[part]
-                    loss = student_loss(out, piece, None if y is None else y[part], vc) * ((part.stop - part.start) / len(x))
-                    (loss * world).backward(); total += loss.detach()
-            optimizer.step(); steps += 1
+            total += _step(model, optimizer, x, target, y, vc, rank, world); steps += 1
         if world > 1: dist.all_reduce(total)  # once per epoch: the whole batches' loss for the history
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total.item() / steps}
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total.item() / steps,
+               "seconds": time.perf_counter() - began}
         if test is not None and rank == 0 and ((epoch + 1) % vc.eval_every == 0 or epoch == vc.epochs - 1):
             row.update({f"test_{k}": v for k, v in evaluate(student, test, spec, device, vc.eval_batch_size).items()})
         history.append(row)
-        if checkpoint is not None and rank == 0 and vc.checkpoint_every > 0 and (epoch + 1) % vc.checkpoint_every == 0 and epoch + 1 < vc.epochs:
+        if checkpoint is not None and rank == 0 and vc.checkpoint_every > 0 and (epoch + 1) % vc.checkpoint_every == 0 \
+                and epoch + 1 < vc.epochs:
             save_training_state(checkpoint, checkpoint_key, epoch + 1, student, optimizer, history)
     return history
 
 # %% ../nbs/04_validate.ipynb #8c2ae444
-def region_epoch(regions: dict,  # an FKD region store: boxes, flips, indices (and values) per image and crop
-                 label_type: str, num_classes: int,
-                 epoch: int, batch_size: int, seed: int) -> list[tuple[BatchPlan, torch.Tensor]]:
-    "One training epoch from a region store: each image once, with its next stored crop, in seeded random batches."
-    n, crops = regions["boxes"].shape[:2]
-    # each image walks through its crops in its own seeded order, so epochs see distinct crops until the pool is used up
-    crop_order = torch.argsort(torch.rand(n, crops, generator=generator(seed, "region-crop-order")), 1)
-    crop = crop_order[:, epoch % crops]
-    batches = []
-    for part in torch.randperm(n, generator=generator(seed, "region-image-order", epoch)).split(batch_size):
-        chosen = crop[part]
-        plan = BatchPlan(part, regions["boxes"][part, chosen], regions["flips"][part, chosen].bool(),
-                         torch.arange(len(part)), 1.0, torch.zeros(4, dtype=torch.int32))
-        values = regions["values"][part, chosen] if "values" in regions else None
-        batches.append((plan, recover_labels(regions["indices"][part, chosen], values, label_type, num_classes)))
-    return batches
+def _crop_walk(seed: int, image: int, crops: int, first: int, count: int) -> torch.Tensor:
+    "Positions `first` .. `first + count - 1` of one image's seeded walk through its pool of `crops` stored crops."
+    order = torch.randperm(crops, generator=generator(seed, "region-crop-order", image))
+    return order[torch.arange(first, first + count) % crops]
+
+def region_batches(images: torch.Tensor, labels: torch.Tensor, store: RegionStore, cfg: RunConfig, spec, device):
+    "Source: a distilled set's region store; each epoch shows every image once, with its next stored crop."
+    def epoch_batches(epoch: int):
+        for part in torch.randperm(len(images), generator=generator(cfg.seed, "region-image-order", epoch)).split(cfg.relabel.batch_size):
+            picks = torch.stack([_crop_walk(cfg.seed, int(i), store.crops, epoch, 1) for i in part])
+            kept = store.get(part, picks)
+            plan = BatchPlan(part, kept["boxes"][:, 0], kept["flips"][:, 0].bool(), torch.arange(len(part)), 1.0,
+                             torch.zeros(4, dtype=torch.int32))
+            target = recover_labels(kept["indices"][:, 0], kept["values"][:, 0] if "values" in kept else None,
+                                    store.label_type, spec.num_classes)
+            yield replay_batch(images, plan, spec, spec.resolution, device), target.to(device), labels[part.to(labels.device)]
+    return epoch_batches
+
+# %% ../nbs/04_validate.ipynb #7d55949c
+def split_crops(which: torch.Tensor, sizes: torch.Tensor, epoch: int, cfg: RunConfig, store: RegionStore | None = None) -> dict:
+    "Each image's `crops_per_image` crops for one pass: its next stored ones (with their labels), or fresh ones."
+    c, rl = cfg.validate.crops_per_image, cfg.relabel
+    if store is not None:
+        return store.get(which, torch.stack([_crop_walk(cfg.seed, int(i), store.crops, epoch * c, c) for i in which]))
+    boxes, flips = [], []
+    for i, (h, w) in zip(which.tolist(), sizes.tolist()):
+        gen = generator(cfg.seed, "split-crops", i, epoch)
+        boxes.append(sample_crop_boxes(c, h, w, (rl.crop_scale_min, rl.crop_scale_max), generator=gen) / torch.tensor([h, w, h, w]))
+        flips.append(torch.rand(c, generator=gen) < 0.5 if rl.flip else torch.zeros(c, dtype=torch.bool))
+    return {"boxes": torch.stack(boxes).float(), "flips": torch.stack(flips)}
+
+def mix_batch(x: torch.Tensor, target: torch.Tensor, kind: str, alpha: float, rng) -> tuple:
+    "Mix a batch's images and their label distributions with one lambda (FKD's Mixup or CutMix)."
+    lam, partner = float(rng.beta(alpha, alpha)), torch.from_numpy(rng.permutation(len(x))).to(x.device)
+    if kind == "cutmix":
+        r1, c1, r2, c2 = cutmix_box(x.shape[-1], lam, rng)
+        x = x.clone(); x[:, :, r1:r2, c1:c2] = x[partner][:, :, r1:r2, c1:c2]
+        lam = 1 - (r2 - r1) * (c2 - c1) / x.shape[-1] ** 2  # the share of the image that is still its own
+    else: x = lam * x + (1 - lam) * x[partner]
+    return x, lam * target + (1 - lam) * target[partner]
+
+# %% ../nbs/04_validate.ipynb #541c1a1e
+def split_batches(split: ImageSet, cfg: RunConfig, spec, device,
+                  store: RegionStore | None = None,  # the split's region store: stored crops and labels (FKD)
+                  teacher: nn.Module | None = None, view: dict | None = None):  # online: the teacher, at its own view
+    "Source: the whole training split, `crops_per_image` crops of each image per pass; stored, online or hard labels."
+    vc, rl, c = cfg.validate, cfg.relabel, cfg.validate.crops_per_image
+    per_batch = rl.batch_size // c
+    loader = None if split.images is not None else FileLoader(split, per_batch, cfg.data.workers, device.type == "cuda",
+                                                                original=True)
+    def decoded(order):
+        if loader is None:
+            for part in order.split(per_batch): yield (split.images[part], torch.tensor(split.images.shape[-2:]).expand(len(part), 2)), part
+            return
+        start = 0
+        for (pixels, sizes), _ in loader(order): yield (pixels, sizes), order[start: start + len(pixels)]; start += len(pixels)
+    def epoch_batches(epoch: int):
+        for b, ((pixels, sizes), which) in enumerate(decoded(torch.randperm(len(split), generator=generator(cfg.seed, "split-order", epoch)))):
+            crops, pixels = split_crops(which, sizes, epoch, cfg, store), pixels.to(device)
+            x = resample_crops(normalize(pixels, spec.mean, spec.std), sizes, crops["boxes"], crops["flips"], spec.resolution)
+            y = split.labels[which].repeat_interleave(c).to(device)
+            if store is not None:
+                values = crops["values"].flatten(0, 1) if "values" in crops else None
+                target = recover_labels(crops["indices"].flatten(0, 1), values, store.label_type, spec.num_classes).to(device)
+            elif teacher is not None:
+                seen = resample_crops(normalize(pixels, view["mean"], view["std"]), sizes, crops["boxes"], crops["flips"], view["size"])
+                with torch.no_grad(): target = F.softmax(teacher(seen).float() / rl.teacher_temperature, 1)
+            else: target = F.one_hot(y, spec.num_classes).float()
+            if vc.mix != "none":
+                rng = np.random.default_rng(unit_seed(cfg.seed, "split-mix", epoch, b))
+                x, target = mix_batch(x, target, vc.mix, rl.cutmix_alpha if vc.mix == "cutmix" else rl.mixup_alpha, rng)
+            yield x, target, y
+    return epoch_batches
 
 # %% ../nbs/04_validate.ipynb #36cbe82d
+def batch_source(cfg: RunConfig, run_dir: Path, spec, device) -> tuple:
+    "(batch source, {input stage: manifest}, training images) for the configured images and labels."
+    vc, run_dir = cfg.validate, Path(run_dir)
+    teacher = load_teacher(run_dir, cfg, device) if vc.labels == "online" else None
+    squeeze = {"squeeze": run_dir / "squeeze" / "manifest.json"} if teacher is not None else {}
+    if vc.images == "train":
+        split = open_split(cfg.data, "train")
+        if vc.labels != "stored":
+            view = teacher_view(cfg.relabel, load_json(run_dir / "squeeze" / "manifest.json"), spec) if teacher is not None else None
+            return split_batches(split, cfg, spec, device, teacher=teacher, view=view), squeeze, len(split)
+        check_store(require_stage(run_dir, "relabel", cfg), split, vc)
+        store = RegionStore(run_dir / "relabel")
+        return split_batches(split, cfg, spec, device, store=store), {"relabel": run_dir / "relabel" / "manifest.json"}, len(split)
+    require_stage(run_dir, "recover", cfg)
+    image_dir = run_dir / "recover" / "images"
+    distilled = read_distilled(image_dir, cfg.recover.ipc, spec.channels, spec.num_classes, workers=cfg.data.workers)
+    images, labels = place_images(distilled.images, device), distilled.labels.to(device)
+    if vc.labels != "stored":
+        return online_batches(images, labels, cfg, spec, device, teacher), {**squeeze, "recover": run_dir / "recover" / "manifest.json"}, len(images)
+    relabel = require_stage(run_dir, "relabel", cfg)
+    check_store(relabel, image_dir, vc)
+    inputs = {"relabel": run_dir / "relabel" / "manifest.json"}
+    if relabel["mode"] == "region": return region_batches(images, labels, RegionStore(run_dir / "relabel"), cfg, spec, device), inputs, len(images)
+    schedule = pool_schedule(relabel, vc, cfg.seed)
+    return store_batches(images, labels, run_dir / "relabel" / "labels", schedule, spec, device), inputs, len(images)
+
+# %% ../nbs/04_validate.ipynb #be2171c0
 def run_validate(cfg: RunConfig, run_dir) -> dict:
-    "Stage 4: train a student on `run_dir`'s distilled set and labels; test top-1 on the real test split."
+    "Stage 4: train a student on the configured images and labels; test top-1 on the real test split."
     began = time.perf_counter()
     run_dir, done = open_stage(run_dir, "validate", cfg)
     if done is not None: return done
-    vc = cfg.validate
-    online = vc.labels == "online"
-    relabel = None if online else require_stage(run_dir, "relabel", cfg)
-    if online: require_stage(run_dir, "recover", cfg)
-    image_dir, label_dir, out = run_dir / "recover" / "images", run_dir / "relabel" / "labels", run_dir / "validate"
-    if not online: check_store(relabel, image_dir, vc.epochs, f"{vc.pool_granularity}/{vc.pool_metric}", vc.loss)
+    vc, out = cfg.validate, run_dir / "validate"
     seed_everything(cfg.seed)
     rank, world = shard_from_env()
     device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), data_spec(cfg.data)
     if world > 1 and not dist.is_initialized():  # launched by torchrun: one process per GPU (or CPU processes, gloo)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    distilled = read_distilled(image_dir, cfg.recover.ipc, spec.channels, spec.num_classes, workers=cfg.data.workers)
-    images, labels = place_images(distilled.images, device), distilled.labels.to(device)
+    batches, inputs, count = batch_source(cfg, run_dir, spec, device)
     test = to_device(cached(open_split(cfg.data, "test"), cfg.data.cache_bytes, cfg.data.workers), device)  # decoded once
     build = dict(name=vc.model, num_classes=spec.num_classes, in_channels=spec.channels, resolution=spec.resolution,
                  small_input=vc.small_input)
-    student = create_model(**build).to(device)
-    start = time.perf_counter()
-    checkpoint = out / "checkpoint.pt"
-    teacher = load_teacher(run_dir, cfg, device) if online else None
-    if online:  # fresh augmentation plans per epoch, drawn as relabel would draw them (relabel's crop and mix settings)
-        schedule = lambda epoch: [(plan, None) for plan in draw_epoch(len(images), epoch, cfg.relabel, spec.resolution, cfg.seed)]
-    elif relabel["mode"] == "region":
-        regions = load_tensors(run_dir / "relabel" / "regions.safetensors")
-        schedule = lambda epoch: region_epoch(regions, relabel["label_type"], spec.num_classes, epoch, cfg.relabel.batch_size, cfg.seed)
-    else: schedule = pool_schedule(relabel, vc, cfg.seed)
-    history = train_student(student, images, label_dir, spec, vc, device, schedule, test,
-                            labels, checkpoint, hash_json(stage_config(cfg, "validate")), teacher, out / "progress.json")
+    student, start = create_model(**build).to(device), time.perf_counter()
+    history = train_student(student, batches, vc, device, spec, test, out / "checkpoint.pt",
+                            hash_json(stage_config(cfg, "validate")), out / "progress.json")
     seconds = time.perf_counter() - start
     if rank > 0: dist.barrier(); return {"stage": "validate", "rank": rank}  # rank 0 writes the results
     tested = [r for r in history if "test_top1" in r]
-    metrics = {"test_top1": tested[-1]["test_top1"], "test_top5": tested[-1]["test_top5"],
-               "best_test_top1": max(r["test_top1"] for r in tested), "images": len(images), "epochs": vc.epochs}
+    metrics = {"test_top1": tested[-1]["test_top1"], "test_top5": tested[-1]["test_top5"], "images": count, "epochs": vc.epochs,
+               "best_test_top1": max(r["test_top1"] for r in tested),
+               "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history)}
     log.info("validate: student %s test top-1 %.2f%% (best %.2f%%)", vc.model, metrics["test_top1"], metrics["best_test_top1"])
     out.mkdir(parents=True, exist_ok=True)
     save_model(student, out / "student.safetensors", build)
     write_history(out / "history.csv", history)
     save_json(out / "metrics.json", metrics)
     manifest = write_manifest(out, "validate", cfg, ["student.safetensors", "student.json", "history.csv", "metrics.json"],
-                              inputs={"squeeze": run_dir / "squeeze" / "manifest.json", "recover": run_dir / "recover" / "manifest.json"}
-                              if online else {"relabel": run_dir / "relabel" / "manifest.json"},
-                              timings={"seconds": seconds, "total_seconds": time.perf_counter() - began},
+                              inputs=inputs, timings={"seconds": seconds, "total_seconds": time.perf_counter() - began},
                               extra={"metrics": metrics})
-    checkpoint.unlink(missing_ok=True)  # the finished student replaces it
+    (out / "checkpoint.pt").unlink(missing_ok=True)  # the finished student replaces it
     if world > 1: dist.barrier()
     return manifest
 
@@ -283,7 +376,7 @@ def _variant(cfg: RunConfig, **changes) -> RunConfig:
 
 def label_bytes(relabel_manifest: dict) -> int:
     "Bytes of a label store's files, from its manifest."
-    return sum(v["bytes"] for k, v in relabel_manifest["artifacts"].items() if k.startswith("labels/"))
+    return sum(v["bytes"] for k, v in relabel_manifest["artifacts"].items() if k.startswith(("labels/", "regions/")))
 
 def pruning_curve(cfg: RunConfig, run_dir,
                   ratios: tuple = (0.0, 0.9, 0.975),  # prune ratios; 0.9 is LPLD's 10x, 0.975 its 40x

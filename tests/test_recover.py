@@ -75,9 +75,8 @@ def test_lpld_class_targets_within_class(squeezed, tmp_path):
     run_dir = with_teacher(squeezed, tmp_path / "lpld")
     manifest = run_recover(cfg, run_dir)
     assert manifest["images"] == 30
-    bad = make_config("lpld_digits", BASE + ["recover.batch_mode=cross-class"])
-    with pytest.raises(Exception, match="batch_mode=within-class"):
-        run_recover(bad, tmp_path / "bad")
+    with pytest.raises(Exception, match="batch_mode=within-class"):  # refused by the configuration, before any work
+        make_config("lpld_digits", BASE + ["recover.batch_mode=cross-class"])
 
 
 def test_prism_real_init_extra_bn_teachers_and_cyclic_budget(squeezed, tmp_path):

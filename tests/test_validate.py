@@ -26,14 +26,12 @@ def store(tmp_path_factory):
 
 
 def train(store, cfg, checkpoint=None, student=None):
-    import json
-    spec = get_dataset("digits")
-    distilled = read_distilled(store / "recover" / "images", 3, spec.channels, spec.num_classes)
+    "Train a student on the module's store through the same batch source `run_validate` uses, without evaluation."
+    spec, device = get_dataset("digits"), torch.device("cpu")
     torch.manual_seed(0)
     student = student or create_model("convnet-d3-w64", 10, 1, spec.resolution)
-    manifest = json.loads((store / "relabel" / "manifest.json").read_text())
-    history = train_student(student, distilled.images, store / "relabel" / "labels", spec, cfg.validate, torch.device("cpu"),
-                            pool_schedule(manifest, cfg.validate, cfg.seed), None, distilled.labels, checkpoint,
+    batches, _, _ = validate.batch_source(cfg, store, spec, device)
+    history = train_student(student, batches, cfg.validate, device, spec, None, checkpoint,
                             hash_json(stage_config(cfg, "validate")))
     return student, history
 
@@ -88,19 +86,15 @@ def test_mse_gt_trains_and_needs_full_logits(store, tmp_path):
     for stage in ("squeeze", "recover", "relabel"): shutil.copytree(store / stage, tmp_path / stage)
     metrics = run_validate(cfg, tmp_path)["metrics"]
     assert metrics["epochs"] == 2 and 0 <= metrics["test_top1"] <= 100
-    topk = make_config("digits", BASE + ["validate.loss=mse_gt", "relabel.logits=topk", "relabel.topk=3"])
-    topk_dir = tmp_path / "topk"
-    for stage in ("squeeze", "recover"): shutil.copytree(store / stage, topk_dir / stage)
-    run_relabel(topk, topk_dir)
-    with pytest.raises(Exception, match="mse_gt compares every raw logit"):
-        run_validate(topk, topk_dir)
+    with pytest.raises(Exception, match="mse_gt compares every raw logit"):  # refused before any work
+        make_config("digits", BASE + ["validate.loss=mse_gt", "relabel.logits=topk", "relabel.topk=3"])
 
 
 def test_bf16_channels_last_student_trains(store):
     cfg = make_config("digits", BASE + ["validate.epochs=1", "validate.precision=bf16", "validate.channels_last=true"])
     student, history = train(store, cfg)
     assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
-    with pytest.raises(Exception, match="validate.precision must be"):
+    with pytest.raises(Exception, match="validate.precision=.fp16. is not one of"):
         train(store, make_config("digits", BASE + ["validate.precision=fp16"]))
 
 
@@ -145,7 +139,7 @@ def test_online_kd_needs_no_store_and_matches_stored_labels(store, tmp_path):
             with torch.no_grad(): target = teacher(replay_batch(images, plan, spec, spec.resolution)).float()
             one_step = logits.float().abs() * 2.0 ** -10 + 1e-6  # one fp16 step at each logit's magnitude
             assert ((target - logits.float()).abs() <= one_step).all()
-    with pytest.raises(Exception, match="validate.labels must be"):
+    with pytest.raises(Exception, match="validate.labels=.live. is not one of"):
         run_validate(make_config("digits", overrides + ["validate.labels=live"]), tmp_path / "other")
 
 
