@@ -1,12 +1,26 @@
 """Package metadata, read from settings.ini (the nbdev 2 convention)."""
+import shutil
 from configparser import ConfigParser
 from pathlib import Path
 
 import setuptools
+from setuptools.command.build_py import build_py
 
 config = ConfigParser(delimiters=["="])
 config.read(Path(__file__).parent / "settings.ini", encoding="utf-8")
 cfg = config["DEFAULT"]
+
+
+class BuildWithNotebooks(build_py):
+    "Ship the lessons inside the package, so that `sre2l demo`, `reproduce` and `site` run from a wheel without a clone."
+    def run(self):
+        super().run()
+        source = Path(__file__).parent / "nbs"
+        if self.editable_mode or not source.is_dir(): return  # an editable install reads nbs/ where it is
+        target = Path(self.build_lib) / cfg["lib_path"] / "notebooks"
+        target.mkdir(parents=True, exist_ok=True)
+        for notebook in sorted(source.glob("[0-9]*.ipynb")): shutil.copy2(notebook, target / notebook.name)
+
 
 setuptools.setup(
     name=cfg["lib_name"],
@@ -37,5 +51,6 @@ setuptools.setup(
         "console_scripts": cfg["console_scripts"].split(),
         "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
     },
+    cmdclass={"build_py": BuildWithNotebooks},
     zip_safe=False,
 )

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 
-from sre2l.core import make_config, read_manifest, setup_logging
+from sre2l.core import setup_logging
+from sre2l.presets import make_config
+from sre2l.runs import read_manifest
 from sre2l.data import read_distilled
-from sre2l.relabel import load_epoch, epoch_file
+from sre2l.replay import load_epoch, epoch_file
 from sre2l.squeeze import run_squeeze
 from sre2l.recover import run_recover
 from sre2l.relabel import run_relabel

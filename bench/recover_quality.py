@@ -12,7 +12,9 @@ import statistics
 import time
 from pathlib import Path
 
-from sre2l.core import make_config, setup_logging, resolve_run_dir
+from sre2l.core import setup_logging
+from sre2l.presets import make_config
+from sre2l.runs import resolve_run_dir
 from sre2l.squeeze import run_squeeze
 from sre2l.recover import run_recover
 from sre2l.relabel import run_relabel

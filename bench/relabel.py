@@ -4,8 +4,8 @@
     decode, per-image RandomResizedCrop and flip (torchvision transforms on PIL images), ToTensor, Normalize,
     CutMix on the batch, an fp32 teacher, fp16 logits saved with torch.save per batch;
 (b) kit: the distilled set as one uint8 tensor on the device, plans drawn per epoch, one batched
-    crop/flip resample and CutMix on the device (sre2l.relabel.replay_batch), the teacher in channels-last,
-    and one safetensors file per epoch (sre2l.relabel.save_epoch);
+    crop/flip resample and CutMix on the device (sre2l.replay.replay_batch), the teacher in channels-last,
+    and one safetensors file per epoch (sre2l.replay.save_epoch);
 (c) kit with the teacher under bf16 autocast.
 
     python bench/relabel.py --variant cpu            # small, for CI and laptops
@@ -36,7 +36,7 @@ from timing import timed, machine, print_table, random_jpegs, loader_bench_setup
 from sre2l.core import RelabelConfig
 from sre2l.data import IMAGENET_MEAN, IMAGENET_STD, read_distilled
 from sre2l.models import create_model
-from sre2l.relabel import draw_epoch, replay_batch, save_epoch, epoch_file, cutmix_box
+from sre2l.replay import draw_epoch, replay_batch, save_epoch, epoch_file, cutmix_box
 
 VARIANTS = {  # classes, images per class, resolution, small_input, batch size, workers
     "cpu": (10, 20, 32, True, 50, 2),

@@ -26,7 +26,7 @@ from timing import timed, machine, print_table, random_jpegs, loader_bench_setup
 from sre2l.core import RelabelConfig, ValidateConfig
 from sre2l.data import IMAGENET_MEAN, IMAGENET_STD, read_distilled
 from sre2l.models import create_model
-from sre2l.relabel import draw_epoch, save_epoch, epoch_file
+from sre2l.replay import draw_epoch, save_epoch, epoch_file
 from sre2l.validate import train_student, kd_loss
 
 VARIANTS = {  # classes, images per class, resolution, small_input, batch size, workers

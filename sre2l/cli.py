@@ -11,18 +11,18 @@ import inspect
 import json
 import os
 import re
-import shutil
 import sys
-import time
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 
-from .core import (RunConfig, Sre2lError, make_config, list_presets, PRESET_SOURCES, config_dict, setup_logging,
-                        resolve_run_dir, find_project_root, save_json, stage_status, run_status, LIMITS, _choices)
+import sre2l
+from .core import RunConfig, Sre2lError, config_dict, setup_logging, LIMITS, _choices
+from .presets import make_config, list_presets, PRESET_SOURCES
+from .runs import resolve_run_dir, save_json, stage_status, run_status, notebook_dir, STAGE_NOTEBOOKS
 
 # %% auto #0
-__all__ = ['STAGE_VERBS', 'STAGE_NOTEBOOKS', 'field_comments', 'config_help', 'parse_shard', 'build_parser', 'notebook_dir',
-           'execute_notebook', 'run_demo', 'demo_table', 'build_site', 'os_message', 'status_table', 'main']
+__all__ = ['STAGE_VERBS', 'field_comments', 'config_help', 'keys_epilog', 'parse_shard', 'run_demo', 'demo_notebooks',
+           'build_site', 'build_parser', 'os_message', 'status_table', 'main']
 
 # %% ../nbs/06_cli.ipynb #9b6932fb
 def field_comments(cls) -> dict:
@@ -33,20 +33,36 @@ def field_comments(cls) -> dict:
         if match: out[match.group(1)] = match.group(2).strip()
     return out
 
-def config_help(cfg: RunConfig | None = None) -> str:
-    "One line per configuration key: name, value in `cfg`, meaning."
+def config_help(cfg: RunConfig | None = None,
+                sections: tuple | None = None) -> str:  # sections to list besides the top-level keys (None: all)
+    "One line per configuration key: name, value in `cfg`, meaning, allowed values."
     cfg, lines = cfg or RunConfig(), []
     def walk(obj, prefix):
         comments, choices = field_comments(type(obj)), _choices(type(obj))
         for f in fields(obj):
             value = getattr(obj, f.name)
-            if is_dataclass(value): walk(value, f"{prefix}{f.name}.")
-            else:
-                allowed = choices.get(f.name) or LIMITS.get(f"{prefix}{f.name}")
-                allowed = f" ({' | '.join(allowed)})" if isinstance(allowed, tuple) else f", in {allowed}" if allowed else ""
-                lines.append(f"  {prefix}{f.name} = {value!r}".ljust(44) + f"  {comments.get(f.name, '')}{allowed}")
+            if is_dataclass(value):
+                if sections is None or f.name in sections: walk(value, f"{prefix}{f.name}.")
+                continue
+            allowed = choices.get(f.name) or LIMITS.get(f"{prefix}{f.name}")
+            allowed = f" ({' | '.join(allowed)})" if isinstance(allowed, tuple) else f", in {allowed}" if allowed else ""
+            lines.append(f"  {prefix}{f.name} = {value!r}".ljust(44) + f"  {comments.get(f.name, '')}{allowed}")
     walk(cfg, "")
     return "\n".join(lines)
+
+# %% ../nbs/06_cli.ipynb #5f787233
+STAGE_VERBS = ("squeeze", "recover", "relabel", "validate")
+
+def keys_epilog(verb: str, argv: list | None) -> str | None:
+    "The configuration keys `sre2l VERB --help` lists (None unless this verb's help is asked for: it imports torch)."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] != verb or not {"-h", "--help"} & set(argv): return None
+    preset = argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else "digits"
+    try: cfg = make_config(preset)
+    except Sre2lError: preset, cfg = "digits", make_config("digits")
+    sections = ("data", verb) if verb in STAGE_VERBS else None
+    what = f"{verb}'s configuration keys" if sections else "configuration keys"
+    return f"{what} (--set KEY=VALUE), with the values of the {preset} preset:\n" + config_help(cfg, sections)
 
 # %% ../nbs/06_cli.ipynb #2f262ea0
 def parse_shard(text: str) -> tuple[int, int]:
@@ -57,84 +73,153 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError: pass
     raise argparse.ArgumentTypeError(f"--shard expects I/N with 0 <= I < N, got {text!r}")
 
-# %% ../nbs/06_cli.ipynb #20f50e72
-STAGE_VERBS = ("squeeze", "recover", "relabel", "validate")
-
 def _common(p: argparse.ArgumentParser, run_dir_default: str = "runs/default"):
     p.add_argument("--preset", default="digits", help="named settings (see `sre2l presets`); default: %(default)s")
     p.add_argument("--run-dir", default=run_dir_default,
-                   help="run folder; relative paths start at the repository root when inside it (default: %(default)s)")
+                   help="run folder; relative paths start at the repository root when inside it, else here (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change one setting, e.g. --set recover.ipc=50 (repeatable; keys listed below)")
 
-def build_parser() -> argparse.ArgumentParser:
-    "The `sre2l` argument parser."
-    keys = "configuration keys (--set KEY=VALUE), with the defaults of the digits preset:\n" + config_help(make_config("digits"))
-    parser = argparse.ArgumentParser(prog="sre2l", description="SRe2L-family dataset distillation: squeeze, recover, relabel, validate.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    descriptions = {"squeeze": "train or load the teacher; collect class-wise BN statistics",
-                    "recover": "synthesise images by matching the teacher's BN statistics",
-                    "relabel": "store FKD-mix soft labels for crops of the recovered images",
-                    "validate": "train a student on the stored labels; test it on real data"}
+def _verb(verbs, name: str, func, argv, help: str, description: str = "", keys: bool = False):
+    "Add one verb's parser, with its handler `func` and (`keys`) the configuration keys as its epilog."
+    p = verbs.add_parser(name, help=help, description=description or help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=keys_epilog(name, argv) if keys else None)
+    p.set_defaults(func=func)
+    return p
+
+# %% ../nbs/06_cli.ipynb #20f50e72
+_STAGE_HELP = {"squeeze": "train or load the teacher; collect class-wise BN statistics",
+               "recover": "synthesise images by matching the teacher's BN statistics",
+               "relabel": "store soft labels: FKD-mix batches of the recovered images, or FKD region pools",
+               "validate": "train a student from stored, online or hard labels; test it on real data"}
+
+def _run_stage(args) -> int:
+    "`sre2l STAGE`: run one stage; print its hash, timings and metrics."
+    from importlib import import_module
+    stage = getattr(import_module(f"sre2l.{args.verb}"), f"run_{args.verb}")
+    manifest = stage(make_config(args.preset, args.overrides), args.run_dir, **({"shard": args.shard} if getattr(args, "shard", None) else {}))
+    if manifest.get("complete") is False: print(json.dumps(manifest, indent=2)); return 0
+    print(json.dumps({k: manifest[k] for k in ("stage", "config_hash", "timings", "metrics") if k in manifest}, indent=2))
+    return 0
+
+def _stage_parsers(verbs, argv):
     for verb in STAGE_VERBS:
-        p = verbs.add_parser(verb, help=descriptions[verb], description=descriptions[verb], epilog=keys,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = _verb(verbs, verb, _run_stage, argv, _STAGE_HELP[verb], keys=True)
         _common(p)
         if verb in ("recover", "relabel"):
             p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                            help="run only groups I, I+N, I+2N, ... of the work (0 <= I < N), for N separately launched "
                                 "processes; under torchrun the rank and world size are used instead")
-    p = verbs.add_parser("demo", help="run all four stage notebooks on digits and print the results table",
-                         description="Execute nbs/01_squeeze .. 04_validate with papermill on the distilled set and on a random "
-                                     "real subset of the same size, then print and write a results table.",
-                         epilog=keys, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(p, "runs/demo")
-    p = verbs.add_parser("import-images", help="make an official-layout image folder (a released set) the run's recover stage",
-                         epilog=keys, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+# %% ../nbs/06_cli.ipynb #ae1a6614
+def _import_images(args) -> int:
+    from sre2l.recover import import_distilled
+    result = import_distilled(args.folder, make_config(args.preset, args.overrides), args.run_dir)
+    print(f"{result['imported']} images imported" if result["imported"] else
+          f"recover already complete in {resolve_run_dir(args.run_dir) / 'recover'} ({result['images']} images); nothing imported")
+    return 0
+
+def _import_labels(args) -> int:  # SRe2L's epoch_*/batch_*.tar, or FKD's <class>/<stem>.tar of a split
+    from sre2l.relabel import import_official_labels
+    from sre2l.regions import import_fkd_labels
+    per_image = not (Path(args.folder) / "epoch_0").is_dir() and any(Path(args.folder).glob("*/*.tar"))
+    manifest = (import_fkd_labels if per_image else import_official_labels)(
+        args.folder, make_config(args.preset, args.overrides), resolve_run_dir(args.run_dir), trust_pickle=args.trust_pickle)
+    print(f"{manifest['imported']} batches imported" if manifest["imported"] else
+          f"relabel already complete in {resolve_run_dir(args.run_dir) / 'relabel'}; nothing imported")
+    return 0
+
+def _export_labels(args) -> int:
+    from sre2l.runs import read_manifest
+    from sre2l.relabel import export_official_labels
+    from sre2l.regions import export_fkd_labels
+    region = (read_manifest(resolve_run_dir(args.run_dir) / "relabel", verify=False) or {}).get("mode") == "region"
+    print((export_fkd_labels if region else export_official_labels)(resolve_run_dir(args.run_dir), args.to)); return 0
+
+# %% ../nbs/06_cli.ipynb #1645eef6
+def _interop_parsers(verbs, argv):
+    p = _verb(verbs, "import-images", _import_images, argv, "make an official-layout image folder (a released set) the run's recover stage", keys=True)
     p.add_argument("folder", help="folder with new{cls:03d}/class{cls:03d}_id{ipc:03d}.* images")
     _common(p)
-    p = verbs.add_parser("import-labels", help="convert official labels into the run's store: SRe2L's epoch_*/batch_*.tar, "
-                                               "or FKD's per-image <class>/<stem>.tar files of a training split",
-                         epilog=keys, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _verb(verbs, "import-labels", _import_labels, argv, "convert official labels into the run's store: SRe2L's "
+              "epoch_*/batch_*.tar, or FKD's per-image <class>/<stem>.tar files of a training split", keys=True)
     p.add_argument("folder", help="folder with epoch_0/, epoch_1/, ... of batch_*.tar files, or FKD's <save>/<split> folder "
                                   "(with relabel.mode=region, relabel.images=train)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="the files are pickles: read them (weights-only, numpy scalars allowed) only if you trust their source")
     _common(p)
-    p = verbs.add_parser("export-labels", help="write the run's label store in the official layout: epoch_*/batch_*.tar, "
-                                               "or FKD's per-image files for a region store")
+    p = _verb(verbs, "export-labels", _export_labels, argv, "write the run's label store in the official layout: "
+              "epoch_*/batch_*.tar, or FKD's per-image files for a region store")
     p.add_argument("--run-dir", required=True, help="run folder with a finished relabel stage")
-    p.add_argument("--to", required=True, help="folder to write epoch_*/batch_*.tar into")
-    p = verbs.add_parser("make-imagefolder", help="write an ImageNet-shaped folder (layout, JPEG sizes, colour modes) to rehearse on",
-                         description="Write DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG with ImageNet's layout, file "
-                                     "names, JPEG sizes and colour modes, and class-dependent content a teacher can learn. "
-                                     "Read it as the data set imagenet-shape: --set data.name=imagenet-shape "
-                                     "--set data.root=DIR --set data.num_classes=N. An existing folder made with the same "
-                                     "settings is kept; a killed run is started again.")
+    p.add_argument("--to", required=True, help="folder to write the files into")
+
+# %% ../nbs/06_cli.ipynb #f8ed166a
+def _make_imagefolder(args) -> int:
+    from sre2l.imagefolder import make_imagefolder
+    folder = resolve_run_dir(args.folder)
+    record = make_imagefolder(folder, args.classes, args.train_per_class, args.val_per_class, args.seed, args.workers)
+    print(f"{folder}: {record['classes']} classes, {record['train_per_class']} train and {record['val_per_class']} val images per class")
+    return 0
+
+def _status(args) -> int: print(status_table(run_status(args.run_dir))); return 0
+
+def _presets(args) -> int:
+    for name in list_presets(): print(f"{name:18} {PRESET_SOURCES[name]}")
+    return 0
+
+def _config(args) -> int: print(json.dumps(config_dict(make_config(args.preset, args.overrides)), indent=2)); return 0
+
+# %% ../nbs/06_cli.ipynb #4f212cbb
+def _tool_parsers(verbs, argv):
+    p = _verb(verbs, "make-imagefolder", _make_imagefolder, argv, "write an ImageNet-shaped folder (layout, JPEG sizes, colour modes) to rehearse on",
+              "Write DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG with ImageNet's layout, file names, JPEG sizes and "
+              "colour modes, and class-dependent content a teacher can learn. Read it as the data set imagenet-shape: "
+              "--set data.name=imagenet-shape --set data.root=DIR --set data.num_classes=N. An existing folder made with "
+              "the same settings is kept; a killed run is started again.")
     p.add_argument("folder", help="folder to write (train/ and val/ inside)")
     p.add_argument("--classes", type=int, default=1000, help="class folders (default: %(default)s)")
     p.add_argument("--train-per-class", type=int, default=100, help="training images per class (default: %(default)s)")
     p.add_argument("--val-per-class", type=int, default=50, help="validation images per class (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of names, sizes and content (default: %(default)s)")
     p.add_argument("--workers", type=int, default=-1, help="writing processes; -1 = the CPUs, at most 16 (default: %(default)s)")
-    p = verbs.add_parser("status", help="how far a run (or a reproduce table) has got: each stage finished, running or not started",
-                         description="Read every stage folder of RUN_DIR (or, for a `sre2l reproduce` table folder, every "
-                                     "shared stage): finished stages with their time, started ones with units done, rate, "
-                                     "time left and the age of their last progress report. Each stage's log is "
-                                     "RUN_DIR/STAGE/log.txt (follow it with tail -f).")
+    p = _verb(verbs, "status", _status, argv, "how far a run (or a reproduce table) has got: each stage finished, running or not started",
+              "Read every stage folder of RUN_DIR (or, for a `sre2l reproduce` table folder, every shared stage): finished "
+              "stages with their time, started ones with units done, rate, time left and the age of their last progress "
+              "report. Each stage's log is RUN_DIR/STAGE/log.txt (follow it with tail -f).")
     p.add_argument("run_dir", help="run folder, or a table folder such as runs/reproduce/demo")
-    verbs.add_parser("presets", help="list the presets and where their values come from")
-    p = verbs.add_parser("config", help="print the resolved configuration as JSON", epilog=keys,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(p)
-    from sre2l.reproduce import list_tables
-    p = verbs.add_parser("reproduce", help="run a paper table's cells through the stage notebooks; write its tables and figures",
-                         description="Execute every cell of a table with papermill (stage by stage; stages shared between "
-                                     "cells run once; finished stages are skipped, so a rerun resumes) and write Markdown, "
-                                     "LaTeX and CSV tables with measured, paper and delta columns, and figures, to "
-                                     "OUT/TABLE/. Tables: " + ", ".join(list_tables()) + ".",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    _verb(verbs, "presets", _presets, argv, "list the presets and where their values come from")
+    _common(_verb(verbs, "config", _config, argv, "print a preset's full recipe: the resolved configuration as JSON", keys=True))
+
+# %% ../nbs/06_cli.ipynb #5e1c7a2d
+def _reproduce(args) -> int:
+    "`sre2l reproduce`: list the tables, print a plan, or run a table; 1 when cells failed."
+    from sre2l.reproduce import reproduce, calibrate, rates_file
+    from sre2l.tables import list_tables, get_table
+    if args.calibrate:
+        import dataclasses
+        rates = calibrate()
+        target = rates_file() if args.rates in ("auto", "h100") else Path(args.rates)
+        save_json(target, dataclasses.asdict(rates))
+        print(json.dumps(dataclasses.asdict(rates), indent=2)); print(f"saved to {target}"); return 0
+    if not args.table:
+        for name in list_tables(): print(f"{name:22} {get_table(name).title}")
+        return 0
+    report = reproduce(args.table, args.run_dir, args.out, args.gpus, args.torchrun, tuple(args.seeds) if args.seeds else None,
+                       args.overrides, args.reuse, args.dry_run, args.render_only, args.cell_timeout, args.rates,
+                       args.report_every)
+    if args.dry_run: return 0
+    print((Path(report["folder"]) / f"{args.table}.md").read_text())
+    failed = {k: v for k, v in report["failed"].items() if not v.startswith("skipped")}
+    for key, why in failed.items(): print(f"sre2l: {key}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+# %% ../nbs/06_cli.ipynb #35ad0ab4
+def _reproduce_parser(verbs, argv):
+    from sre2l.tables import list_tables
+    p = _verb(verbs, "reproduce", _reproduce, argv, "run a paper table's cells through the stage notebooks; write its tables and figures",
+              "Execute every cell of a table with papermill (stage by stage; stages shared between cells run once; finished "
+              "stages are skipped, so a rerun resumes) and write Markdown, LaTeX and CSV tables with measured, paper and "
+              "delta columns, and figures, to OUT/TABLE/. Tables: " + ", ".join(list_tables()) + ".", keys=True)
     p.add_argument("table", nargs="?", help="table name; without one, list the tables (or, with --calibrate, measure)")
     p.add_argument("--run-dir", default="runs/reproduce", help="parent folder of the tables' runs (default: %(default)s)")
     p.add_argument("--out", default="figures/tables", help="where the tables and figures go, a folder per table (default: %(default)s)")
@@ -155,131 +240,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse", action="append", default=[], metavar="DIR",
                    help="link finished stages found under DIR (same configuration hash) instead of running them; repeatable")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a setting for every cell, e.g. --set data.root=/data/imagenet (repeatable)")
+                   help="a setting for every cell, e.g. --set data.root=/data/imagenet (repeatable; keys listed below)")
     p.add_argument("--cell-timeout", type=int, default=0, metavar="S", help="seconds one notebook cell may take (default: no limit)")
     p.add_argument("--report-every", type=float, default=60, metavar="S",
                    help="seconds between the progress lines of a running stage (default: %(default)s)")
-    p = verbs.add_parser("site", help="render the lessons (with the demo's outputs) to static HTML in _docs/",
-                         description="Render every notebook to HTML with nbconvert, the stage notebooks from the demo's "
-                                     "executed copies (run `sre2l demo` first), plus an index page; works offline.")
-    p.add_argument("--from", dest="executed", default="runs/demo/notebooks/distilled",
-                   help="folder of executed stage notebooks (default: %(default)s)")
-    p.add_argument("--to", default="_docs", help="output folder (default: %(default)s)")
-    from sre2l.fetch import list_artifacts
-    p = verbs.add_parser("fetch", help="download, verify, unpack and import a released SRe2L image set or FKD label archive",
-                         description="Download NAME from the Hugging Face Hub (zeyuanyin/SRe2L) or take --from FILE, check its "
-                                     "sha256, unpack it into DATA_DIR/NAME/ and, with --run-dir, import it: images as the "
-                                     "run's recover stage, labels as its label store. Names: " + ", ".join(list_artifacts()) + ".",
-                         epilog=keys, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", nargs="?", help="released file; without one, list them")
-    p.add_argument("--run-dir", default=None, help="run folder to import into (default: only download, verify and unpack)")
-    p.add_argument("--from", dest="source", default=None, metavar="FILE", help="a copy you already have, instead of downloading")
-    p.add_argument("--sha256", default="", metavar="HEX", help="expected checksum (default: the registry's, else the Hub's)")
-    p.add_argument("--data-dir", default="data/published", help="where archives are unpacked (default: %(default)s)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="label archives are torch.save pickles: import them only if you trust their source")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="settings on top of the file's own preset and settings (repeatable)")
-    return parser
-
-# %% ../nbs/06_cli.ipynb #9cecd761
-STAGE_NOTEBOOKS = ("01_squeeze.ipynb", "02_recover.ipynb", "03_relabel.ipynb", "04_validate.ipynb")
-
-def notebook_dir() -> Path:
-    "The nbs/ folder of the repository the package was installed from (or the current one)."
-    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # no __file__ in a notebook
-    for start in (here, Path.cwd()):
-        root = find_project_root(start)
-        if root and all((root / "nbs" / nb).is_file() for nb in STAGE_NOTEBOOKS): return root / "nbs"
-    raise Sre2lError("the stage notebooks were not found; run `sre2l demo` from a clone of the repository "
-                     "(installed with `pip install -e .`)")
-
-def execute_notebook(name: str, out_dir: Path, parameters: dict,
-                     cell_timeout: int = 1800) -> Path:  # seconds one cell may take, so that a hung kernel cannot stall a run
-    "Execute one stage notebook with papermill; the executed copy goes to `out_dir`."
-    try: import papermill
-    except ImportError: raise Sre2lError("papermill is needed to execute notebooks: pip install papermill") from None
-    source, target = notebook_dir() / name, out_dir / name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["SRE2L_HEADLESS"] = "1"  # the kernel inherits it: no widgets in batch runs (jupyter/nbclient#312)
-    try: papermill.execute_notebook(str(source), str(target), parameters=parameters, kernel_name="python3",
-                                    cwd=str(source.parent), progress_bar=False, execution_timeout=cell_timeout)
-    except papermill.PapermillExecutionError as e:
-        raise Sre2lError(f"{name} failed ({e.ename}: {e.evalue}); the executed notebook is {target}") from None
-    except TimeoutError:  # nbclient's CellTimeoutError: a cell (or a lost kernel reply) took longer than cell_timeout
-        raise Sre2lError(f"{name}: a cell gave no result within {cell_timeout} s; the partly executed notebook is {target}") from None
-    return target
 
 # %% ../nbs/06_cli.ipynb #09a656fd
-def run_demo(run_dir="runs/demo", preset: str = "digits", overrides=()) -> dict:
-    "Squeeze -> recover -> relabel -> validate through the notebooks, for the distilled set and a random real subset."
-    run_dir, start = resolve_run_dir(run_dir), time.perf_counter()
-    variants = {"distilled": list(overrides), "random-real": [*overrides, "recover.method=real"]}
-    for variant, extra in variants.items():
-        target = run_dir / variant
-        if variant == "random-real" and not (target / "squeeze").exists():
-            shutil.copytree(run_dir / "distilled" / "squeeze", target / "squeeze")  # the same teacher
-        for name in STAGE_NOTEBOOKS[1 if variant == "random-real" else 0:]:
-            print(f"[{time.perf_counter() - start:5.0f}s] {variant}: {name}", flush=True)
-            execute_notebook(name, run_dir / "notebooks" / variant, dict(preset=preset, run_dir=str(target), overrides=extra))
-    return demo_table(run_dir, preset, overrides, time.perf_counter() - start)
-
-# %% ../nbs/06_cli.ipynb #3b40d7a0
-def demo_table(run_dir: Path, preset: str, overrides, seconds: float) -> dict:
-    "Collect the demo's metrics, write results.md / results.json and the figures, and return the numbers."
-    cfg = make_config(preset, overrides)
-    teacher = stage_status(run_dir / "distilled", "squeeze", cfg)["metrics"]["test_top1"]
-    students = {}
-    for variant, extra in {"distilled": [], "random-real": ["recover.method=real"]}.items():
-        students[variant] = stage_status(run_dir / variant, "validate", make_config(preset, [*overrides, *extra]))["metrics"]
-    ipc = cfg.recover.ipc
-    rows = [("teacher, trained on the full training set", teacher),
-            (f"student, SRe2L-recovered images, IPC {ipc}", students["distilled"]["test_top1"]),
-            (f"student, random real images, IPC {ipc}", students["random-real"]["test_top1"])]
-    table = "| model | test top-1 (%) |\n|---|---|\n" + "".join(f"| {name} | {value:.2f} |\n" for name, value in rows)
-    results = {"preset": preset, "overrides": list(overrides), "teacher_top1": teacher, "ipc": ipc,
-               "student_distilled_top1": students["distilled"]["test_top1"],
-               "student_random_real_top1": students["random-real"]["test_top1"], "seconds": seconds}
-    (run_dir / "results.md").write_text(f"# sre2l demo ({preset}, {cfg.data.name})\n\n{table}\nTotal time: {seconds:.0f} s.\n")
-    save_json(run_dir / "results.json", results)
-    _demo_figure(run_dir, cfg, rows)
-    return results
+def run_demo(run_dir="runs/reproduce",  # parent folder of the tables' runs (as for `sre2l reproduce`)
+             out_dir="figures/tables",  # where the table and figures go (a folder per table)
+             overrides=()) -> dict:  # settings for every cell, as for --set
+    "Run the `demo` table through the engine; add the recovery figures; return the report with the teacher's top-1."
+    from sre2l.reproduce import reproduce, plan_table
+    from sre2l.tables import get_table
+    report = reproduce("demo", run_dir, out_dir, overrides=overrides)
+    first = plan_table(get_table("demo"), run_dir, overrides=overrides)[0]  # SRe2L images, full labels
+    squeeze = stage_status(first.folder, "squeeze", first.cfg)
+    report["teacher_top1"] = squeeze["metrics"]["test_top1"] if squeeze else None
+    if squeeze and stage_status(first.folder, "recover", first.cfg): _recovery_figures(first, Path(report["folder"]))
+    return report
 
 # %% ../nbs/06_cli.ipynb #28225b06
-def _demo_figure(run_dir: Path, cfg: RunConfig, rows):
+def _recovery_figures(run, folder: Path):
+    "How recovery proceeds (one work unit from noise to the saved images) and the recovered set beside real images."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sre2l.data import data_spec, read_distilled
-    from sre2l.plots import show_images, plot_bars
-    spec = data_spec(cfg.data)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1, 1, 1.2]})
-    for ax, variant in zip(axes, ("distilled", "random-real")):
-        images = read_distilled(run_dir / variant / "recover" / "images", cfg.recover.ipc, spec.channels, spec.num_classes)
-        name = {"distilled": "SRe2L-recovered", "random-real": "random real"}[variant]
-        show_images(images.images, nrow=cfg.recover.ipc, ax=ax, title=f"{name} images (IPC {cfg.recover.ipc})")
-    plot_bars({"teacher": rows[0][1], "recovered": rows[1][1], "random real": rows[2][1]}, ylabel="test top-1 (%)", ax=axes[2])
-    axes[2].set_ylim(0, 105)
-    (run_dir / "figures").mkdir(exist_ok=True)
-    fig.tight_layout(); fig.savefig(run_dir / "figures" / "demo.png", dpi=90); plt.close(fig)
     from sre2l.recover import recovered_vs_real, trajectory
-    for name, figure in (("recovered_vs_real.png", recovered_vs_real(run_dir / "distilled", cfg)),
-                         ("trajectory.png", trajectory(run_dir / "distilled"))):
-        if figure is not None: figure.savefig(run_dir / "figures" / name, dpi=90, bbox_inches="tight"); plt.close(figure)
+    for name, figure in (("recovered_vs_real.png", recovered_vs_real(run.folder, run.cfg)), ("trajectory.png", trajectory(run.folder))):
+        if figure is not None: figure.savefig(folder / name, dpi=90, bbox_inches="tight"); plt.close(figure)
+
+# %% ../nbs/06_cli.ipynb #6ce3dca7
+def _demo(args) -> int:
+    report = run_demo(args.run_dir, args.out, args.overrides)
+    print((Path(report["folder"]) / "demo.md").read_text().split("\n![")[0].rstrip())
+    if report["teacher_top1"] is not None: print(f"\nteacher (trained on the full training set): test top-1 {report['teacher_top1']:.2f}%")
+    print(f"tables and figures: {report['folder']}")
+    return 1 if report["failed"] else 0
+
+def _demo_parser(verbs, argv):
+    p = _verb(verbs, "demo", _demo, argv, "run the demo table (digits: recovered vs random real images, full vs 40x labels)",
+              "Run the `demo` table through `sre2l reproduce` (the four stage notebooks with papermill, stages shared "
+              "between cells), print it with the teacher's accuracy, and write the table and figures to OUT/demo/.", keys=True)
+    p.add_argument("--run-dir", default="runs/reproduce", help="parent folder of the tables' runs (default: %(default)s)")
+    p.add_argument("--out", default="figures/tables", help="where the table and figures go (default: %(default)s)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for every cell (repeatable; keys listed below)")
+
+# %% ../nbs/06_cli.ipynb #2745ddcc
+def demo_notebooks(run_dir="runs/reproduce") -> Path:  # parent folder of the tables' runs, as for `sre2l demo`
+    "Where `sre2l demo` keeps its executed stage notebooks: those of the demo's first cell (SRe2L images, full labels)."
+    from sre2l.reproduce import plan_table
+    from sre2l.tables import get_table
+    return plan_table(get_table("demo"), run_dir)[0].folder / "notebooks"
 
 # %% ../nbs/06_cli.ipynb #6a1f0c12
-def build_site(executed="runs/demo/notebooks/distilled",  # folder of executed stage notebooks (from `sre2l demo`)
+def build_site(executed=None,  # folder of executed stage notebooks (default: the demo's, see `demo_notebooks`)
                out="_docs") -> Path:  # where the HTML goes
     "Render every notebook to static HTML (stage notebooks with the demo's outputs) plus an index page."
     from nbconvert import HTMLExporter
     from nbconvert.filters.markdown import markdown2html
     import nbformat
-    executed, out, source = resolve_run_dir(executed), resolve_run_dir(out), notebook_dir()
-    missing = [nb for nb in STAGE_NOTEBOOKS if not (executed / nb).is_file()]
+    executed = resolve_run_dir(executed) if executed else demo_notebooks()
+    out, source = resolve_run_dir(out), notebook_dir()
+    missing = [nb for nb in STAGE_NOTEBOOKS.values() if not (executed / nb).is_file()]
     if missing: raise Sre2lError(f"{executed} lacks the executed {', '.join(missing)}; run `sre2l demo` first")
     out.mkdir(parents=True, exist_ok=True)
     exporter, pages = HTMLExporter(template_name="lab"), []
     for notebook in sorted(source.glob("[0-9]*.ipynb")):
-        path = executed / notebook.name if notebook.name in STAGE_NOTEBOOKS else notebook
+        path = executed / notebook.name if notebook.name in STAGE_NOTEBOOKS.values() else notebook
         nb = nbformat.read(path, as_version=4)
         title = next((c.source.splitlines()[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown"), notebook.stem)
         html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
@@ -294,27 +321,52 @@ def build_site(executed="runs/demo/notebooks/distilled",  # folder of executed s
                                     f"<hr>{markdown2html(readme)}</body></html>\n")
     return out / "index.html"
 
-# %% ../nbs/06_cli.ipynb #5e1c7a2d
-def _reproduce(args) -> int:
-    "`sre2l reproduce`: list the tables, print a plan, or run a table; 1 when cells failed."
-    from sre2l.reproduce import reproduce, list_tables, get_table, calibrate, rates_file
-    if args.calibrate:
-        import dataclasses
-        rates = calibrate()
-        target = rates_file() if args.rates in ("auto", "h100") else Path(args.rates)
-        save_json(target, dataclasses.asdict(rates))
-        print(json.dumps(dataclasses.asdict(rates), indent=2)); print(f"saved to {target}"); return 0
-    if not args.table:
-        for name in list_tables(): print(f"{name:22} {get_table(name).title}")
+# %% ../nbs/06_cli.ipynb #273a26a5
+def _site(args) -> int: print(build_site(args.executed, args.to)); return 0
+
+def _site_parser(verbs, argv):
+    p = _verb(verbs, "site", _site, argv, "render the lessons (with the demo's outputs) to static HTML in _docs/",
+              "Render every notebook to HTML with nbconvert, the stage notebooks from the demo's executed copies "
+              "(run `sre2l demo` first), plus an index page; works offline.")
+    p.add_argument("--from", dest="executed", default=None, metavar="DIR",
+                   help="folder of executed stage notebooks (default: those `sre2l demo` wrote)")
+    p.add_argument("--to", default="_docs", help="output folder (default: %(default)s)")
+
+# %% ../nbs/06_cli.ipynb #130e4e16
+def _fetch(args) -> int:
+    from sre2l.fetch import fetch, list_artifacts, get_artifact
+    if not args.name:
+        for name in list_artifacts(): print(f"{name:28} {get_artifact(name).about}")
         return 0
-    report = reproduce(args.table, args.run_dir, args.out, args.gpus, args.torchrun, tuple(args.seeds) if args.seeds else None,
-                       args.overrides, args.reuse, args.dry_run, args.render_only, args.cell_timeout, args.rates,
-                       args.report_every)
-    if args.dry_run: return 0
-    print((Path(report["folder"]) / f"{args.table}.md").read_text())
-    failed = {k: v for k, v in report["failed"].items() if not v.startswith("skipped")}
-    for key, why in failed.items(): print(f"sre2l: {key}: {why}", file=sys.stderr)
-    return 1 if failed else 0
+    print(json.dumps(fetch(args.name, args.run_dir, args.source, args.sha256, args.data_dir, args.trust_pickle, args.overrides), indent=2))
+    return 0
+
+def _fetch_parser(verbs, argv):
+    from sre2l.fetch import list_artifacts
+    p = _verb(verbs, "fetch", _fetch, argv, "download, verify, unpack and import a released SRe2L image set or FKD label archive",
+              "Download NAME from the Hugging Face Hub (zeyuanyin/SRe2L) or take --from FILE, check its sha256, unpack it "
+              "into DATA_DIR/NAME/ and, with --run-dir, import it: images as the run's recover stage, labels as its label "
+              "store. Names: " + ", ".join(list_artifacts()) + ".", keys=True)
+    p.add_argument("name", nargs="?", help="released file; without one, list them")
+    p.add_argument("--run-dir", default=None, help="run folder to import into (default: only download, verify and unpack)")
+    p.add_argument("--from", dest="source", default=None, metavar="FILE", help="a copy you already have, instead of downloading")
+    p.add_argument("--sha256", default="", metavar="HEX", help="expected checksum (default: the registry's, else the Hub's)")
+    p.add_argument("--data-dir", default="data/published", help="where archives are unpacked (default: %(default)s)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="label archives are torch.save pickles: import them only if you trust their source")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="settings on top of the file's own preset and settings (repeatable)")
+
+# %% ../nbs/06_cli.ipynb #14aff9bc
+def build_parser(argv: list | None = None) -> argparse.ArgumentParser:  # the arguments (to list keys only for the help asked for)
+    "The `sre2l` argument parser: one sub-parser per verb, each with its handler as `func`."
+    parser = argparse.ArgumentParser(prog="sre2l", description="SRe2L-family dataset distillation: squeeze, recover, relabel, validate.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {sre2l.__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for add in (_stage_parsers, _demo_parser, _interop_parsers, _tool_parsers, _reproduce_parser, _site_parser, _fetch_parser):
+        add(verbs, argv)
+    return parser
 
 # %% ../nbs/06_cli.ipynb #a4a0edd7
 _OS_ADVICE = {errno.ENOSPC: "the disk is full: free some space and run the same command again (finished work is kept)",
@@ -352,75 +404,19 @@ def status_table(states: list[dict]) -> str:
 
 # %% ../nbs/06_cli.ipynb #7d326431
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `sre2l` command."
-    args = build_parser().parse_args(argv)
+    "Entry point of the `sre2l` command: parse, run the verb's handler, turn every failure a user can cause into one line."
+    args = build_parser(argv).parse_args(argv)
     setup_logging()
-    try:
-        if args.verb == "presets":
-            for name in list_presets(): print(f"{name:16} {PRESET_SOURCES[name]}")
-            return 0
-        if args.verb == "reproduce": return _reproduce(args)
-        if args.verb == "make-imagefolder":
-            from sre2l.imagefolder import make_imagefolder
-            record = make_imagefolder(resolve_run_dir(args.folder), args.classes, args.train_per_class, args.val_per_class,
-                                      args.seed, args.workers)
-            print(f"{resolve_run_dir(args.folder)}: {record['classes']} classes, {record['train_per_class']} train and "
-                  f"{record['val_per_class']} val images per class"); return 0
-        if args.verb == "status": print(status_table(run_status(args.run_dir))); return 0
-        if args.verb == "site": print(build_site(args.executed, args.to)); return 0
-        if args.verb == "fetch":
-            from sre2l.fetch import fetch, list_artifacts, get_artifact
-            if not args.name:
-                for name in list_artifacts(): print(f"{name:28} {get_artifact(name).about}")
-                return 0
-            print(json.dumps(fetch(args.name, args.run_dir, args.source, args.sha256, args.data_dir, args.trust_pickle,
-                                   args.overrides), indent=2)); return 0
-        if args.verb == "export-labels":
-            from sre2l.core import read_manifest
-            from sre2l.relabel import export_official_labels
-            from sre2l.regions import export_fkd_labels
-            region = (read_manifest(resolve_run_dir(args.run_dir) / "relabel", verify=False) or {}).get("mode") == "region"
-            print((export_fkd_labels if region else export_official_labels)(resolve_run_dir(args.run_dir), args.to)); return 0
-        cfg = make_config(args.preset, args.overrides)
-        if args.verb == "config": print(json.dumps(config_dict(cfg), indent=2)); return 0
-        if args.verb == "import-images":
-            from sre2l.recover import import_distilled
-            result = import_distilled(args.folder, cfg, args.run_dir)
-            print(f"{result['imported']} images imported" if result["imported"] else
-                  f"recover already complete in {resolve_run_dir(args.run_dir) / 'recover'} ({result['images']} images); nothing imported")
-            return 0
-        if args.verb == "import-labels":  # SRe2L's epoch_*/batch_*.tar, or FKD's <class>/<stem>.tar of a split
-            from sre2l.relabel import import_official_labels
-            from sre2l.regions import import_fkd_labels
-            per_image = not (Path(args.folder) / "epoch_0").is_dir() and any(Path(args.folder).glob("*/*.tar"))
-            manifest = (import_fkd_labels if per_image else import_official_labels)(
-                args.folder, cfg, resolve_run_dir(args.run_dir), trust_pickle=args.trust_pickle)
-            print(f"{manifest['imported']} batches imported" if manifest["imported"] else
-                  f"relabel already complete in {resolve_run_dir(args.run_dir) / 'relabel'}; nothing imported"); return 0
-        if args.verb == "demo":
-            results = run_demo(args.run_dir, args.preset, args.overrides)
-            print((resolve_run_dir(args.run_dir) / "results.md").read_text()); return 0
-        from sre2l import squeeze, recover, relabel, validate
-        stage = {"squeeze": squeeze.run_squeeze, "recover": recover.run_recover,
-                 "relabel": relabel.run_relabel, "validate": validate.run_validate}[args.verb]
-        manifest = stage(cfg, args.run_dir, **({"shard": args.shard} if getattr(args, "shard", None) else {}))
-        if manifest.get("complete") is False:
-            print(json.dumps(manifest, indent=2)); return 0
-        print(json.dumps({k: manifest[k] for k in ("stage", "config_hash", "timings") if k in manifest} |
-                         ({"metrics": manifest["metrics"]} if "metrics" in manifest else {}), indent=2))
-        return 0
-    except Sre2lError as e:
-        print(f"sre2l: error: {e}", file=sys.stderr)
-        return 2
+    try: return args.func(args)
+    except Sre2lError as e: print(f"sre2l: error: {e}", file=sys.stderr); return 2
+    except BrokenPipeError:  # the reader stopped reading (`sre2l presets | head -3`): not an error
+        sys.stdout = open(os.devnull, "w"); return 0
     except OSError as e:  # a full disk, a read-only or foreign folder, a file where a folder should be, ...
-        print(f"sre2l: error: {os_message(e)}", file=sys.stderr)
-        return 2
+        print(f"sre2l: error: {os_message(e)}", file=sys.stderr); return 2
     except KeyboardInterrupt:  # every file is written atomically and claims are given back: the run resumes
-        print("sre2l: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
-        return 130
+        print("sre2l: interrupted; run the same command again to continue where it stopped", file=sys.stderr); return 130
     except RuntimeError as e:
-        import torch
-        if not isinstance(e, torch.cuda.OutOfMemoryError): raise
+        if type(e).__name__ != "OutOfMemoryError": raise  # torch.cuda.OutOfMemoryError, without importing torch here
         print(f"sre2l: error: out of GPU memory ({str(e).splitlines()[0][:160]}); lower the batch size "
               f"(recover.group_images, relabel or validate batch sizes) or use a larger GPU", file=sys.stderr)
         return 2

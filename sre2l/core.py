@@ -5,7 +5,8 @@
 # %% ../nbs/00_core.ipynb #c618f6f1
 from __future__ import annotations
 
-import dataclasses
+# torch and numpy are imported where they are used, so that `sre2l --help` and `sre2l config` start at once
+
 import difflib
 import hashlib
 import json
@@ -14,28 +15,15 @@ import os
 import random
 import re
 import sys
-import tempfile
-import threading
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
-from pathlib import Path
-from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
-
-import numpy as np
-import torch
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 # %% auto #0
-__all__ = ['Precision', 'LABEL_TYPES', 'LIMITS', 'PRESETS', 'PRESET_SOURCES', 'STAGES', 'LEASE_SECONDS', 'log', 'Sre2lError',
-           'ConfigError', 'DamagedFile', 'DataConfig', 'SqueezeConfig', 'RecoverConfig', 'RelabelConfig',
-           'ValidateConfig', 'RunConfig', 'set_value', 'check_config', 'register_preset', 'list_presets', 'make_config',
-           'parameter_names', 'notebook_overrides', 'config_dict', 'config_from_dict', 'hash_json', 'stages_needed',
-           'stage_config', 'seed_everything', 'unit_seed', 'generator', 'pick_device', 'shard_from_env', 'check_shard',
-           'Claim', 'claim', 'release', 'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors',
-           'load_metadata', 'sha256_file', 'versions', 'human_bytes', 'free_space', 'memory_available', 'preflight',
-           'sweep_temporaries', 'write_manifest', 'DamagedManifest', 'read_manifest', 'find_project_root',
-           'resolve_run_dir', 'prepare_run', 'stage_status', 'require_stage', 'open_stage', 'build_missing',
-           'stage_state', 'run_status', 'setup_logging', 'log_to_stage', 'progress', 'headless']
+__all__ = ['Precision', 'LABEL_TYPES', 'LIMITS', 'NAME_CHECKS', 'STAGES', 'log', 'Sre2lError', 'ConfigError', 'DamagedFile',
+           'Registry', 'DataConfig', 'SqueezeConfig', 'RecoverConfig', 'RelabelConfig', 'ValidateConfig', 'RunConfig',
+           'set_value', 'check_config', 'parameter_names', 'notebook_overrides', 'config_dict', 'config_from_dict',
+           'hash_json', 'stages_needed', 'stage_config', 'seed_everything', 'unit_seed', 'generator', 'pick_device',
+           'setup_logging', 'headless', 'human_bytes']
 
 # %% ../nbs/00_core.ipynb #92bf55b3
 class Sre2lError(Exception):
@@ -46,6 +34,32 @@ class ConfigError(Sre2lError):
 
 class DamagedFile(Sre2lError, ValueError):
     "A file the kit wrote (JSON, a manifest) that is no longer what it wrote."
+
+# %% ../nbs/00_core.ipynb #47fa6e64
+class Registry(dict):
+    "Entries of one kind by name (presets, tables, data sets, models, released files): each name once, lookups that suggest."
+    def __init__(self, kind: str,  # what an entry is, e.g. 'preset' (for messages)
+                 error: type = ConfigError):  # what an unknown name raises
+        super().__init__(); self.kind, self.error, self.about = kind, error, {}
+
+    def add(self, name: str, entry, about: str = ""):  # about: where the entry comes from, in a line
+        "Register `entry` as `name`; a second entry of one name is refused."
+        if name in self: raise ValueError(f"{self.kind} {name!r} is already registered")
+        self[name], self.about[name] = entry, about
+        return entry
+
+    def register(self, name: str, about: str = ""):
+        "Decorator form of `add`."
+        return lambda entry: self.add(name, entry, about)
+
+    def names(self) -> list[str]: return sorted(self)
+
+    def lookup(self, name: str):
+        "The entry called `name`, or the kit's error naming close matches (or every name)."
+        if name in self: return self[name]
+        close = difflib.get_close_matches(name, self, n=3)
+        raise self.error(f"unknown {self.kind} {name!r}; " +
+                         (f"did you mean {', '.join(close)}?" if close else f"choose from {', '.join(self.names())}"))
 
 # %% ../nbs/00_core.ipynb #8e9c38c2
 Precision = Literal["fp32", "bf16"]  # bf16: the network runs under autocast; statistics and losses in fp32
@@ -348,184 +362,15 @@ def _rule(cfg) -> list:
     ]
 
 # %% ../nbs/00_core.ipynb #8a620af5
-def _lookup_problems(cfg) -> list[str]:
-    "Names that must exist in a registry: the data set (with its class count) and every model."
-    from sre2l.data import get_dataset
-    from sre2l.models import check_model_name
-    problems = []
-    try:
-        spec = get_dataset(cfg.data.name, cfg.data.num_classes)
-        if cfg.relabel.logits == "topk" and cfg.relabel.topk > spec.num_classes:
-            problems.append(f"relabel.topk={cfg.relabel.topk} exceeds the {spec.num_classes} classes of {spec.name}")
-    except Sre2lError as error: problems.append(str(error))
-    names = [("squeeze.model", cfg.squeeze.model), ("validate.model", cfg.validate.model)]
-    names += [(k, n.strip()) for k, text in (("recover.bn_teachers", cfg.recover.bn_teachers),
-                                             ("relabel.teachers", cfg.relabel.teachers)) for n in text.split(",") if n.strip()]
-    for key, name in names:
-        try: check_model_name(name)
-        except Sre2lError as error: problems.append(f"{key}: {error}")
-    return problems
+NAME_CHECKS = Registry("name check")  # {what: function(cfg) -> problems}: sre2l.data and sre2l.models add theirs
 
 def check_config(cfg: RunConfig) -> RunConfig:
     "Refuse a configuration with any value, rule or name that cannot work: one ConfigError listing every problem."
     problems = _value_problems(cfg)
-    if not problems: problems = [message for broken, message in _rule(cfg) if broken] + _lookup_problems(cfg)
+    if not problems:
+        problems = [message for broken, message in _rule(cfg) if broken] + [p for check in NAME_CHECKS.values() for p in check(cfg)]
     if problems: raise ConfigError("; ".join(problems))
     return cfg
-
-# %% ../nbs/00_core.ipynb #4c01c8dd
-PRESETS: dict[str, Callable[[], RunConfig]] = {}
-PRESET_SOURCES: dict[str, str] = {}
-
-def register_preset(name: str,  # preset name used by `--preset`
-                    source: str = ""):  # where its values come from
-    "Decorator registering a function that returns a `RunConfig`; duplicate names are refused."
-    def deco(fn):
-        if name in PRESETS: raise ValueError(f"preset {name!r} is already registered")
-        PRESETS[name], PRESET_SOURCES[name] = fn, source
-        return fn
-    return deco
-
-def list_presets() -> list[str]:
-    "Names of every registered preset."
-    return sorted(PRESETS)
-
-# %% ../nbs/00_core.ipynb #bd9424bc
-def _with(cfg: RunConfig, **changes) -> RunConfig:
-    "Apply `section__field=value` keyword changes to `cfg`."
-    for key, value in changes.items():
-        set_value(cfg, key.replace("__", "."), value)
-    return cfg
-
-@register_preset("digits", source="kit demo: scikit-learn digits at 16 px, CPU in seconds")
-def _digits():
-    return _with(RunConfig(preset="digits"),
-                 squeeze__epochs=30, recover__ipc=10, recover__iterations=300, recover__lr=0.1,
-                 recover__r_bn=0.05, recover__batch_size=10, recover__crop_scale_min=0.5, recover__flip=False,
-                 recover__jitter=2, recover__jitter_mode="symmetric", recover__image_format="png",
-                 recover__snapshot_every=50,
-                 relabel__epochs=100, relabel__batch_size=50, relabel__crop_scale_min=0.5, relabel__flip=False,
-                 validate__epochs=100, validate__lr=3e-3, validate__eval_every=20)
-
-@register_preset("fashion-mnist", source="kit recipe: Fashion-MNIST 28 px, ConvNet teacher and student on CPU")
-def _fashion_mnist():
-    return _with(RunConfig(preset="fashion-mnist"), data__name="fashion-mnist",
-                 squeeze__epochs=4, squeeze__batch_size=256, squeeze__flip=True, squeeze__crop_padding=2,
-                 recover__ipc=10, recover__iterations=500, recover__lr=0.1, recover__r_bn=0.05,
-                 recover__batch_size=10, recover__crop_scale_min=0.5, recover__jitter=2,
-                 recover__jitter_mode="symmetric", recover__image_format="png",
-                 relabel__epochs=100, relabel__batch_size=100, relabel__crop_scale_min=0.5,
-                 relabel__num_crops=20, relabel__num_seg=20, relabel__shard_images=10000,  # region mode: CPU-sized pools
-                 validate__epochs=100, validate__lr=3e-3)
-
-# %% ../nbs/00_core.ipynb #527d517a
-@register_preset("lpld_digits", source="kit demo of LPLD on digits: class-wise BN targets, one class per batch")
-def _lpld_digits():
-    cfg = _digits(); cfg.preset = "lpld_digits"
-    return _with(cfg, squeeze__class_bn="ema", recover__bn_target="class", recover__batch_mode="within-class")
-
-@register_preset("lpld_fashion-mnist", source="kit recipe: LPLD class-wise BN recovery on Fashion-MNIST")
-def _lpld_fashion_mnist():
-    cfg = _fashion_mnist(); cfg.preset = "lpld_fashion-mnist"
-    return _with(cfg, squeeze__class_bn="ema", recover__bn_target="class", recover__batch_mode="within-class")
-
-# %% ../nbs/00_core.ipynb #de40ed5a
-@register_preset("sre2l_in1k", source="VILA-Lab/SRe2L recover.sh, generate_soft_label.py, train_FKD.sh")
-def _sre2l_in1k():
-    return _with(RunConfig(preset="sre2l_in1k"), data__name="imagenet-1k",
-                 squeeze__model="resnet18", squeeze__small_input=False, squeeze__weights="IMAGENET1K_V1",
-                 squeeze__class_bn="none",
-                 recover__ipc=50, recover__iterations=4000, recover__lr=0.25, recover__r_bn=0.01,
-                 recover__batch_size=100, recover__jitter=32,
-                 relabel__epochs=300, relabel__batch_size=1024, relabel__mix="cutmix",
-                 validate__model="resnet18", validate__small_input=False, validate__epochs=300,
-                 validate__lr=1e-3, validate__temperature=20.0, validate__eval_batch_size=256)
-
-@register_preset("sre2l_tiny", source="zeyuanyin/tiny-imagenet train_rn18.sh, train_kd.sh; SRe2L recover_tiny.sh "
-                 "(the student's online KD is replaced by stored labels without mixing until online KD exists)")
-def _sre2l_tiny():
-    return _with(RunConfig(preset="sre2l_tiny"), data__name="tiny-imagenet",
-                 squeeze__model="resnet18", squeeze__epochs=50, squeeze__batch_size=256, squeeze__lr=0.2,
-                 squeeze__weight_decay=1e-4, squeeze__warmup_epochs=5, squeeze__augment="rrc",
-                 squeeze__flip=True, squeeze__class_bn="ema",
-                 recover__ipc=50, recover__iterations=4000, recover__lr=0.1, recover__r_bn=1.0,
-                 recover__batch_size=100, recover__jitter=4, recover__jitter_mode="symmetric",
-                 recover__image_format="jpg",
-                 relabel__epochs=100, relabel__batch_size=256, relabel__mix="none",
-                 validate__model="resnet18", validate__epochs=100, validate__optimizer="sgd", validate__lr=0.2,
-                 validate__weight_decay=1e-4, validate__decay_bn_bias=True, validate__warmup_epochs=5,
-                 validate__kl_t2=True, validate__eval_every=1, validate__labels="online")
-
-@register_preset("sre2l_cifar100", source="VILA-Lab/SRe2L small_dataset/squeeze_cifar.sh, recover_cifar.sh, relabel_cifar.sh "
-                 "(online KD on Mixup as the script; its RandomCrop(32, padding 4) is replaced by random-resized crops, "
-                 "since the kit replays crops as boxes inside the image)")
-def _sre2l_cifar100():
-    return _with(RunConfig(preset="sre2l_cifar100"), data__name="cifar100",
-                 squeeze__model="resnet18", squeeze__epochs=200, squeeze__batch_size=128, squeeze__lr=0.1,
-                 squeeze__weight_decay=5e-4, squeeze__augment="crop-pad", squeeze__crop_padding=4,
-                 squeeze__flip=True, squeeze__class_bn="ema",
-                 recover__ipc=50, recover__iterations=1000, recover__lr=0.25, recover__r_bn=0.01,
-                 recover__batch_size=100, recover__crop=False, recover__flip=False, recover__jitter=4,
-                 relabel__epochs=400, relabel__batch_size=128, relabel__mix="mixup",
-                 validate__model="resnet18", validate__epochs=400, validate__temperature=30.0,
-                 validate__decay_bn_bias=True, validate__labels="online")
-
-# %% ../nbs/00_core.ipynb #ebb48770
-@register_preset("lpld_in1k", source="he-y/soft-label-pruning-for-dataset-distillation imagenet1k_forward/recover.sh, LPLD_in1k_[4k].yaml")
-def _lpld_in1k():
-    cfg = _sre2l_in1k(); cfg.preset = "lpld_in1k"
-    return _with(cfg, squeeze__class_bn="ema", squeeze__augment="rrc", squeeze__flip=True, squeeze__batch_size=256,
-                 recover__bn_target="class", recover__batch_mode="within-class", recover__batch_size=50,
-                 relabel__batch_size=128)
-
-@register_preset("lpld_tiny", source="he-y/soft-label-pruning-for-dataset-distillation tiny_forward, tiny_recover.sh, LPLD_tiny_[4k].yaml")
-def _lpld_tiny():
-    cfg = _sre2l_tiny(); cfg.preset = "lpld_tiny"
-    return _with(cfg, squeeze__class_bn="ema", recover__bn_target="class", recover__batch_mode="within-class",
-                 recover__r_bn=0.05, recover__batch_size=100, relabel__batch_size=64,
-                 validate__labels="stored")  # LPLD trains from (pruned) stored labels
-
-@register_preset("lpld_in21k", source="he-y/soft-label-pruning-for-dataset-distillation in21k_recover.sh, LPLD_in21k_[2k].yaml "
-                 "(teacher: the user's resnet18_21k checkpoint, --set squeeze.checkpoint=...)")
-def _lpld_in21k():
-    cfg = _sre2l_in1k(); cfg.preset = "lpld_in21k"
-    return _with(cfg, data__name="imagenet-21k", squeeze__model="timm:resnet18", squeeze__weights="",
-                 squeeze__class_bn="ema", squeeze__augment="rrc", squeeze__flip=True, squeeze__batch_size=256,
-                 recover__ipc=10, recover__iterations=2000, recover__lr=0.05, recover__r_bn=0.25,
-                 recover__bn_target="class", recover__batch_mode="within-class", recover__batch_size=10,
-                 relabel__batch_size=32, relabel__mix="none", relabel__flip=False, relabel__cutout=True,
-                 validate__lr=2e-3)
-
-@register_preset("prism_in1k", source="Brian-Moser/prism recover/data_synthesis.py, relabel_r18.sh, train_FKD_parallel.py "
-                 "(its cosine with a discontinuous tail after 5E/6 is a bug, not reproduced: plain per-epoch cosine)")
-def _prism_in1k():
-    cfg = _sre2l_in1k(); cfg.preset = "prism_in1k"
-    return _with(cfg, recover__init="real", recover__lr=0.05, recover__iteration_schedule="prism-cyclic",
-                 recover__bn_teachers="mobilenet_v2,efficientnet_b0,shufflenet_v2_x0_5,alexnet",
-                 recover__bn_teacher_weights="IMAGENET1K_V1", recover__bn_teacher_prob=0.5,
-                 relabel__batch_size=50, relabel__crop_scale_min=0.25,
-                 relabel__teachers="mobilenet_v2,alexnet,shufflenet_v2_x0_5", relabel__teacher_weights="IMAGENET1K_V1",
-                 relabel__ensemble="frobenius-mean",
-                 validate__loss="mse_gt", validate__ce_weight=0.1, validate__accumulation_steps=2)
-
-# %% ../nbs/00_core.ipynb #fbe5c5b7
-def make_config(preset: str = "digits",  # preset name
-                overrides: list[str] | dict | None = None):  # 'key=value' strings or a {key: value} dict
-    "A checked `RunConfig` from a preset plus `--set` style overrides (`check_config` refuses what cannot work)."
-    if preset not in PRESETS:
-        close = difflib.get_close_matches(preset, PRESETS, n=3)
-        raise ConfigError(f"unknown preset {preset!r}; " +
-                          (f"did you mean {', '.join(close)}?" if close else f"choose from {', '.join(list_presets())}"))
-    cfg = PRESETS[preset]()
-    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides or []]
-    for key, value in items: set_value(cfg, key, value)
-    return check_config(cfg)
-
-def _split_override(text: str) -> tuple[str, str]:
-    "'key=value' -> (key, value)."
-    if "=" not in text: raise ConfigError(f"--set expects key=value, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), value
 
 # %% ../nbs/00_core.ipynb #118bc309
 def parameter_names(cfg: RunConfig | None = None) -> dict:
@@ -595,6 +440,7 @@ def stage_config(cfg: RunConfig, stage: str) -> dict:
 # %% ../nbs/00_core.ipynb #77e646ae
 def seed_everything(seed: int):
     "Seed Python, NumPy and torch (CPU and CUDA)."
+    import numpy as np, torch
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
 
 def unit_seed(seed: int, *keys) -> int:
@@ -602,366 +448,21 @@ def unit_seed(seed: int, *keys) -> int:
     digest = hashlib.sha256(json.dumps([seed, *keys], default=str).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
-def generator(seed: int, *keys, device="cpu") -> torch.Generator:
+def generator(seed: int, *keys, device="cpu"):  # -> torch.Generator
     "A torch generator seeded for one work unit."
+    import torch
     return torch.Generator(device=device).manual_seed(unit_seed(seed, *keys))
 
 # %% ../nbs/00_core.ipynb #47573331
 def pick_device(device: str = "auto",  # 'auto', 'cpu', 'cuda' or 'cuda:N'
                 local_rank: int = 0):  # GPU of this process under torchrun ('auto' and 'cuda' only)
     "The torch device: 'auto' is CUDA (this process's GPU) when present, else the CPU."
+    import torch
     if device == "auto": device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and torch.cuda.is_available(): return torch.device("cuda", local_rank)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} was asked for, but torch sees no CUDA device")
     return torch.device(device)
-
-# %% ../nbs/00_core.ipynb #5575dbd3
-def shard_from_env() -> tuple[int, int]:
-    "(rank, world size) under torchrun, else (0, 1)."
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-def check_shard(shard: tuple) -> tuple[int, int]:
-    "A valid (index, count) shard, or a clear error."
-    if not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
-        raise ConfigError(f"shard {shard[0]}/{shard[1]} is not a valid index/count (need 0 <= index < count)")
-    return int(shard[0]), int(shard[1])
-
-# %% ../nbs/00_core.ipynb #92d92490
-LEASE_SECONDS = 300.0  # a claim not renewed for this long is taken over, from any host
-
-def _owner() -> str:
-    import socket
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-def _alive(pid: int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    return True
-
-# %% ../nbs/00_core.ipynb #7eae5b8d
-def _write_claim(path: Path, lease: float):
-    "Write (or renew) this process's claim record: a temporary file renamed over the claim."
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.renew.tmp")
-    tmp.write_text(json.dumps({"owner": _owner(), "expires": time.time() + lease}))
-    os.replace(tmp, path)
-
-def _read_claim(path: Path) -> dict | None:
-    "A claim's record (owner, expires), None when the file is gone; an old or half-written file counts from its mtime."
-    try: text, mtime = path.read_text(), path.stat().st_mtime
-    except FileNotFoundError: return None
-    try: record = json.loads(text)
-    except ValueError: record = {"owner": text.strip()}
-    if not isinstance(record, dict): record = {}
-    record.setdefault("owner", ""); record.setdefault("expires", mtime + LEASE_SECONDS)
-    return record
-
-def _stale(record: dict) -> bool:
-    "Whether a claim may be taken over: its lease ran out, or its owner on this host no longer runs."
-    if record["expires"] < time.time(): return True
-    host, _, pid = record["owner"].rpartition(":")
-    return host == _owner().rpartition(":")[0] and pid.isdigit() and not _alive(int(pid))
-
-# %% ../nbs/00_core.ipynb #ea3866a7
-class Claim:
-    "A work item this process holds: a thread renews its lease until `release()` (or until the file is removed)."
-    def __init__(self, path: Path, lease: float):
-        self.path, self.lease, self._stop = Path(path), lease, threading.Event()
-        threading.Thread(target=self._renew, daemon=True, name=f"claim {self.path.name}").start()
-
-    def _renew(self):
-        while not self._stop.wait(self.lease / 5):
-            record = _read_claim(self.path)
-            if record is None or record["owner"] != _owner(): return  # released, or taken over
-            try: _write_claim(self.path, self.lease)
-            except OSError as error: log.warning("could not renew %s (%s); trying again", self.path, error)
-
-    def release(self):
-        "Give the item up (after its files are written)."
-        self._stop.set(); self.path.unlink(missing_ok=True)
-
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.release()
-
-# %% ../nbs/00_core.ipynb #29971505
-def claim(path, lease: float | None = None) -> Claim | None:
-    "Take the work item that `path` stands for, atomically; None while another process holds it."
-    path, lease = Path(path), lease or LEASE_SECONDS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(3):
-        try: handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            record = _read_claim(path)
-            if record is None: continue  # released meanwhile: try again
-            if record["owner"] == _owner(): return Claim(path, lease)
-            if not _stale(record): return None
-            path.unlink(missing_ok=True)  # a dead owner, or a lease that ran out: take the item over
-            continue
-        with os.fdopen(handle, "w") as f: json.dump({"owner": _owner(), "expires": time.time() + lease}, f)
-        return Claim(path, lease)
-    return None
-
-def release(path):
-    "Give up a claim by its path (its `Claim` stops renewing when it sees the file gone)."
-    Path(path).unlink(missing_ok=True)
-
-# %% ../nbs/00_core.ipynb #853c00a6
-_UMASK = os.umask(0o022); os.umask(_UMASK)  # this process's umask, read once (os.umask can only be read by setting it)
-
-@contextmanager
-def atomic_write(path,  # destination file
-                 mode: str = "wb"):  # 'wb' for bytes, 'w' for text
-    "Write to a temporary file beside `path`, then rename it into place."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the writer's pid is in the name, so that a temporary left by a killed process can be told apart and swept
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, mode) as f:
-            yield f
-            f.flush(); os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would make it: other users of a shared folder can read it
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-def save_json(path, data):
-    "Write JSON atomically (sorted keys, indented)."
-    with atomic_write(path, "w") as f: json.dump(data, f, indent=2, sort_keys=True, default=str); f.write("\n")
-
-def load_json(path):
-    "Read a JSON file; a damaged one is a DamagedFile error naming it."
-    try: return json.loads(Path(path).read_text())
-    except (ValueError, UnicodeDecodeError) as error: raise DamagedFile(f"{path} is damaged ({error})") from None
-
-# %% ../nbs/00_core.ipynb #6e4c09b7
-def save_tensors(path, tensors: dict, metadata: dict | None = None):
-    "Write a dict of tensors as safetensors, atomically and byte-for-byte reproducibly."
-    from safetensors.torch import save
-    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                metadata={"sre2l": json.dumps(metadata or {}, sort_keys=True, default=str)})
-    with atomic_write(path) as f: f.write(blob)
-
-def load_tensors(path, device="cpu") -> dict:
-    "Read a safetensors file, with a clear error for a missing or damaged file."
-    from safetensors.torch import load_file
-    path = Path(path)
-    if not path.is_file(): raise Sre2lError(f"tensor file {path} does not exist")
-    try: return load_file(str(path), device=str(device))
-    except Exception as e: raise Sre2lError(f"{path} is not a readable safetensors file ({e})") from None
-
-def load_metadata(path) -> dict:
-    "The metadata `save_tensors` stored in a safetensors file."
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), "pt") as f: return json.loads((f.metadata() or {}).get("sre2l", "{}"))
-    except Exception as e: raise Sre2lError(f"{path} is not a readable safetensors file ({e})") from None
-
-# %% ../nbs/00_core.ipynb #5ccc6276
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    "sha256 of a file's bytes."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk): h.update(block)
-    return h.hexdigest()
-
-def versions() -> dict:
-    "Versions of the code that produced a result."
-    import platform, sre2l
-    out = {"sre2l": sre2l.__version__, "torch": torch.__version__, "python": platform.python_version()}
-    try:
-        import torchvision; out["torchvision"] = torchvision.__version__
-    except ImportError: pass
-    if torch.cuda.is_available(): out["gpu"] = torch.cuda.get_device_name()
-    return out
-
-# %% ../nbs/00_core.ipynb #7133aad0
-def human_bytes(n: float) -> str:
-    "Bytes as B, kB, MB (one decimal), GB or TB (two decimals), in powers of 1000."
-    for unit, scale, digits in (("TB", 1e12, 2), ("GB", 1e9, 2), ("MB", 1e6, 1), ("kB", 1e3, 1)):
-        if abs(n) >= scale: return f"{n / scale:.{digits}f} {unit}"
-    return f"{n:.0f} B"
-
-def free_space(folder) -> tuple[int, int]:
-    "(bytes free to this user, block size) of the file system holding `folder` (or its nearest existing parent)."
-    folder = Path(folder)
-    probe = next((p for p in [folder, *folder.parents] if p.exists()), Path("/"))
-    stat = os.statvfs(probe)
-    return stat.f_bavail * stat.f_frsize, stat.f_frsize or 4096
-
-def memory_available() -> int:
-    "Bytes of memory this machine can still give (MemAvailable on Linux; free pages elsewhere)."
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-def preflight(folder, nbytes: float, files: int = 1, what: str = "the output", advice: str = "free some space"):
-    "Refuse to start when `files` files of `nbytes` in all do not fit on the disk holding `folder`."
-    free, block = free_space(folder)
-    needed = int(nbytes) + files * block  # each file ends in a partly used block
-    if free < needed:
-        raise Sre2lError(f"{what} needs about {human_bytes(needed)} ({files} files) but {folder} has only "
-                         f"{human_bytes(free)} free; {advice}")
-
-# %% ../nbs/00_core.ipynb #ce61194e
-def sweep_temporaries(folder, recursive: bool = True):
-    "Delete temporaries that killed processes left under `folder` (atomic_write names carry the writer's pid)."
-    for tmp in (Path(folder).rglob if recursive else Path(folder).glob)(".*.tmp"):
-        parts = tmp.name[:-len(".tmp")].rsplit(".", 2)
-        if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != os.getpid() and not _alive(int(parts[1])):
-            tmp.unlink(missing_ok=True)
-
-def write_manifest(stage_dir,  # the stage's folder, e.g. runs/demo/recover
-                   stage: str,  # stage name
-                   cfg: RunConfig,  # configuration the stage ran with
-                   artifacts: list,  # files (relative to stage_dir) the stage produced
-                   inputs: dict | None = None,  # {stage: manifest path} of the inputs read
-                   timings: dict | None = None,  # seconds spent, by phase
-                   extra: dict | None = None):  # stage-specific facts (metrics, shapes)
-    "Write `manifest.json` for a finished stage, hashing every artifact."
-    stage_dir = Path(stage_dir)
-    sweep_temporaries(stage_dir)
-    config = stage_config(cfg, stage)
-    manifest = {
-        "stage": stage, "format": 1, "config_hash": hash_json(config), "config": config,
-        "inputs": {name: {"path": str(Path(p)), "sha256": sha256_file(p)} for name, p in (inputs or {}).items()},
-        "artifacts": {str(a): {"sha256": sha256_file(stage_dir / a), "bytes": (stage_dir / a).stat().st_size}
-                      for a in sorted(map(str, artifacts))},
-        "versions": versions(), "timings": timings or {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **(extra or {}),
-    }
-    save_json(stage_dir / "manifest.json", manifest)
-    return manifest
-
-# %% ../nbs/00_core.ipynb #e48ae356
-class DamagedManifest(DamagedFile):
-    "A manifest.json that is not the JSON object a finished stage writes."
-
-def read_manifest(stage_dir, verify: bool = True) -> dict | None:
-    "The stage's manifest, or None when the stage has not finished; with `verify`, check every artifact."
-    path = Path(stage_dir) / "manifest.json"
-    if not path.is_file(): return None
-    try: manifest = load_json(path)
-    except DamagedFile as error: raise DamagedManifest(str(error)) from None
-    if not isinstance(manifest, dict) or not all(k in manifest for k in ("stage", "config_hash", "config", "artifacts")):
-        raise DamagedManifest(f"{path} is damaged (not a finished stage's manifest)")
-    if verify:
-        for name, info in manifest["artifacts"].items():
-            file = Path(stage_dir) / name
-            if not file.is_file():
-                raise Sre2lError(f"{file} is listed in {path} but missing; delete {Path(stage_dir)} and run the stage again")
-            if sha256_file(file) != info["sha256"]:
-                raise Sre2lError(f"{file} changed after {path} was written (sha256 differs); "
-                                 f"delete {Path(stage_dir)} and run the stage again")
-    return manifest
-
-# %% ../nbs/00_core.ipynb #cab9d8b5
-def find_project_root(start=None) -> Path | None:
-    "The nearest folder above `start` (default: cwd) holding settings.ini and nbs/, or None."
-    here = Path(start or Path.cwd()).resolve()
-    for folder in [here, *here.parents]:
-        if (folder / "settings.ini").is_file() and (folder / "nbs").is_dir(): return folder
-    return None
-
-def resolve_run_dir(run_dir) -> Path:
-    "An absolute run folder; relative paths are taken from the project root when inside the repository."
-    if not str(run_dir).strip(): raise Sre2lError("the run folder is empty (--run-dir ''); name a folder")
-    path = Path(run_dir).expanduser()
-    if path.is_absolute(): return path
-    return (find_project_root() or Path.cwd()) / path
-
-def prepare_run(run_dir, cfg: RunConfig) -> Path:
-    "Create the run folder and write config.json (the resolved configuration and its hash)."
-    run_dir = resolve_run_dir(run_dir)
-    if run_dir.is_symlink() and not run_dir.exists():
-        raise Sre2lError(f"the run folder {run_dir} is a symbolic link that leads nowhere (or back into itself)")
-    if run_dir.exists() and not run_dir.is_dir(): raise Sre2lError(f"the run folder {run_dir} is a file, not a folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    sweep_temporaries(run_dir, recursive=False)  # what a killed process left while writing config.json
-    data = config_dict(cfg)
-    save_json(run_dir / "config.json", {"config": data, "config_hash": hash_json(data)})
-    return run_dir
-
-# %% ../nbs/00_core.ipynb #b41e38e0
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    "Dotted keys whose values differ between two config dicts."
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict): out += _differences(a, b, f"{prefix}{key}.")
-        elif key not in old: out.append(f"{prefix}{key}: absent in the folder (made by an older sre2l), {b!r} now")
-        elif a != b: out.append(f"{prefix}{key}: {a!r} in the folder, {b!r} now")
-    return out
-
-def stage_status(run_dir, stage: str, cfg: RunConfig,
-                 redo_damaged: bool = False) -> dict | None:  # a damaged manifest means: not finished (moved aside)
-    "The verified manifest if `stage` finished with this configuration, None if not run yet; refuses a mismatch."
-    stage_dir = Path(run_dir) / stage
-    try: manifest = read_manifest(stage_dir)
-    except DamagedManifest as error:
-        if not redo_damaged:
-            raise Sre2lError(f"{error}; run `sre2l {stage} --run-dir {run_dir}` again to redo the stage") from None
-        aside = stage_dir / f"manifest.json.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.replace(stage_dir / "manifest.json", aside)
-        log.warning("%s: %s; moved to %s, the stage is redone", stage, error, aside.name)
-        return None
-    if manifest is None: return None
-    wanted = stage_config(cfg, stage)
-    if manifest["config_hash"] != hash_json(wanted):
-        diff = "; ".join(_differences(manifest["config"], wanted)) or "config hash differs"
-        raise Sre2lError(f"{stage_dir} was made with a different configuration ({diff}); "
-                         f"use another run folder, or delete {stage_dir} to redo the stage")
-    return manifest
-
-def require_stage(run_dir, stage: str, cfg: RunConfig) -> dict:
-    "The manifest of an input stage, or a clear error when it has not run."
-    manifest = stage_status(run_dir, stage, cfg)
-    if manifest is None:
-        raise Sre2lError(f"{Path(run_dir) / stage} has no finished {stage} stage; run `sre2l {stage} "
-                         f"--run-dir {run_dir}` (same preset and --set values) first")
-    return manifest
-
-# %% ../nbs/00_core.ipynb #82aec889
-def open_stage(run_dir, stage: str, cfg: RunConfig) -> tuple[Path, dict | None]:
-    "Check the configuration, prepare the run folder; return (run_dir, manifest of the finished stage or None)."
-    check_config(cfg)  # configurations built in code, not by make_config, are checked here
-    run_dir = prepare_run(run_dir, cfg)
-    done = stage_status(run_dir, stage, cfg, redo_damaged=True)
-    if done is not None: log.info("%s: already complete in %s", stage, run_dir / stage)
-    else: log_to_stage(run_dir / stage)
-    return run_dir, done
-
-def build_missing(cfg: RunConfig, run_dir, builders: dict):
-    "Run, in order, each stage of `builders` ({stage: run function}) that the run needs and has not finished."
-    for stage, build in builders.items():
-        if stage not in stages_needed(cfg): continue  # e.g. no distilled images for a student of the training split
-        if stage_status(resolve_run_dir(run_dir), stage, cfg) is None:
-            print(f"no {stage} stage in {run_dir}: building it first")
-            build(cfg, run_dir)
-
-# %% ../nbs/00_core.ipynb #540f4c1e
-def stage_state(stage_dir) -> dict:
-    "One stage folder: finished (its manifest), started (its progress.json: done, total, rate, age) or empty."
-    stage_dir, info = Path(stage_dir), {"stage": Path(stage_dir).name, "folder": str(stage_dir)}
-    try: manifest = read_manifest(stage_dir, verify=False)
-    except (OSError, ValueError, KeyError) as error: return {**info, "state": f"damaged manifest ({error})"}
-    if manifest is not None:
-        seconds = manifest.get("timings", {}).get("total_seconds")
-        return {**info, "state": "finished", "config_hash": manifest.get("config_hash"), "seconds": seconds}
-    try: status = load_json(stage_dir / "progress.json")
-    except (OSError, ValueError): return {**info, "state": "not started"}
-    return {**info, "state": "started", **status, "age_seconds": time.time() - status["updated"]}
-
-def run_status(run_dir) -> list[dict]:
-    "`stage_state` of every stage of a run folder, or of every shared stage of a reproduce table folder."
-    run_dir = resolve_run_dir(run_dir)
-    folders = [run_dir / s for s in STAGES if (run_dir / s).is_dir()]
-    if (run_dir / "stages").is_dir(): folders += sorted(p for p in (run_dir / "stages").iterdir() if p.is_dir())
-    return [stage_state(f) for f in folders]
 
 # %% ../nbs/00_core.ipynb #6c3fe29f
 import logging
@@ -984,47 +485,14 @@ def setup_logging(level=logging.INFO):
     log.setLevel(level)
     return log
 
-# %% ../nbs/00_core.ipynb #7b68ecc1
-def log_to_stage(stage_dir):
-    "Also write the kit's log lines to `stage_dir/log.txt` (appending; replaces the previous stage's file)."
-    for handler in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
-        log.removeHandler(handler); handler.close()
-    Path(stage_dir).mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(Path(stage_dir) / "log.txt", delay=True)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-    log.addHandler(handler)
-    if log.level == logging.NOTSET or log.level > logging.INFO: log.setLevel(logging.INFO)
-
-# %% ../nbs/00_core.ipynb #9833dcd0
-def _write_status(path: Path, what: str, done: int, total, initial: int, started: float):
-    "Rewrite a progress.json: units done of total, the rate of this process, the time left."
-    elapsed = max(time.time() - started, 1e-9)
-    rate = (done - initial) / elapsed
-    left = None if total is None or rate <= 0 else (total - done) / rate
-    save_json(path, {"what": what, "done": done, "total": total, "rate_per_hour": round(3600 * rate, 3),
-                     "eta_seconds": None if left is None else round(left), "pid": os.getpid(),
-                     "host": __import__("socket").gethostname(), "updated": time.time(), "started": started})
-
-def progress(iterable=None, status=None, every: float = 5.0, **kwargs):
-    "A tqdm progress bar (quiet when SRE2L_NO_PROGRESS is set); with `status`, also a progress.json file there."
-    from tqdm.auto import tqdm
-    disable = kwargs.pop("disable", False) or bool(os.environ.get("SRE2L_NO_PROGRESS"))
-    bar = tqdm(iterable, disable=disable, **kwargs)
-    if status is None: return bar
-    return _reporting(bar, Path(status), kwargs.get("desc", ""), kwargs.get("initial", 0), every)
-
-def _reporting(bar, path: Path, what: str, initial: int, every: float):
-    "Yield the bar's items, rewriting `path` after each finished one at most every `every` seconds, and at the end."
-    total = bar.total if bar.total is not None else (len(bar.iterable) + initial if hasattr(bar.iterable, "__len__") else None)
-    started, last, done = time.time(), 0.0, initial
-    _write_status(path, what, done, total, initial, started)
-    for item in bar:
-        yield item
-        done += 1
-        if time.time() - last >= every: _write_status(path, what, done, total, initial, started); last = time.time()
-    _write_status(path, what, done, total, initial, started)
-
 # %% ../nbs/00_core.ipynb #7b5b9faa
 def headless() -> bool:
     "True in batch runs (`sre2l demo`, `sre2l reproduce` set SRE2L_HEADLESS): notebooks then skip ipywidgets."
     return bool(os.environ.get("SRE2L_HEADLESS"))
+
+# %% ../nbs/00_core.ipynb #76c13546
+def human_bytes(n: float) -> str:
+    "Bytes as B, kB, MB (one decimal), GB or TB (two decimals), in powers of 1000."
+    for unit, scale, digits in (("TB", 1e12, 2), ("GB", 1e9, 2), ("MB", 1e6, 1), ("kB", 1e3, 1)):
+        if abs(n) >= scale: return f"{n / scale:.{digits}f} {unit}"
+    return f"{n:.0f} B"

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 import math
 import os
 import re
@@ -19,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import Sre2lError, atomic_write, find_project_root, log
+from .core import Sre2lError, Registry, NAME_CHECKS, log
+from .runs import atomic_write, find_project_root
 
 # %% auto #0
 __all__ = ['WORKER_TIMEOUT', 'DATASETS', 'FASHION_CLASSES', 'IMAGE_SUFFIXES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'DataError',
@@ -210,7 +210,7 @@ def decode_all(data: ImageSet,
                workers: int = -1,  # decoding processes (-1 = default_workers())
                batch_size: int = 256) -> ImageSet:  # images per worker task
     "Every file of `data` decoded once into one uint8 tensor, filled batch by batch (no second copy)."
-    from sre2l.core import progress, memory_available
+    from sre2l.runs import progress, memory_available
     if data.images is not None: return data
     needed, available = len(data) * data.channels * data.resolution ** 2, memory_available()
     if needed > 0.8 * available:  # computed before anything is allocated
@@ -251,28 +251,21 @@ class DatasetSpec:
     files: bool = False  # images are files on disk, decoded by the loader (ImageFolder layout)
     variable_classes: bool = False  # the class count comes from data.num_classes (folders made by make-imagefolder)
 
-DATASETS: dict[str, DatasetSpec] = {}
+DATASETS = Registry("data set", DataError)  # {name: DatasetSpec}
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    "Add a data set to the registry; duplicate names are refused."
-    if spec.name in DATASETS: raise ValueError(f"data set {spec.name!r} is already registered")
-    DATASETS[spec.name] = spec
-    return spec
+    "Add a data set to the registry."
+    return DATASETS.add(spec.name, spec)
 
 def list_datasets() -> list[str]:
     "Names of all registered data sets."
-    return sorted(DATASETS)
+    return DATASETS.names()
 
 # %% ../nbs/00a_data.ipynb #d8219dc3
 def get_dataset(name: str,  # registered data-set name
                 num_classes: int = 0) -> DatasetSpec:  # class count of a data set that takes one (0 = the registry's)
     "The spec of a registered data set."
-    if name not in DATASETS:
-        import difflib
-        close = difflib.get_close_matches(name, DATASETS, n=3)
-        raise DataError(f"unknown data set {name!r}; " +
-                        (f"did you mean {', '.join(close)}?" if close else f"choose from {', '.join(list_datasets())}"))
-    spec = DATASETS[name]
+    spec = DATASETS.lookup(name)
     if not num_classes or num_classes == spec.num_classes: return spec
     if not spec.variable_classes:
         raise DataError(f"data set {name!r} has {spec.num_classes} classes; data.num_classes={num_classes} is only "
@@ -288,6 +281,16 @@ def load_split(name: str,  # registered data-set name
     if split not in ("train", "test"): raise DataError(f"split must be 'train' or 'test', got {split!r}")
     spec = get_dataset(name, num_classes)
     return spec.loader(spec, split, root, download)
+
+# %% ../nbs/00a_data.ipynb #5e4f4460
+@NAME_CHECKS.register("data set")
+def _data_set_problems(cfg) -> list[str]:
+    "What `check_config` refuses about the data set: an unknown name or class count, top-k beyond the classes."
+    try: spec = get_dataset(cfg.data.name, cfg.data.num_classes)
+    except Sre2lError as error: return [str(error)]
+    if cfg.relabel.logits == "topk" and cfg.relabel.topk > spec.num_classes:
+        return [f"relabel.topk={cfg.relabel.topk} exceeds the {spec.num_classes} classes of {spec.name}"]
+    return []
 
 # %% ../nbs/00a_data.ipynb #5dd671b9
 def default_roots(name: str, root: str = "") -> list[Path]:

@@ -12,8 +12,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import (Sre2lError, ConfigError, make_config, sha256_file, save_json, load_json, resolve_run_dir,
-                        find_project_root, log)
+from .core import Sre2lError, Registry, log
+from .presets import make_config
+from .runs import sha256_file, save_json, resolve_run_dir, find_project_root
 
 # %% auto #0
 __all__ = ['HUB_REPO', 'ARTIFACTS', 'Artifact', 'register_artifact', 'list_artifacts', 'get_artifact', 'hub_checksum', 'download',
@@ -34,13 +35,11 @@ class Artifact:
     sha256: str = ""  # known sha256 ('' = use the checksum the Hub publishes)
     repo: str = HUB_REPO  # Hub repository (a dataset repository)
 
-ARTIFACTS: dict = {}
+ARTIFACTS = Registry("published file")  # {name: Artifact}
 
 def register_artifact(artifact: Artifact) -> Artifact:
-    "Add a released file to the registry; duplicate names are refused."
-    if artifact.name in ARTIFACTS: raise ValueError(f"artifact {artifact.name!r} is already registered")
-    ARTIFACTS[artifact.name] = artifact
-    return artifact
+    "Add a released file to the registry."
+    return ARTIFACTS.add(artifact.name, artifact, artifact.about)
 
 for _name, _preset, _ipc, _iterations, _about in (
         ("sre2l_in1k_rn18_4k_ipc50", "sre2l_in1k", 50, 4000, "ImageNet-1K, 224 px, 4K iterations, IPC 50"),
@@ -57,12 +56,11 @@ for _mix in ("mixup", "cutmix"):
 
 def list_artifacts() -> list[str]:
     "Names of every registered released file."
-    return sorted(ARTIFACTS)
+    return ARTIFACTS.names()
 
 def get_artifact(name: str) -> Artifact:
-    "The `Artifact` called `name`, or a clear error listing the known ones."
-    if name not in ARTIFACTS: raise ConfigError(f"unknown published file {name!r}; choose from {', '.join(list_artifacts())}")
-    return ARTIFACTS[name]
+    "The `Artifact` called `name`, or a clear error naming the close ones."
+    return ARTIFACTS.lookup(name)
 
 # %% ../nbs/05a_fetch.ipynb #01a31ca1
 def _hub():
@@ -179,7 +177,7 @@ def fetch(name: str,  # a registered artifact (see `list_artifacts()`)
             record["imported"] = import_distilled(layout, cfg, resolve_run_dir(run_dir))["imported"]
         else:
             from sre2l.relabel import import_official_labels
-            from sre2l.core import stage_status
+            from sre2l.runs import stage_status
             if stage_status(resolve_run_dir(run_dir), "recover", cfg) is None:
                 images = next((a.name for a in ARTIFACTS.values() if a.kind == "images" and a.preset == artifact.preset
                                and set(a.overrides) <= set(artifact.overrides)), "the matching image set")

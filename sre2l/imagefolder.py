@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import colorsys
 import math
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from .core import Sre2lError, atomic_write, save_json, load_json, progress, log
+from .core import Sre2lError, log
+from .runs import atomic_write, save_json, load_json, progress
 from .data import default_workers
 
 # %% auto #0

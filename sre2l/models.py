@@ -9,12 +9,12 @@ import difflib
 import fnmatch
 import re
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from .core import Sre2lError, save_tensors, load_tensors, load_metadata, save_json, load_json, require_stage
+from .core import Sre2lError, Registry, NAME_CHECKS
+from .runs import save_tensors, load_tensors, load_metadata, save_json, load_json, require_stage
 
 # %% auto #0
 __all__ = ['MODELS', 'ConvNet', 'register_model', 'small_input_stem', 'list_models', 'model_input', 'check_model_name',
@@ -47,15 +47,11 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 # %% ../nbs/00b_models.ipynb #6257316f
-MODELS: dict[str, Callable] = {}
+MODELS = Registry("model")  # {name or regular expression: builder}
 
 def register_model(pattern: str):
     "Decorator registering a model builder under a name or regular expression."
-    def deco(fn):
-        if pattern in MODELS: raise ValueError(f"model {pattern!r} is already registered")
-        MODELS[pattern] = fn
-        return fn
-    return deco
+    return MODELS.register(pattern)
 
 @register_model(r"convnet(-d(?P<depth>\d+))?(-w(?P<width>\d+))?(-(?P<pooling>avg|max|none))?")
 def _convnet(num_classes, in_channels, resolution, small_input, weights, depth=None, width=None, pooling=None):
@@ -142,6 +138,19 @@ def create_model(name: str,  # registry name, e.g. 'convnet-d3-w64', 'resnet18',
         if match: return builder(num_classes, in_channels, resolution, small_input, weights, **match.groupdict())
     if name.startswith("timm:"): return _build_timm(name[5:], num_classes, in_channels, resolution, small_input, weights)
     return _build_torchvision(check_model_name(name), num_classes, in_channels, resolution, small_input, weights)
+
+# %% ../nbs/00b_models.ipynb #08b04574
+@NAME_CHECKS.register("models")
+def _model_problems(cfg) -> list[str]:
+    "What `check_config` refuses about models: a teacher, student or extra teacher the registry cannot build."
+    names = [("squeeze.model", cfg.squeeze.model), ("validate.model", cfg.validate.model)]
+    names += [(k, n.strip()) for k, text in (("recover.bn_teachers", cfg.recover.bn_teachers),
+                                             ("relabel.teachers", cfg.relabel.teachers)) for n in text.split(",") if n.strip()]
+    problems = []
+    for key, name in names:
+        try: check_model_name(name)
+        except Sre2lError as error: problems.append(f"{key}: {error}")
+    return problems
 
 # %% ../nbs/00b_models.ipynb #8a6227d4
 def clean_state_dict(state: dict) -> dict:
@@ -264,6 +273,17 @@ def bn_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
                          f"choose a teacher with BatchNorm (ResNet, ConvNet)")
     return layers
 
+# %% ../nbs/00b_models.ipynb #5c599a58
+def _class_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int):
+    "Per-class count, sum and sum of squares of BN inputs [N, C, H, W] over (N, H, W), in float64."
+    x = x.detach().double()
+    per_image = x.sum((2, 3)), (x * x).sum((2, 3))
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=x.device)
+    counts.index_add_(0, labels, torch.full_like(labels, x.shape[2] * x.shape[3], dtype=torch.float64))
+    sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, labels, per_image[0])
+    squares = torch.zeros_like(sums).index_add_(0, labels, per_image[1])
+    return counts, sums, squares
+
 # %% ../nbs/00b_models.ipynb #88e81841
 class ClassBNStats:
     "Collect class-wise BN input statistics with forward pre-hooks: `with ClassBNStats(model, C) as s: s.update(x, y)`."
@@ -276,66 +296,49 @@ class ClassBNStats:
         self.labels, self.handles, self.state = None, [], {}
 
     def __enter__(self):
-        for name, layer in self.layers:
-            self.handles.append(layer.register_forward_pre_hook(self._hook(name)))
+        for name, layer in self.layers: self.handles.append(layer.register_forward_pre_hook(self._hook(name)))
         return self
 
     def __exit__(self, *exc):
         for h in self.handles: h.remove()
         self.handles = []
 
-# %% ../nbs/00b_models.ipynb #5c599a58
-def _class_moments(x: torch.Tensor, labels: torch.Tensor, num_classes: int):
-    "Per-class count, sum and sum of squares of BN inputs [N, C, H, W] over (N, H, W), in float64."
-    x = x.detach().double()
-    per_image = x.sum((2, 3)), (x * x).sum((2, 3))
-    counts = torch.zeros(num_classes, dtype=torch.float64, device=x.device)
-    counts.index_add_(0, labels, torch.full_like(labels, x.shape[2] * x.shape[3], dtype=torch.float64))
-    sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, labels, per_image[0])
-    squares = torch.zeros_like(sums).index_add_(0, labels, per_image[1])
-    return counts, sums, squares
+    def _hook(self, name):
+        "A pre-hook folding layer `name`'s input into its running sums (exact) or its per-class EMA (ema)."
+        def hook(module, args):
+            if self.labels is None: return
+            counts, sums, squares = _class_moments(args[0], self.labels, self.num_classes)
+            if self.mode == "exact":
+                totals = self.state.setdefault(name, [torch.zeros_like(counts), torch.zeros_like(sums), torch.zeros_like(squares)])
+                for total, part in zip(totals, (counts, sums, squares)): total += part
+                return
+            stats, present = self.state.setdefault(name, [torch.zeros_like(sums), torch.ones_like(sums)]), counts > 0
+            mean = sums[present] / counts[present, None]
+            var = squares[present] / counts[present, None] - mean ** 2
+            for stat, batch_stat in zip(stats, (mean, var)):
+                stat[present] = (1 - self.momentum) * stat[present] + self.momentum * batch_stat
+        return hook
 
-def _hook(self, name):
-    def hook(module, args):
-        if self.labels is None: return
-        counts, sums, squares = _class_moments(args[0], self.labels, self.num_classes)
-        if self.mode == "exact":
-            if name not in self.state: self.state[name] = [torch.zeros_like(counts), torch.zeros_like(sums), torch.zeros_like(squares)]
-            for total, part in zip(self.state[name], (counts, sums, squares)): total += part
-            return
-        if name not in self.state:
-            self.state[name] = [torch.zeros_like(sums), torch.ones_like(sums)]
-        present = counts > 0
-        mean = sums[present] / counts[present, None]
-        var = squares[present] / counts[present, None] - mean ** 2
-        for stat, batch_stat in zip(self.state[name], (mean, var)):
-            stat[present] = (1 - self.momentum) * stat[present] + self.momentum * batch_stat
-    return hook
-ClassBNStats._hook = _hook
+    @torch.no_grad()
+    def update(self, images: torch.Tensor, labels: torch.Tensor):
+        "Run the model on a batch (in eval mode) and fold its BN inputs into the class statistics."
+        was_training = self.model.training
+        self.model.eval(); self.labels = labels.to(images.device)
+        try: self.model(images)
+        finally: self.labels = None; self.model.train(was_training)
 
-# %% ../nbs/00b_models.ipynb #0266dbae
-@torch.no_grad()
-def _update(self, images: torch.Tensor, labels: torch.Tensor):
-    "Run the model on a batch (in eval mode) and fold its BN inputs into the class statistics."
-    was_training = self.model.training
-    self.model.eval(); self.labels = labels.to(images.device)
-    try: self.model(images)
-    finally: self.labels = None; self.model.train(was_training)
-
-def _result(self) -> dict:
-    "{layer: (mean [classes, C], var [classes, C])} in float32; classes never seen are an error in exact mode."
-    out = {}
-    for name, _ in self.layers:
-        if name not in self.state: raise Sre2lError("no batches were passed to ClassBNStats.update")
-        if self.mode == "ema": mean, var = self.state[name]
-        else:
-            counts, sums, squares = self.state[name]
-            if (counts == 0).any():
-                raise Sre2lError(f"classes {torch.nonzero(counts == 0).flatten().tolist()[:10]} had no images")
-            mean = sums / counts[:, None]; var = squares / counts[:, None] - mean ** 2
-        out[name] = (mean.float(), var.clamp_min(0).float())
-    return out
-ClassBNStats.update, ClassBNStats.result = _update, _result
+    def result(self) -> dict:
+        "{layer: (mean [classes, C], var [classes, C])} in float32; classes never seen are an error in exact mode."
+        out = {}
+        for name, _ in self.layers:
+            if name not in self.state: raise Sre2lError("no batches were passed to ClassBNStats.update")
+            if self.mode == "ema": mean, var = self.state[name]
+            else:
+                counts, sums, squares = self.state[name]
+                if (counts == 0).any(): raise Sre2lError(f"classes {torch.nonzero(counts == 0).flatten().tolist()[:10]} had no images")
+                mean = sums / counts[:, None]; var = squares / counts[:, None] - mean ** 2
+            out[name] = (mean.float(), var.clamp_min(0).float())
+        return out
 
 # %% ../nbs/00b_models.ipynb #f2dfb582
 def save_class_bn(path, stats: dict, mode: str):

@@ -5,21 +5,21 @@
 # %% ../nbs/02_recover.ipynb #8d761de0
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import (RunConfig, RecoverConfig, Sre2lError, ConfigError, log, progress, pick_device, generator,
-                        seed_everything, open_stage, stage_status, require_stage, write_manifest, save_json, load_json,
-                        save_tensors, shard_from_env, check_shard, claim, preflight, sha256_file, hash_json, stage_config)
+from .core import (RunConfig, RecoverConfig, Sre2lError, ConfigError, log, pick_device, generator,
+                        seed_everything, hash_json, stage_config)
+from .runs import (progress, open_stage, write_manifest, save_json, load_json, save_tensors, shard_from_env,
+                        check_shard, claim, preflight, sha256_file)
 from .data import (DatasetSpec, data_spec, open_split, cached, ipc_subset, distilled_path, read_distilled,
                         read_image, write_image, sample_crop_boxes, crop_resize, normalize)
 from .models import bn_layers, load_class_bn, load_teacher, load_named_teacher
@@ -29,7 +29,7 @@ from .train import evaluate, to_device, batches
 __all__ = ['MAX_CURVE_POINTS', 'DRAW_CHUNK', 'WorkUnit', 'work_units', 'unit_iterations', 'unit_stats', 'trace_bn_inputs',
            'has_bn', 'MatchingLoss', 'draw_augmentation', 'stack_draws', 'augment_units', 'bn_targets',
            'initial_images', 'draw_bn_teachers', 'valid_range', 'to_uint8', 'group_loss', 'draw_steps', 'recover_group',
-           'group_units', 'write_record', 'record_holds', 'unit_name', 'check_teacher', 'run_recover',
+           'group_units', 'write_record', 'record_holds', 'unit_name', 'check_teacher', 'GroupRunner', 'run_recover',
            'import_distilled', 'recovered_vs_real', 'trajectory', 'explorer']
 
 # %% ../nbs/02_recover.ipynb #c92edfef
@@ -315,43 +315,65 @@ def _real_images(cfg, spec):
     chosen = cached(train.subset(first), cfg.data.cache_bytes, cfg.data.workers)
     return chosen, [[c * ipc + k for k in range(ipc)] for c in range(spec.num_classes)]
 
+@dataclass
+class GroupRunner:
+    "What every group of one recover run shares, and how one group is recovered and written (its record last)."
+    cfg: RunConfig
+    spec: DatasetSpec
+    device: torch.device
+    teacher: nn.Module
+    matching: nn.Module  # the teacher's MatchingLoss (maybe compiled)
+    out: Path  # the recover folder
+    store: str  # the recover configuration hash every unit record carries
+    class_stats: dict | None = None  # class-wise BN statistics (LPLD), None for the global ones
+    real: tuple | None = None  # PRISM's starting images (see `_real_images`)
+    extra: dict = field(default_factory=dict)  # extra BN teachers (PRISM) loaded so far, by name: each loaded once
+
+    def bn_teachers(self, names) -> list:
+        "The extra BN teachers called `names`, loading each the first time it is drawn."
+        for n in names:
+            if n not in self.extra: self.extra[n] = load_named_teacher(n, self.cfg.recover.bn_teacher_weights, self.spec, self.device)
+        return [self.extra[n] for n in names]
+
+    def __call__(self, group: list):
+        "Recover a group (units of unequal size one by one); write each unit's images, curve, snapshots, then its record."
+        rc, layers = self.cfg.recover, [n for n, _ in bn_layers(self.teacher)]
+        for part in ([group] if len({len(u.members) for u in group}) == 1 else [[u] for u in group]):
+            models = self.bn_teachers(draw_bn_teachers(rc, part[0].key[1], self.cfg.seed) if rc.bn_teachers else ())
+            targets = bn_targets(part, rc, self.class_stats, layers, self.device)
+            results = recover_group(self.teacher, part, self.spec, rc, self.cfg.seed, self.device, targets, models, self.real, self.matching)
+            for unit, images, curve, snap in zip(part, *results): self._write(unit, images, curve, snap)
+
+    def _write(self, unit, images, curve, snap):
+        rc, name = self.cfg.recover, unit_name(unit)
+        written = unit.files(self.out / "images", rc.image_format)
+        for file, image in zip(written, images): write_image(file, image, rc.jpeg_quality)
+        save_json(self.out / "losses" / f"{name}.json", curve); written.append(self.out / "losses" / f"{name}.json")
+        if snap is not None:
+            save_tensors(self.out / "snapshots" / f"{name}.safetensors", {"images": snap}, {"members": unit.members, "every": rc.snapshot_every})
+            written.append(self.out / "snapshots" / f"{name}.safetensors")
+        write_record(self.out, name, written, self.store)  # last: the unit is complete
+
+# %% ../nbs/02_recover.ipynb #51202bd6
 def _recover_groups(teacher, spec, cfg, run_dir, device, shard, store):
+    "Recover this process's share of the groups whose units are not yet complete; every work unit of the run."
     rc, out = cfg.recover, run_dir / "recover"
     units = work_units(spec.num_classes, rc.ipc, rc.batch_size, rc.batch_mode)
     groups = group_units(units, rc, cfg.seed)[shard[0]::shard[1]]
     todo = [[u for u in g if not record_holds(out, unit_name(u), u.files(out / "images", rc.image_format), store)] for g in groups]
     todo = [g for g in todo if g]
     log.info("recover: %d of %d work units to run in this process", sum(map(len, todo)), sum(map(len, groups)))
-    class_stats = load_class_bn(run_dir / "squeeze" / "class_bn.safetensors") if rc.bn_target == "class" else None
-    names = [n for n, _ in bn_layers(teacher)]
-    real = _real_images(cfg, spec) if rc.init == "real" else None
     matching = MatchingLoss(teacher, rc.first_bn_multiplier, rc.precision)
-    if rc.compile: matching = torch.compile(matching)
-    extra = {}
+    runner = GroupRunner(cfg, spec, device, teacher, torch.compile(matching) if rc.compile else matching, out, store,
+                         load_class_bn(run_dir / "squeeze" / "class_bn.safetensors") if rc.bn_target == "class" else None,
+                         _real_images(cfg, spec) if rc.init == "real" else None)
     for group in progress(todo, status=out / "progress.json", desc="recover groups"):
         ticket = out / "claims" / f"group_{'_'.join(map(str, group[0].key[1:]))}.claim"
         held = claim(ticket)
         if held is None:  # another process on this folder is recovering this group
             log.info("recover: %s is held by another process; skipped", ticket.name); continue
-        with held: _recover_one_group(group, teacher, spec, cfg, out, device, class_stats, names, real, matching, extra, store)
+        with held: runner(group)
     return units
-
-def _recover_one_group(group, teacher, spec, cfg, out, device, class_stats, names, real, matching, extra, store):
-    rc = cfg.recover
-    sizes = {len(u.members) for u in group}
-    for part in ([group] if len(sizes) == 1 else [[u] for u in group]):
-        bn_names = draw_bn_teachers(rc, part[0].key[1], cfg.seed) if rc.bn_teachers else ()
-        bn_models = [extra.setdefault(n, load_named_teacher(n, rc.bn_teacher_weights, spec, device)) for n in bn_names]
-        images, curves, snaps = recover_group(teacher, part, spec, rc, cfg.seed, device,
-                                              bn_targets(part, rc, class_stats, names, device), bn_models, real, matching)
-        for unit, imgs, curve, snap in zip(part, images, curves, snaps):
-            name, written = unit_name(unit), unit.files(out / "images", rc.image_format)
-            for file, image in zip(written, imgs): write_image(file, image, rc.jpeg_quality)
-            save_json(out / "losses" / f"{name}.json", curve); written.append(out / "losses" / f"{name}.json")
-            if snap is not None:
-                save_tensors(out / "snapshots" / f"{name}.safetensors", {"images": snap}, {"members": unit.members, "every": rc.snapshot_every})
-                written.append(out / "snapshots" / f"{name}.safetensors")
-            write_record(out, name, written, store)  # last: the unit is complete
 
 # %% ../nbs/02_recover.ipynb #ce4d65b8
 def _copy_real_subset(cfg, spec, image_dir, store, chunk: int = 256):
@@ -451,7 +473,7 @@ def import_distilled(source,  # folder with new{cls:03d}/class{cls:03d}_id{ipc:0
 def recovered_vs_real(run_dir, cfg: RunConfig, classes: int = 10, ipc: int = 10):
     "Figure: recovered images beside real training images of the same classes."
     import matplotlib.pyplot as plt
-    from sre2l.core import resolve_run_dir
+    from sre2l.runs import resolve_run_dir
     from sre2l.plots import show_images
     spec = data_spec(cfg.data)
     classes, ipc = min(spec.num_classes, classes), min(cfg.recover.ipc, ipc)
@@ -466,9 +488,9 @@ def recovered_vs_real(run_dir, cfg: RunConfig, classes: int = 10, ipc: int = 10)
 # %% ../nbs/02_recover.ipynb #514100bd
 def trajectory(run_dir, unit_file: str | None = None):
     "Figure: snapshots of one unit's images during optimisation (rows = steps)."
-    from sre2l.core import resolve_run_dir, load_metadata
+    from sre2l.runs import resolve_run_dir, load_metadata
     from sre2l.plots import show_images
-    from sre2l.core import load_tensors
+    from sre2l.runs import load_tensors
     folder = resolve_run_dir(run_dir) / "recover" / "snapshots"
     files = sorted(folder.glob("*.safetensors")) if folder.exists() else []
     if not files: return None
@@ -487,7 +509,7 @@ def explorer(run_dir, cfg: RunConfig):
     "An ipywidgets viewer of recovered images: class, IPC index and (with snapshots) optimisation step."
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
-    from sre2l.core import resolve_run_dir, load_tensors
+    from sre2l.runs import resolve_run_dir, load_tensors
     from sre2l.plots import show_images
     spec = data_spec(cfg.data)
     root = resolve_run_dir(run_dir) / "recover"

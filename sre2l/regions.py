@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import (RunConfig, RelabelConfig, Sre2lError, ConfigError, DamagedFile, LABEL_TYPES, log, progress,
-                        generator, write_manifest, save_tensors, load_tensors, load_metadata, load_json, atomic_write,
-                        claim, preflight, human_bytes, hash_json, stage_config)
+from .core import (RunConfig, RelabelConfig, Sre2lError, ConfigError, DamagedFile, LABEL_TYPES, log, generator,
+                        hash_json, stage_config)
+from .runs import progress, write_manifest, save_tensors, load_metadata, load_json, atomic_write, claim, preflight
 from .data import (ImageSet, DatasetSpec, FileLoader, sample_crop_boxes, crop_resize, normalize, image_list_hash)
 
 # %% auto #0
@@ -181,7 +181,7 @@ class RegionStore:
 # %% ../nbs/03a_regions.ipynb #09bcf552
 def region_images(cfg: RunConfig, run_dir) -> tuple[ImageSet, str]:
     "The images a region store labels and their list hash: the run's distilled set, or the training split."
-    from sre2l.core import require_stage
+    from sre2l.runs import require_stage
     from sre2l.data import data_spec, open_split, read_distilled
     if cfg.relabel.images == "train":
         train = open_split(cfg.data, "train")
@@ -299,7 +299,7 @@ def region_overlay(run_dir, cfg: RunConfig, image: int = 0,  # index in the stor
     "Figure: the first stored crops of one image, with the teacher's top class for each."
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-    from sre2l.core import resolve_run_dir
+    from sre2l.runs import resolve_run_dir
     from sre2l.plots import show_images, use_style
     run_dir = resolve_run_dir(run_dir)
     store, (data, _) = RegionStore(run_dir / "relabel"), region_images(cfg, run_dir)
@@ -334,7 +334,8 @@ def _fkd_labels(indices: torch.Tensor, values, label_type: str):
 # %% ../nbs/03a_regions.ipynb #58b4ee1e
 def export_fkd_labels(run_dir, target, split: str = "train") -> Path:
     "Write a finished region store as FKD's per-image files, target/<split>/<class>/<stem>.tar."
-    from sre2l.core import make_config, config_from_dict, resolve_run_dir
+    from sre2l.core import config_from_dict
+    from sre2l.runs import resolve_run_dir
     run_dir = resolve_run_dir(run_dir)
     store = RegionStore(run_dir / "relabel")
     if store.manifest.get("mode") != "region": raise Sre2lError(f"{run_dir / 'relabel'} holds no region store")
@@ -367,7 +368,7 @@ def _read_fkd_file(path: Path, label_type: str, crops: int, trust_pickle: bool) 
 def import_fkd_labels(folder,  # FKD's <save>/<split> folder: <class>/<stem>.tar for every image of the split
                       cfg: RunConfig, run_dir, trust_pickle: bool = False) -> dict:
     "Convert FKD's per-image label files of a split into the run's region store (relabel.images=train)."
-    from sre2l.core import open_stage
+    from sre2l.runs import open_stage
     from sre2l.data import data_spec
     run_dir, done = open_stage(run_dir, "relabel", cfg)
     if done is not None: return {**done, "imported": 0}

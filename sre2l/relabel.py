@@ -6,156 +6,31 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 import os
 import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .core import (RunConfig, RelabelConfig, Sre2lError, ConfigError, log, progress, pick_device, generator,
-                        unit_seed, seed_everything, open_stage, stage_status, require_stage, write_manifest,
-                        read_manifest, save_tensors, load_tensors, load_metadata, load_json, atomic_write, shard_from_env,
-                        check_shard, claim, LABEL_TYPES, human_bytes, preflight, hash_json, stage_config)
-from .data import (DatasetSpec, data_spec, open_split, cached, read_distilled, image_list_hash, sample_crop_boxes, crop_resize,
-                        flip_where, normalize)
+from .core import (RunConfig, Sre2lError, ConfigError, log, pick_device, seed_everything, human_bytes, hash_json,
+                        stage_config)
+from .runs import (progress, open_stage, require_stage, write_manifest, read_manifest, load_json, atomic_write, tensors_file_bytes,
+                        shard_from_env, check_shard, claim, preflight)
+from .data import DatasetSpec, data_spec, open_split, cached, read_distilled, image_list_hash
 from .models import load_teacher, load_named_teacher, read_pickled_labels
 from .train import to_device, evaluate, place_images
 from .regions import run_regions, teacher_view, check_view
+from .replay import BatchPlan, FORMAT_VERSION, draw_epoch, epoch_complete, epoch_file, load_epoch, official_order, replay_batch, save_epoch, teacher_probs
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'BatchPlan', 'cutmix_box', 'official_order', 'draw_epoch', 'replay_batch', 'gather_batch',
-           'apply_cutout', 'combine_logits', 'kept_batches', 'prune_ratio_for', 'teacher_probs', 'epoch_file',
-           'save_epoch', 'epoch_complete', 'load_epoch', 'teacher_logits', 'store_bytes', 'official_store_bytes',
-           'store_facts', 'run_relabel', 'store_summary', 'read_official_batch', 'import_official_labels',
-           'export_official_labels', 'crop_overlay', 'label_histograms', 'storage_table']
-
-# %% ../nbs/03_relabel.ipynb #85891db5
-@dataclass
-class BatchPlan:
-    "Every random choice of one stored batch."
-    indices: torch.Tensor  # int64 [B] image indices into the distilled set
-    boxes: torch.Tensor  # float32 [B, 4] normalised (top, left, height, width)
-    flips: torch.Tensor  # bool [B]
-    mix_partner: torch.Tensor  # int64 [B] position of each image's mixing partner (identity when not mixing)
-    mix_lambda: float  # weight of the image itself
-    mix_box: torch.Tensor  # int32 [4] CutMix rows/columns (r1, c1, r2, c2); zeros when not CutMix
-    cutout: torch.Tensor | None = None  # float32 [B, 7] (centre y, x, height, width as fractions; fill r, g, b) or None
-
-# %% ../nbs/03_relabel.ipynb #de40e774
-def cutmix_box(size: int, lam: float, rng: np.random.Generator) -> list[int]:
-    "The official rand_bbox: a box of side size*sqrt(1-lam) around a uniform centre, clipped."
-    cut = int(size * np.sqrt(1.0 - lam))
-    cr, cc = int(rng.integers(size)), int(rng.integers(size))
-    return [int(np.clip(cr - cut // 2, 0, size)), int(np.clip(cc - cut // 2, 0, size)),
-            int(np.clip(cr + cut // 2, 0, size)), int(np.clip(cc + cut // 2, 0, size))]
-
-_OFFICIAL_ORDERS: dict = {}
-
-def official_order(num_images: int, epoch: int, seed: int = 42) -> torch.Tensor:
-    "Epoch `epoch`'s image order in the official scripts: one RandomSampler seeded once, carried across epochs."
-    sampler, orders = _OFFICIAL_ORDERS.setdefault((num_images, seed), (
-        torch.utils.data.RandomSampler(range(num_images), generator=torch.Generator().manual_seed(seed)), []))
-    while len(orders) <= epoch: orders.append(torch.tensor(list(sampler)))
-    return orders[epoch]
-
-def draw_epoch(num_images: int,  # images in the distilled set
-               epoch: int,  # epoch number
-               rl: RelabelConfig,  # relabel settings
-               size: int,  # crop output size
-               seed: int) -> list[BatchPlan]:  # run seed
-    "All batch plans of one epoch, from the epoch's own seed."
-    gen = generator(seed, "relabel", epoch)
-    order = torch.randperm(num_images, generator=gen) if rl.order == "kit" else official_order(num_images, epoch, rl.order_seed)
-    plans = []
-    for b, start in enumerate(range(0, num_images, rl.batch_size)):
-        idx = order[start: start + rl.batch_size]; n = len(idx)
-        boxes = sample_crop_boxes(n, size, size, (rl.crop_scale_min, rl.crop_scale_max), generator=gen) / size
-        flips = torch.rand(n, generator=gen) < 0.5 if rl.flip else torch.zeros(n, dtype=torch.bool)
-        partner, lam, box = torch.arange(n), 1.0, [0, 0, 0, 0]
-        if rl.mix != "none":
-            rng = np.random.default_rng(unit_seed(seed, "relabel-mix", epoch, b))
-            partner = torch.randperm(n, generator=gen)
-            lam = float(rng.beta(*(2 * [rl.cutmix_alpha if rl.mix == "cutmix" else rl.mixup_alpha])))
-            if rl.mix == "cutmix": box = cutmix_box(size, lam, rng)
-        cutout = None
-        if rl.cutout:  # LPLD ImageNet-21K: centre uniform in the image, side cutout_size, fill a random colour
-            centre, fill = torch.rand(n, 2, generator=gen), torch.rand(n, 3, generator=gen)
-            cutout = torch.cat([centre, torch.full((n, 2), rl.cutout_size), fill], 1)
-        plans.append(BatchPlan(idx, boxes.float(), flips, partner, lam, torch.tensor(box, dtype=torch.int32), cutout))
-    return plans
-
-# %% ../nbs/03_relabel.ipynb #62d49a54
-def replay_batch(images: torch.Tensor,  # uint8 [N, C, H, W] distilled set, on the device (or pinned host memory)
-                 plan: BatchPlan,  # the stored batch's random choices
-                 spec: DatasetSpec,  # normalisation (and the size the plan's CutMix box was drawn at: its resolution)
-                 size: int,  # output side
-                 device=None,  # where to build the batch (default: where the images are)
-                 norm: tuple | None = None) -> torch.Tensor:  # (mean, std) instead of the data set's (a teacher's own)
-    "The normalised, cropped, flipped and mixed batch of a plan, at `size` (the CutMix box scales with it)."
-    device = images.device if device is None else torch.device(device)
-    mean, std = norm or (spec.mean, spec.std)
-    batch = gather_batch(images, plan.indices, device)
-    height, width = batch.shape[-2:]
-    boxes = plan.boxes.to(device) * torch.tensor([height, width, height, width], device=device, dtype=torch.float32)
-    x = flip_where(crop_resize(normalize(batch, mean, std), boxes, size), plan.flips)
-    if plan.cutout is not None: x = apply_cutout(x, plan.cutout.to(device), mean, std)
-    partner = plan.mix_partner.to(device)
-    r1, c1, r2, c2 = (round(v * size / spec.resolution) for v in plan.mix_box.tolist())
-    if r2 > r1 and c2 > c1:
-        x = x.clone(); x[:, :, r1:r2, c1:c2] = x[partner][:, :, r1:r2, c1:c2]
-    elif plan.mix_lambda != 1.0:
-        x = plan.mix_lambda * x + (1 - plan.mix_lambda) * x[partner]
-    return x
-
-# %% ../nbs/03_relabel.ipynb #7d89349a
-_PINNED: dict = {"key": None, "buffers": [], "events": [None, None], "turn": 0}
-
-def _gather_host(images: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, int]:
-    "images[indices] written into one of two alternating (pinned, when the set is) host buffers; (batch, buffer number)."
-    shape = (len(indices), *images.shape[1:])
-    key = (shape, images.dtype, images.is_pinned())
-    if _PINNED["key"] != key:
-        _PINNED.update(key=key, events=[None, None], turn=0,
-                       buffers=[torch.empty(shape, dtype=images.dtype, pin_memory=images.is_pinned()) for _ in range(2)])
-    turn = _PINNED["turn"] = 1 - _PINNED["turn"]
-    if _PINNED["events"][turn] is not None: _PINNED["events"][turn].synchronize()  # its copy, two batches ago, is done
-    return torch.index_select(images, 0, indices.cpu(), out=_PINNED["buffers"][turn]), turn
-
-def gather_batch(images: torch.Tensor, indices: torch.Tensor, device) -> torch.Tensor:
-    "images[indices] on `device`: an index where the set is, or a gather on the host and one asynchronous copy."
-    device = torch.device(device)
-    if images.device == device or images.device.type != "cpu": return images[indices.to(images.device)]
-    batch, turn = _gather_host(images, indices)
-    out = batch.to(device, non_blocking=images.is_pinned())
-    if device.type == "cuda":  # waiting on this buffer's own copy only, not on the whole stream (no per-step stall)
-        _PINNED["events"][turn] = torch.cuda.Event(); _PINNED["events"][turn].record(torch.cuda.current_stream(device))
-    return out
-
-# %% ../nbs/03_relabel.ipynb #59ca3236
-def apply_cutout(x: torch.Tensor,  # normalised images [B, C, S, S]
-                 cutout: torch.Tensor,  # [B, 7]: centre y, x, height, width (fractions), fill r, g, b in [0, 1]
-                 mean, std) -> torch.Tensor:  # the normalisation of x
-    "Fill each image's Cutout box with its colour, in one masked operation."
-    size, channels = x.shape[-1], x.shape[1]
-    lo = ((cutout[:, :2] - cutout[:, 2:4] / 2) * size).floor().clamp(0, size)
-    hi = ((cutout[:, :2] + cutout[:, 2:4] / 2) * size).floor().clamp(0, size)
-    steps = torch.arange(size, device=x.device)
-    rows = (steps >= lo[:, :1]) & (steps < hi[:, :1])
-    cols = (steps >= lo[:, 1:2]) & (steps < hi[:, 1:2])
-    mean = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
-    fill = (cutout[:, 4:4 + channels].view(-1, channels, 1, 1) - mean) / std
-    return torch.where((rows[:, :, None] & cols[:, None, :])[:, None], fill, x)
+__all__ = ['combine_logits', 'kept_batches', 'prune_ratio_for', 'teacher_logits', 'store_bytes', 'official_store_bytes',
+           'store_facts', 'run_relabel', 'store_summary', 'label_bytes', 'read_official_batch',
+           'import_official_labels', 'export_official_labels', 'crop_overlay', 'label_histograms', 'storage_table']
 
 # %% ../nbs/03_relabel.ipynb #0b608098
 def combine_logits(logits: list, rule: str = "frobenius-mean", primary_weight: float = 0.5) -> torch.Tensor:
@@ -182,60 +57,6 @@ def prune_ratio_for(compression: float) -> float:
     "LPLD's naming: a compression factor (10, 20, 40) as a prune ratio (0.9, 0.95, 0.975)."
     return 1 - 1 / compression
 
-# %% ../nbs/03_relabel.ipynb #5a93fa9a
-def teacher_probs(target, temperature: float, num_classes: int) -> torch.Tensor:
-    "Soft targets softmax(z / T) from stored fp16 logits, or from (top-k values, indices) scattered into C classes."
-    if isinstance(target, tuple):
-        values, indices = target
-        probs = torch.zeros(values.shape[0], num_classes, device=values.device)
-        return probs.scatter_(1, indices.long(), F.softmax(values.float() / temperature, 1))
-    return F.softmax(target.float() / temperature, 1)
-
-# %% ../nbs/03_relabel.ipynb #1cc8c101
-FORMAT_VERSION = 1
-_FIELDS = ("indices", "boxes", "flips", "mix_partner", "mix_lambda", "mix_box")
-
-def epoch_file(label_dir, epoch: int) -> Path:
-    "The store file of one epoch."
-    return Path(label_dir) / f"epoch_{epoch:04d}.safetensors"
-
-def save_epoch(path, plans: list[BatchPlan], logits: list, topk: int = 0,
-               facts: dict | None = None):  # what the file is: {'epoch': e, 'store': hash of the relabel configuration}
-    "Write one epoch's plans and teacher logits (all of them in fp16, or the top `topk`; stored targets as they are)."
-    tensors = {}
-    for b, (plan, z) in enumerate(zip(plans, logits)):
-        if isinstance(z, tuple): outputs = [("topk_values", z[0]), ("topk_indices", z[1])]
-        elif not topk: outputs = [("logits", z.half())]
-        else:
-            top = z.topk(topk, 1)
-            outputs = [("topk_values", top.values.half()), ("topk_indices", top.indices.int())]
-        if plan.cutout is not None: outputs.append(("cutout", plan.cutout.float()))
-        for name, value in [("indices", plan.indices), ("boxes", plan.boxes), ("flips", plan.flips.to(torch.uint8)),
-                            ("mix_partner", plan.mix_partner), ("mix_lambda", torch.tensor([plan.mix_lambda], dtype=torch.float32)),
-                            ("mix_box", plan.mix_box), *outputs]:
-            tensors[f"b{b:05d}.{name}"] = value
-    save_tensors(path, tensors, {"batches": len(plans), "format": FORMAT_VERSION, **(facts or {})})
-
-def epoch_complete(path, facts: dict) -> bool:
-    "Whether `path` is a whole store file (its header covers the file) that says it is `facts` (epoch, store)."
-    try: metadata = load_metadata(path)
-    except Sre2lError: return False
-    return all(metadata.get(k) == v for k, v in facts.items())
-
-def load_epoch(path) -> list[tuple[BatchPlan, torch.Tensor | tuple]]:
-    "Read one epoch: [(plan, fp16 logits or (top-k values, indices))] in batch order."
-    tensors = load_tensors(path)
-    count = len({k.split(".")[0] for k in tensors})
-    out = []
-    for b in range(count):
-        t = {f: tensors[f"b{b:05d}.{f}"] for f in _FIELDS}
-        key = f"b{b:05d}"
-        plan = BatchPlan(t["indices"], t["boxes"], t["flips"].bool(), t["mix_partner"], float(t["mix_lambda"][0]), t["mix_box"],
-                         tensors.get(f"{key}.cutout"))
-        target = tensors[f"{key}.logits"] if f"{key}.logits" in tensors else (tensors[f"{key}.topk_values"], tensors[f"{key}.topk_indices"])
-        out.append((plan, target))
-    return out
-
 # %% ../nbs/03_relabel.ipynb #6fc488e3
 @torch.no_grad()
 def teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -243,21 +64,22 @@ def teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return teacher(x).float()
 
 # %% ../nbs/03_relabel.ipynb #42917db9
+def _batch_tensors(b: int, n: int, num_classes: int, topk: int, cutout: bool) -> dict:
+    "{name: (dtype, shape)} of stored batch `b` of `n` images, as `save_epoch` writes it."
+    outputs = {"topk_values": ("F16", (n, topk)), "topk_indices": ("I32", (n, topk))} if topk else {"logits": ("F16", (n, num_classes))}
+    fields = {"indices": ("I64", (n,)), "boxes": ("F32", (n, 4)), "flips": ("U8", (n,)), "mix_partner": ("I64", (n,)),
+              "mix_lambda": ("F32", (1,)), "mix_box": ("I32", (4,)), **outputs, **({"cutout": ("F32", (n, 7))} if cutout else {})}
+    return {f"b{b:05d}.{k}": v for k, v in fields.items()}
+
 @functools.lru_cache(maxsize=64)
 def _epoch_parts(num_images: int, num_classes: int, batch_size: int, keep: int, topk: int, cutout: bool = False,
                  epoch: int = 0) -> dict:  # the epoch number, written in the file's header (its digits count)
-    "Bytes of one stored epoch of `keep` batches, by part, measured on a representative epoch."
-    plans, logits = [], []
+    "Bytes of one stored epoch of `keep` batches, by part, computed from the file layout (nothing is allocated)."
+    tensors, images = {}, 0
     for b in range(keep):
-        n = min(batch_size, num_images - b * batch_size)
-        plans.append(BatchPlan(torch.zeros(n, dtype=torch.long), torch.zeros(n, 4), torch.zeros(n, dtype=torch.bool),
-                               torch.zeros(n, dtype=torch.long), 1.0, torch.zeros(4, dtype=torch.int32),
-                               torch.zeros(n, 7) if cutout else None))
-        logits.append(torch.zeros(n, num_classes))
-    with tempfile.TemporaryDirectory() as folder:
-        save_epoch(Path(folder) / "e.safetensors", plans, logits, topk, {"epoch": epoch, "store": hash_json(None)})
-        total = (Path(folder) / "e.safetensors").stat().st_size
-    images = sum(len(p.indices) for p in plans)
+        n = min(batch_size, num_images - b * batch_size); images += n
+        tensors.update(_batch_tensors(b, n, num_classes, topk, cutout))
+    total = tensors_file_bytes(tensors, {"batches": keep, "format": FORMAT_VERSION, "epoch": epoch, "store": hash_json(None)})
     labels = images * (topk * 6 if topk else num_classes * 2)
     augmentation = images * (8 + 16 + 1 + 8 + (28 if cutout else 0)) + keep * (4 + 16)
     return {"labels": labels, "augmentation": augmentation, "format": total - labels - augmentation}
@@ -341,6 +163,10 @@ def store_summary(manifest: dict) -> str:
             f"of labels (predicted {human_bytes(manifest['storage']['predicted']['total'])}; the images take "
             f"{human_bytes(manifest['storage']['images'])})")
 
+def label_bytes(relabel_manifest: dict) -> int:
+    "Bytes of a label store's files (FKD-mix epochs or region shards), from its manifest."
+    return sum(v["bytes"] for k, v in relabel_manifest["artifacts"].items() if k.startswith(("labels/", "regions/")))
+
 # %% ../nbs/03_relabel.ipynb #fddd72ba
 def _run_fkd_mix(cfg: RunConfig, run_dir: Path, teacher, spec, device, shard: tuple, checked: dict, began: float) -> dict:
     "The FKD-mix mode of relabel: per-epoch batches of the recovered images, their plans and the teachers' logits."
@@ -370,7 +196,7 @@ def _run_fkd_mix(cfg: RunConfig, run_dir: Path, teacher, spec, device, shard: tu
     topk = rl.topk if rl.logits == "topk" else 0
     for epoch in progress(todo, status=out / "progress.json", desc="relabel epochs"):
         plans = draw_epoch(len(images), epoch, rl, spec.resolution, cfg.seed)[: kept - epoch * per_epoch]
-        if shard[1] > 1: _label_shard(plans, epoch, label_dir, label, topk, shard, store); continue
+        if shard[1] > 1: _label_epoch_share(plans, epoch, label_dir, label, topk, shard, store); continue
         ticket = out / "claims" / f"epoch_{epoch:04d}.claim"
         held = claim(ticket)
         if held is None: log.info("relabel: epoch %d is held by another process; skipped", epoch); continue
@@ -479,7 +305,7 @@ def export_official_labels(run_dir, target) -> Path:
     return target
 
 # %% ../nbs/03_relabel.ipynb #06e07c50
-def _label_shard(plans, epoch, label_dir, label, topk, shard, store: str):
+def _label_epoch_share(plans, epoch, label_dir, label, topk, shard, store: str):
     part_dir = label_dir / "parts" / f"epoch_{epoch:04d}"
     parts = [part_dir / f"batch_{b:05d}.safetensors" for b in range(len(plans))]
     facts = lambda b: {"epoch": epoch, "batch": b, "store": store}
@@ -500,7 +326,7 @@ def crop_overlay(run_dir, cfg: RunConfig, image: int = 0,  # index in the distil
     "Figure: the stored crop boxes of one image with their top-k teacher classes."
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-    from sre2l.core import resolve_run_dir
+    from sre2l.runs import resolve_run_dir
     from sre2l.plots import show_images, use_style
     run_dir, spec = resolve_run_dir(run_dir), data_spec(cfg.data)
     distilled = read_distilled(run_dir / "recover" / "images", cfg.recover.ipc, spec.channels, spec.num_classes)
@@ -528,7 +354,7 @@ def crop_overlay(run_dir, cfg: RunConfig, image: int = 0,  # index in the distil
 def label_histograms(run_dir, cfg: RunConfig, epoch: int = 0):
     "Figure: top-1 probability and entropy (nats) of the stored labels of one epoch, at T=1 and the validate T."
     import matplotlib.pyplot as plt
-    from sre2l.core import resolve_run_dir
+    from sre2l.runs import resolve_run_dir
     from sre2l.plots import use_style
     stored = load_epoch(epoch_file(resolve_run_dir(run_dir) / "relabel" / "labels", epoch))
     classes = data_spec(cfg.data).num_classes

@@ -9,11 +9,9 @@ import csv
 import dataclasses
 import functools
 import io
-import json
 import math
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -22,246 +20,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import (RunConfig, Sre2lError, ConfigError, STAGES, stages_needed, make_config, stage_config, hash_json,
-                        read_manifest, resolve_run_dir, find_project_root, save_json, load_json, log, claim, atomic_write, human_bytes)
+from .core import (RunConfig, Sre2lError, ConfigError, STAGES, stages_needed, stage_config, hash_json, log,
+                        human_bytes)
+from .presets import make_config
+from .runs import notebook_dir, STAGE_NOTEBOOKS, read_manifest, resolve_run_dir, find_project_root, save_json, load_json, claim, atomic_write
+
+from .tables import Cell, TableSpec, get_table, pruned
 
 # %% auto #0
-__all__ = ['TABLES', 'H100', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'STAGE_NOTEBOOK', 'WAIT_SECONDS', 'Cell', 'TableSpec',
-           'register_table', 'list_tables', 'get_table', 'pruned', 'CellRun', 'stage_key', 'plan_table', 'Rates',
-           'model_cost', 'split_sizes', 'stage_work', 'predict_cost', 'calibrate', 'rates_file', 'load_rates',
-           'duration', 'finished', 'plan_report', 'find_stages', 'link_stages', 'reproduce', 'gather', 'summarise',
-           'render_markdown', 'render_latex', 'render_csv', 'images_figure', 'pruning_figure', 'storage_figure',
-           'write_report']
-
-# %% ../nbs/05_reproduce.ipynb #29883b55
-@dataclass(frozen=True)
-class Cell:
-    "One cell of a paper table: how the kit runs it and what the paper reports."
-    row: str  # row label, e.g. 'ImageNet-1K, IPC 50'
-    column: str  # column label, e.g. 'ResNet-18'
-    preset: str  # preset the cell runs (see `sre2l presets`)
-    overrides: tuple = ()  # extra settings, each written as for --set
-    paper: float | None = None  # the paper's top-1 (%), None where it reports none
-    paper_std: float | None = None  # its standard deviation, where given
-    paper_label_gb: float | None = None  # the paper's label storage (GB), where given
-    source: str = ""  # where the paper's numbers come from
-
-    @property
-    def name(self) -> str:
-        "A folder-safe name made of the row and column."
-        return re.sub(r"[^a-z0-9]+", "-", f"{self.row} {self.column}".lower()).strip("-")
-
-@dataclass
-class TableSpec:
-    "A paper table: its cells, the seeds each cell runs with, and what it reproduces."
-    name: str  # registry key, used by `sre2l reproduce NAME`
-    title: str  # heading of the generated table
-    cells: list  # the `Cell`s, in reading order
-    seeds: tuple = (0,)  # seeds every cell runs with (mean +- std over them)
-    about: str = ""  # one paragraph: what the table shows and what differs from the paper
-    imagefolder: dict | None = None  # make_imagefolder settings of the folder the cells read, made if missing
-    speed: bool = False  # also report the students' seconds per epoch (for tables that compare the cost of labels)
-
-TABLES: dict = {}
-
-def register_table(name: str):  # table name used by `sre2l reproduce`
-    "Decorator registering a function that returns a `TableSpec`; duplicate names are refused."
-    def deco(fn):
-        if name in TABLES: raise ValueError(f"table {name!r} is already registered")
-        TABLES[name] = fn
-        return fn
-    return deco
-
-def list_tables() -> list[str]:
-    "Names of every registered table."
-    return sorted(TABLES)
-
-def get_table(name: str) -> TableSpec:
-    "The `TableSpec` called `name`, or a clear error listing the known ones."
-    if name not in TABLES:
-        raise ConfigError(f"unknown table {name!r}; choose from {', '.join(list_tables())}")
-    return TABLES[name]()
-
-# %% ../nbs/05_reproduce.ipynb #d7d7b35e
-def pruned(compression: int) -> tuple:
-    "The --set changes of LPLD's `compression`x label pruning (1 = every stored batch)."
-    if compression == 1: return ()
-    return (f"relabel.prune_ratio={1 - 1 / compression}", "validate.pool_granularity=batch", "validate.pool_metric=random")
-
-assert pruned(40)[0] == "relabel.prune_ratio=0.975" and pruned(1) == ()
-
-# %% ../nbs/05_reproduce.ipynb #72828687
-_SRE2L = ("SRe2L (Yin, Xing, Shen, NeurIPS 2023, arXiv 2306.13092): main results, the official README's results "
-          "figure (VILA-Lab/SRe2L, img/results.png)")
-_LPLD = ("LPLD (Xiao, He, 'Are Large-scale Soft Labels Necessary for Large-scale Dataset Distillation?', "
-         "NeurIPS 2024, arXiv 2410.15919): the official README's table 'Previous soft labels vs ours'")
-
-def _fashion_cells(ipcs, extra=(), budgets=(1, 10, 40)) -> list:
-    "Random real vs SRe2L vs LPLD class-BN images at each label budget (1 = full), for each IPC."
-    methods = {"random real": ("fashion-mnist", ("recover.method=real",)), "SRe2L": ("fashion-mnist", ()),
-               "LPLD (class BN)": ("lpld_fashion-mnist", ())}
-    return [Cell(f"IPC {ipc}, {method}", f"{budget}x labels" if budget > 1 else "full labels", preset,
-                 (*extra, f"recover.ipc={ipc}", *changes, *pruned(budget)), source="kit table (no paper value)")
-            for ipc in ipcs for method, (preset, changes) in methods.items() for budget in budgets]
-
-@register_table("lesson")
-def _lesson():
-    tiny = ("squeeze.epochs=10", "recover.ipc=5", "recover.iterations=100", "relabel.epochs=20", "validate.epochs=20",
-            "validate.eval_every=20")
-    return TableSpec("lesson", "Lesson: one distilled digits set (IPC 5) at full and 40x-pruned labels, cut to run in a few minutes on a CPU",
-                     [Cell("digits, IPC 5", f"{c}x labels" if c > 1 else "full labels", "digits", (*tiny, *pruned(c)),
-                           source="kit lesson (no paper value)") for c in (1, 40)],
-                     about="Settings cut so that the notebook runs anywhere in a few minutes; the numbers only show the mechanism.")
-
-@register_table("demo")
-def _demo():
-    cells = [Cell(f"digits IPC 10, {images}", f"{c}x labels" if c > 1 else "full labels", "digits",
-                  (*changes, *pruned(c)), source="kit demo (no paper value)")
-             for images, changes in (("SRe2L", ()), ("random real", ("recover.method=real",))) for c in (1, 40)]
-    return TableSpec("demo", "Demo: digits, SRe2L-recovered vs random real images, full vs 40x-pruned labels", cells,
-                     about="The embedded demo's settings (the digits preset); runs on a CPU in a few minutes.")
-
-@register_table("fashion_mnist_ci")
-def _fashion_mnist_ci():
-    small = ("squeeze.epochs=1", "recover.iterations=100", "relabel.epochs=20", "validate.epochs=20", "validate.eval_every=20")
-    return TableSpec("fashion_mnist_ci", "Fashion-MNIST, CI size: random real vs SRe2L vs LPLD, full vs 40x labels",
-                     _fashion_cells([10], small, budgets=(1, 40)),
-                     about="The Fashion-MNIST table with one teacher epoch, 100 recovery steps and 20 student epochs, "
-                           "so that CI can run it; see `fashion_mnist` for the real one.")
-
-@register_table("fashion_mnist")
-def _fashion_mnist():
-    return TableSpec("fashion_mnist", "Fashion-MNIST: random real vs SRe2L vs LPLD class-BN images, full vs 10x vs 40x labels",
-                     _fashion_cells([10, 50], ("validate.eval_every=100",)), seeds=(0, 1, 2),
-                     about="ConvNet teacher and student (the fashion-mnist presets), 100 student epochs; "
-                           "`python bench/fashion_table.py --set validate.eval_every=100` makes the same runs, and "
-                           "`sre2l reproduce fashion_mnist --reuse runs/fashion-table` renders them.")
-
-def _rehearsal(classes: int, per_class: tuple, ipc: int, epochs: dict, iterations: int) -> list:
-    "The sre2l_in1k and lpld_in1k recipes on an imagenet-shape folder, full and 40x labels, with scaled-down lengths."
-    common = ("data.name=imagenet-shape", f"data.num_classes={classes}", f"data.root=data/imagenet-shape-{classes}",
-              "squeeze.weights=", f"squeeze.epochs={epochs['teacher']}", "squeeze.batch_size=64", "squeeze.lr=0.1",
-              "squeeze.augment=rrc", "squeeze.flip=true", "squeeze.class_bn=ema",  # one teacher for both recipes
-              f"recover.ipc={ipc}", f"recover.iterations={iterations}", f"relabel.epochs={epochs['labels']}",
-              f"validate.epochs={epochs['student']}", f"validate.eval_every={epochs['eval_every']}")
-    recipes = {"SRe2L: global BN, cross-class batches": ("sre2l_in1k", ()),
-               "LPLD: class BN, one class per batch": ("lpld_in1k", (f"recover.batch_size={ipc}",))}
-    return [Cell(name, f"{c}x labels" if c > 1 else "full labels", preset, (*common, *extra, *pruned(c)),
-                 source="kit rehearsal on an ImageNet-shaped folder (no paper value)")
-            for name, (preset, extra) in recipes.items() for c in (1, 40)]
-
-_REHEARSAL = ("The shapes of the sre2l_in1k and lpld_in1k recipes on a folder the kit writes (`make-imagefolder`): a "
-              "torchvision ResNet-18 teacher trained briefly on it, 224 px, recover with 100 classes per batch (SRe2L) "
-              "and one class per batch on class-BN statistics (LPLD), relabel with CutMix (batch 1024 and LPLD's 128) "
-              "and a 40x-pruned store, ResNet-18 students tested with resize 256 / centre crop 224. Teacher epochs, "
-              "recovery iterations, stored epochs and student epochs are scaled down ({}); the numbers show that every "
-              "path runs at ImageNet's shape, not what the recipes reach.")
-
-@register_table("imagenet_rehearsal_ci")
-def _imagenet_rehearsal_ci():
-    epochs = {"teacher": 2, "labels": 8, "student": 8, "eval_every": 4}
-    return TableSpec("imagenet_rehearsal_ci", "Rehearsal of the ImageNet paths, CI size: 4 classes, IPC 2, on the CPU",
-                     _rehearsal(4, (24, 8), 2, epochs, 10), imagefolder={"classes": 4, "train_per_class": 24, "val_per_class": 8},
-                     about=_REHEARSAL.format("2 teacher epochs, 10 iterations, 8 stored and 8 student epochs; 4 classes of 24 "
-                                             "training and 8 validation images"))
-
-@register_table("imagenet_rehearsal")
-def _imagenet_rehearsal():
-    epochs = {"teacher": 6, "labels": 20, "student": 20, "eval_every": 10}
-    return TableSpec("imagenet_rehearsal", "Rehearsal of the ImageNet paths: 1000 classes, IPC 10, on one GPU",
-                     _rehearsal(1000, (100, 50), 10, epochs, 50),
-                     imagefolder={"classes": 1000, "train_per_class": 100, "val_per_class": 50},
-                     about=_REHEARSAL.format("6 teacher epochs, 50 iterations, 20 stored and 20 student epochs; 1000 classes "
-                                             "of 100 training and 50 validation images"))
-
-@register_table("fkd_fashion_mnist")
-def _fkd_fashion_mnist():
-    split = ("validate.images=train", "validate.epochs=10", "validate.eval_every=5", "validate.crops_per_image=1")
-    labels = {"(a) hard labels": ("validate.labels=hard", "validate.loss=ce"),
-              "(b) online KD from the teacher": ("validate.labels=online", "validate.loss=soft_ce"),
-              "(c) stored FKD region labels": ("relabel.mode=region", "relabel.images=train", "relabel.num_crops=20",
-                                               "relabel.label_type=marginal_smoothing_k5", "validate.loss=soft_ce")}
-    cells = [Cell("Fashion-MNIST training split, ConvNet student, 10 passes", column, "fashion-mnist", (*split, *changes),
-                  source="kit table; FKD's claim (Shen, Xing, ECCV 2022): (c) matches (b) at a lower cost per epoch")
-             for column, changes in labels.items()]
-    return TableSpec("fkd_fashion_mnist", "FKD on Fashion-MNIST: a student of the whole training split from hard labels, "
-                     "online KD, or stored region labels", cells, seeds=(0, 1, 2), speed=True,
-                     about="The fashion-mnist ConvNet teacher labels 20 random-resized crops of each of the 60,000 training "
-                           "images once (marginal smoothing, top 5, T = 1). Students train 10 passes over the split with one "
-                           "crop per image and step, the same recipe for all three: (a) cross-entropy on the classes, (b) soft "
-                           "cross-entropy to the teacher's softmax on each fresh crop, (c) soft cross-entropy to the stored "
-                           "label of the image's next stored crop. s/epoch is the student's training time per pass on the CPU.")
-
-@register_table("sre2l_main")
-def _sre2l_main():
-    paper = {("tiny", 50): [(41.1, .4), (42.2, .5), (42.5, .2)], ("tiny", 100): [(49.7, .3), (51.2, .4), (51.5, .3)],
-             ("in1k", 10): [(21.3, .6), (28.4, .1), (30.9, .1)], ("in1k", 50): [(46.8, .2), (55.6, .3), (60.8, .5)],
-             ("in1k", 100): [(52.8, .3), (61.0, .4), (62.8, .2)], ("in1k", 200): [(57.0, .4), (64.6, .3), (65.9, .3)]}
-    cells = []
-    for (data, ipc), values in paper.items():
-        label = {"tiny": "Tiny-ImageNet", "in1k": "ImageNet-1K"}[data]
-        for student, (top1, std) in zip(("resnet18", "resnet50", "resnet101"), values):
-            cells.append(Cell(f"{label}, IPC {ipc}", {"resnet18": "ResNet-18", "resnet50": "ResNet-50",
-                                                       "resnet101": "ResNet-101"}[student],
-                              f"sre2l_{data}", (f"recover.ipc={ipc}", f"validate.model={student}"), top1, std, source=_SRE2L))
-    return TableSpec("sre2l_main", "SRe2L main table: top-1 of ResNet-18/50/101 students on the distilled sets", cells,
-                     about="The recovered images and labels come from a ResNet-18 teacher (the released sets are all "
-                           "'rn18'); the three students of a row share them. The CDA README gives 57.6 for ImageNet-1K "
-                           "IPC 50 ResNet-101 instead of 60.8.")
-
-@register_table("lpld_labels")
-def _lpld_labels():
-    rows = [("ImageNet-1K", "in1k", 10, 5.67, 20.1, 0.14, 20.2), ("ImageNet-1K", "in1k", 20, 11.33, 33.6, 0.29, 33.0),
-            ("ImageNet-1K", "in1k", 50, 28.33, 46.8, 0.71, 46.7), ("ImageNet-1K", "in1k", 100, 56.66, 52.8, 1.43, 54.0),
-            ("ImageNet-1K", "in1k", 200, 113.33, 57.0, 2.85, 59.6), ("Tiny-ImageNet", "tiny", 50, 0.449, 41.1, 0.011, 38.4),
-            ("Tiny-ImageNet", "tiny", 100, 0.898, 49.7, 0.022, 46.1),
-            ("ImageNet-21K-P", "in21k", 10, 643, 18.5, 16, 21.3), ("ImageNet-21K-P", "in21k", 20, 1286, 20.5, 32, 29.4)]
-    cells = []
-    for label, data, ipc, full_gb, full_top1, pruned_gb, pruned_top1 in rows:
-        # 'previous' = SRe2L-style images with every label; the kit has no sre2l_in21k preset, so that cell is the
-        # LPLD recipe with SRe2L's global BN targets
-        previous = (f"sre2l_{data}", ()) if data != "in21k" else ("lpld_in21k", ("recover.bn_target=global", "recover.batch_mode=cross-class", "recover.batch_size=100"))
-        cells.append(Cell(f"{label}, IPC {ipc}", "previous: full labels", previous[0], (f"recover.ipc={ipc}", *previous[1]),
-                          full_top1, paper_label_gb=full_gb, source=_LPLD))
-        cells.append(Cell(f"{label}, IPC {ipc}", "LPLD: 40x fewer labels", f"lpld_{data}", (f"recover.ipc={ipc}", *pruned(40)),
-                          pruned_top1, paper_label_gb=pruned_gb, source=_LPLD))
-    return TableSpec("lpld_labels", "LPLD: label storage and top-1, full labels vs 40x pruned (ResNet-18 students)", cells,
-                     about="Label sizes are the paper's (the official pickle layout); the kit's safetensors store is "
-                           "measured beside them. The ImageNet-21K 'previous' values are CDA's SRe2L numbers.")
-
-@register_table("lpld_pruning")
-def _lpld_pruning():
-    cells = [Cell("ImageNet-1K, IPC 50", f"{c}x labels" if c > 1 else "full labels", "lpld_in1k", ("recover.ipc=50", *pruned(c)),
-                  46.7 if c == 40 else None,
-                  source=_LPLD if c == 40 else "not in the reference notes (LPLD paper Table 3, arXiv 2410.15919)")
-             for c in (1, 10, 20, 30, 40)]
-    return TableSpec("lpld_pruning", "LPLD's less-label runs: ImageNet-1K IPC 50, accuracy against label pruning", cells,
-                     about="One recovered set, relabelled once per budget; the student trains 300 epochs from each pool.")
-
-@register_table("prism")
-def _prism():
-    cells = []
-    for ipc, sre2l in ((10, 21.3), (50, 46.8)):
-        cells.append(Cell(f"ImageNet-1K, IPC {ipc}", "SRe2L (KL, one teacher)", "sre2l_in1k", (f"recover.ipc={ipc}",),
-                          sre2l, source=_SRE2L))
-        cells.append(Cell(f"ImageNet-1K, IPC {ipc}", "PRISM (candidate teachers, mse_gt)", "prism_in1k", (f"recover.ipc={ipc}",),
-                          None, source="not in the reference notes (PRISM Table 1, arXiv 2511.09905)"))
-    return TableSpec("prism", "PRISM relabel and validate: candidate-teacher ensembles and mse_gt, against SRe2L", cells,
-                     about="PRISM's recover (real-image init, extra BN teachers, cyclic iterations), its ensemble "
-                           "relabel and its mse_gt loss with gradient accumulation; ResNet-18 students.")
-
-@register_table("fkd_region")
-def _fkd_region():
-    region = ("relabel.mode=region", "relabel.num_crops=300", "relabel.num_seg=50",
-              "relabel.label_type=marginal_smoothing_k5", "validate.loss=soft_ce")
-    cells = [Cell("ImageNet-1K, IPC 50, SRe2L images", "FKD-mix labels (KL)", "sre2l_in1k", ("recover.ipc=50",), 46.8, 0.2,
-                  source=_SRE2L),
-             Cell("ImageNet-1K, IPC 50, SRe2L images", "FKD region labels (soft CE)", "sre2l_in1k", ("recover.ipc=50", *region),
-                  None, source="no published number on distilled sets; FKD's own ResNet-50 on all of ImageNet-1K is "
-                               "80.1 (FKD, Shen, Xing, ECCV 2022: the official README)")]
-    return TableSpec("fkd_region", "FKD region labels (marginal smoothing, k=5) against FKD-mix labels on a distilled set",
-                     cells, about="Region labels store 300 crops per image, compressed to the top 5 classes; "
-                                  "the student trains with soft cross-entropy, each epoch on each image's next crop.")
+__all__ = ['H100', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'WAIT_SECONDS', 'CellRun', 'stage_key', 'plan_table', 'Rates', 'model_cost',
+           'split_sizes', 'stage_work', 'predict_cost', 'calibrate', 'rates_file', 'load_rates', 'duration', 'finished',
+           'plan_report', 'find_stages', 'link_stages', 'reproduce', 'pruning_table', 'pruning_curve', 'gather',
+           'summarise', 'render_markdown', 'render_latex', 'render_csv', 'images_figure', 'pruning_figure',
+           'storage_figure', 'write_report']
 
 # %% ../nbs/05_reproduce.ipynb #a6ce977f
 @dataclass
@@ -586,7 +357,7 @@ def find_stages(folders) -> dict:
 
 def link_stages(run: CellRun, reuse: dict | None = None):
     "Make the cell's run folder: config.json and a link per stage to the shared stage folder."
-    from sre2l.core import prepare_run
+    from sre2l.runs import prepare_run
     stages_dir = run.folder.parent.parent / "stages"
     prepare_run(run.folder, run.cfg)
     for stage, key in run.keys.items():
@@ -606,9 +377,6 @@ def link_stages(run: CellRun, reuse: dict | None = None):
             if link.resolve() != shared.resolve(): raise
 
 # %% ../nbs/05_reproduce.ipynb #e1c3c1ed
-STAGE_NOTEBOOK = {"squeeze": "01_squeeze.ipynb", "recover": "02_recover.ipynb", "relabel": "03_relabel.ipynb",
-                  "validate": "04_validate.ipynb"}
-
 def _overrides(run: CellRun) -> list:
     "The cell's --set strings, with its seed."
     return [*run.cell.overrides, *run.extra, f"seed={run.seed}"]
@@ -621,17 +389,16 @@ def _job_command(stage: str, run: CellRun, torchrun: int = 0, cell_timeout: int 
         sets = [a for o in _overrides(run) for a in ("--set", o)]
         return [*launcher, "-m", "sre2l.cli", stage, "--preset", run.cell.preset, "--run-dir", str(run.folder), *sets], run.folder / stage
     import yaml
-    from sre2l.cli import notebook_dir
-    source, target = notebook_dir() / STAGE_NOTEBOOK[stage], run.folder / "notebooks" / STAGE_NOTEBOOK[stage]
+    source, target = notebook_dir() / STAGE_NOTEBOOKS[stage], run.folder / "notebooks" / STAGE_NOTEBOOKS[stage]
     parameters = {"preset": run.cell.preset, "run_dir": str(run.folder), "overrides": _overrides(run)}
     if stage == "validate": parameters["pruning_ratios"] = []  # the table's cells are the curve: one student per job
     command = [sys.executable, "-m", "papermill", str(source), str(target), "-y", yaml.safe_dump(parameters),
-               "--cwd", str(source.parent), "-k", "python3", "--no-progress-bar", "--log-level", "WARNING"]
+               "--cwd", os.getcwd(), "-k", "python3", "--no-progress-bar", "--log-level", "WARNING"]
     if cell_timeout: command += ["--execution-timeout", str(cell_timeout)]
     return command, target
 
 # %% ../nbs/05_reproduce.ipynb #da38482c
-def reproduce(table: str,  # table name (see `list_tables()`)
+def reproduce(table: str | TableSpec,  # table name (see `list_tables()`), or a spec built in code (see `pruning_table`)
               run_dir="runs/reproduce",  # parent folder of the tables' runs
               out_dir="figures/tables",  # where the tables and figures go (a folder per table)
               gpus: list | None = None,  # GPU ids: one papermill process per GPU; None = one process, devices as found
@@ -643,17 +410,18 @@ def reproduce(table: str,  # table name (see `list_tables()`)
               render_only: bool = False,  # run nothing; write the tables from what has finished
               cell_timeout: int = 0,  # seconds one notebook cell may take (0 = no limit)
               rates: str = "auto",  # machine a dry run predicts for: 'auto', 'h100' or a rates.json (see `load_rates`)
-              report_every: float = 60.0) -> dict:  # seconds between progress lines of a running job
+              report_every: float = 60.0,  # seconds between progress lines of a running job
+              inline: bool = False) -> dict:  # run each stage's run_* function in this process instead of a notebook
     "Run every cell of a paper table through the stage notebooks (resumable) and write its tables and figures."
-    spec = get_table(table)
-    if gpus is not None and torchrun: raise ConfigError("give either gpus (one process per GPU) or torchrun, not both")
+    spec = get_table(table) if isinstance(table, str) else table
+    if sum([gpus is not None, bool(torchrun), inline]) > 1: raise ConfigError("give one of gpus, torchrun and inline")
     runs = plan_table(spec, run_dir, seeds, overrides)
     if dry_run:
         print(plan_report(spec, runs, load_rates(rates))); return {"table": spec.name, "planned": len(runs)}
     if spec.imagefolder and not render_only: _make_folders(spec, runs)
     found = find_stages(reuse) if reuse else {}
     for run in runs: link_stages(run, found)
-    failed = {} if render_only else _run_jobs(runs, gpus, torchrun, cell_timeout, report_every)
+    failed = {} if render_only else _run_jobs(runs, gpus, torchrun, cell_timeout, report_every, inline)
     return write_report(spec, runs, out_dir, failed)
 
 def _make_folders(spec: TableSpec, runs: list):
@@ -701,8 +469,18 @@ def _run_job(stage: str, run: CellRun, worker, torchrun: int, cell_timeout: int,
                 if line: log.info("reproduce: %s %s-seed%d: %s", stage, run.cell.name, run.seed, line)
     return code, (f"notebook {output}, log {logfile}" if not torchrun else f"log {logfile}")
 
+def _run_inline(stage: str, run: CellRun) -> tuple:
+    "Run one job in this process with the stage's own function; (exit code, where its log is)."
+    from importlib import import_module
+    logfile = run.folder / "logs" / f"{stage}.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    try: getattr(import_module(f"sre2l.{stage}"), f"run_{stage}")(run.cfg, run.folder)
+    except Sre2lError as e:
+        logfile.write_text(f"sre2l: error: {e}\n"); return 2, f"log {logfile}"
+    return 0, f"log {run.folder / stage / 'log.txt'}"
+
 # %% ../nbs/05_reproduce.ipynb #1ed39ead
-def _run_jobs(runs: list, gpus, torchrun: int, cell_timeout: int, report_every: float = 60.0) -> dict:
+def _run_jobs(runs: list, gpus, torchrun: int, cell_timeout: int, report_every: float = 60.0, inline: bool = False) -> dict:
     "Run every unfinished stage, stage by stage, claiming each job; returns {key: 'why it failed'} (and the skipped)."
     failed, start, workers = {}, time.perf_counter(), [str(g) for g in gpus] if gpus else [None]
     stages_dir = runs[0].folder.parent.parent / "stages"
@@ -713,7 +491,7 @@ def _run_jobs(runs: list, gpus, torchrun: int, cell_timeout: int, report_every: 
         if held is None: return False
         with held:
             began = time.perf_counter()
-            code, where = _run_job(stage, run, worker, torchrun, cell_timeout, report_every)
+            code, where = _run_inline(stage, run) if inline else _run_job(stage, run, worker, torchrun, cell_timeout, report_every)
             if code != 0 or finished(run, stage) is None:
                 failed[key] = f"{stage} failed (exit code {code}); {where}: {_last_error(run.folder / 'logs' / f'{stage}.log')}"
                 log.error("reproduce: %s %s FAILED after %.0f s (%s)", stage, run.cell.name, time.perf_counter() - began, where)
@@ -754,10 +532,31 @@ def _last_error(logfile: Path) -> str:
     errors = [l for l in lines if re.search(r"Error|error:|Exception", l)]
     return (errors or lines or ["(empty log)"])[-1][:300]
 
+# %% ../nbs/05_reproduce.ipynb #8fbc6368
+def pruning_table(preset: str,  # preset of every point
+                  overrides=(),  # settings of every point, as for --set
+                  ratios=(0.0, 0.9, 0.975),  # prune ratios; 0.9 is LPLD's 10x, 0.975 its 40x
+                  baseline: bool = True,  # also a random real subset of the same size, labelled by the same teacher
+                  seed: int = 0) -> TableSpec:
+    "LPLD's label-pruning curve as a table: one cell per (image set, prune ratio), named after its settings."
+    images = {"recovered": ()} | ({"random real": ("recover.method=real",)} if baseline else {})
+    budget = lambda r: round(1 / (1 - r))
+    cells = [Cell(name, f"{budget(r)}x labels" if r else "full labels", preset, (*overrides, *changes, *pruned(budget(r))),
+                  source="kit curve (no paper value)") for name, changes in images.items() for r in ratios]
+    key = hash_json([preset, list(overrides), list(ratios), baseline, seed])
+    return TableSpec(f"pruning-{key}", f"Label pruning: {preset}, {len(ratios)} label budgets", cells, seeds=(seed,))
+
+# %% ../nbs/05_reproduce.ipynb #a4f4f095
+def pruning_curve(preset: str, overrides=(), ratios=(0.0, 0.9, 0.975), baseline: bool = True, seed: int = 0,
+                  run_dir="runs/curves",  # parent of the curve's runs; its table and figure go there too
+                  reuse=()) -> dict:  # folders whose finished stages the points share (e.g. the lesson's own run)
+    "Run `pruning_table` in this process (finished stages skipped, shared ones linked by hash); the table's report."
+    return reproduce(pruning_table(preset, overrides, ratios, baseline, seed), run_dir, run_dir, reuse=reuse, inline=True)
+
 # %% ../nbs/05_reproduce.ipynb #0c61a988
 def gather(runs: list[CellRun], failed: dict | None = None) -> list[dict]:
     "One row per (cell, seed): measured top-1/top-5 and label bytes, or why it has none."
-    from sre2l.validate import label_bytes
+    from sre2l.relabel import label_bytes
     rows = []
     for run in runs:
         row = {"cell": run.cell.name, "row": run.cell.row, "column": run.cell.column, "seed": run.seed,
@@ -768,7 +567,7 @@ def gather(runs: list[CellRun], failed: dict | None = None) -> list[dict]:
         if validate:
             row["top1"] = validate["metrics"]["test_top1"]
             if "test_top5" in validate["metrics"]: row["top5"] = validate["metrics"]["test_top5"]
-            if "seconds_per_epoch" in validate["metrics"]: row["seconds_per_epoch"] = validate["metrics"]["seconds_per_epoch"]
+            if "seconds_per_epoch" in validate["timings"]: row["seconds_per_epoch"] = validate["timings"]["seconds_per_epoch"]
         else:
             reasons = [(failed or {}).get(run.keys[s]) for s in STAGES if s in run.keys]
             row["problem"] = next((r for r in reasons if r), "not run")

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import (RunConfig, Sre2lError, ConfigError, log, progress, pick_device, generator, seed_everything,
-                        open_stage, write_manifest, save_json)
+from .core import RunConfig, log, pick_device, generator, seed_everything
+from .runs import progress, open_stage, write_manifest, save_json
 from .data import ImageSet, DatasetSpec, data_spec, open_split, cached
 from .models import create_model, load_checkpoint, save_model, ClassBNStats, save_class_bn, model_input
 from .train import make_batches, to_device, augment, epoch_factor, param_groups, make_optimizer, evaluate, write_history
@@ -26,7 +25,7 @@ __all__ = ['train_classifier', 'collect_class_bn', 'teacher_spec', 'run_squeeze'
 def train_classifier(model: nn.Module, train: ImageSet, spec: DatasetSpec, cfg, device, seed: int = 0,
                      test: ImageSet | None = None, label: str = "squeeze",
                      workers: int = -1,  # processes decoding a training set on disk
-                     status=None) -> list[dict]:  # progress.json to keep up to date (see sre2l.core.progress)
+                     status=None) -> list[dict]:  # progress.json to keep up to date (see sre2l.runs.progress)
     "Train with cross-entropy using the recipe in `cfg` (a SqueezeConfig); returns per-epoch history."
     groups = param_groups(model, cfg.weight_decay, decay_all=True)
     optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)

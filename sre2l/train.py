@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, atomic_write, log
+from .core import ConfigError, log
+from .runs import atomic_write
 from .data import ImageSet, DatasetSpec, FileLoader, crop_resize, flip_where, normalize, sample_crop_boxes
 
 # %% auto #0

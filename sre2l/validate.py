@@ -6,10 +6,8 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -19,24 +17,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.distributed as dist
 
-from .core import (RunConfig, Sre2lError, ConfigError, log, progress, pick_device, generator, seed_everything, open_stage,
-                        stage_status, require_stage, write_manifest, save_json, atomic_write, hash_json, stage_config,
-                        set_value, resolve_run_dir, load_tensors, shard_from_env, load_json,
-                        unit_seed, make_config)
-from .data import (ImageSet, DatasetSpec, FileLoader, data_spec, open_split, cached, read_distilled, load_split,
-                        image_list_hash, sample_crop_boxes, normalize)
+from .core import (RunConfig, Sre2lError, ConfigError, log, pick_device, generator, seed_everything, hash_json,
+                        stage_config, unit_seed)
+from .runs import (progress, open_stage, require_stage, write_manifest, save_json, atomic_write, shard_from_env,
+                        load_json)
+from .data import (ImageSet, FileLoader, data_spec, open_split, cached, read_distilled, image_list_hash,
+                        sample_crop_boxes, normalize)
 from .models import create_model, save_model, load_teacher
 from .train import evaluate, epoch_factor, param_groups, make_optimizer, write_history, to_device, place_images
-from .recover import run_recover
-from .relabel import (load_epoch, epoch_file, replay_batch, teacher_probs, run_relabel, BatchPlan, draw_epoch,
-                           cutmix_box)
+from .replay import load_epoch, epoch_file, replay_batch, teacher_probs, BatchPlan, draw_epoch, cutmix_box
 from .regions import RegionStore, recover_labels, resample_crops, teacher_view
 
 # %% auto #0
 __all__ = ['LOSSES', 'kd_loss', 'keep_top_logits', 'student_loss', 'pool_schedule', 'check_store', 'save_training_state',
            'load_training_state', 'store_batches', 'online_batches', 'train_student', 'region_batches', 'split_crops',
-           'mix_batch', 'split_batches', 'batch_source', 'run_validate', 'share_stage', 'label_bytes', 'pruning_curve',
-           'plot_pruning']
+           'mix_batch', 'split_batches', 'batch_source', 'run_validate']
 
 # %% ../nbs/04_validate.ipynb #16295401
 def kd_loss(student_logits: torch.Tensor, target,  # stored fp16 logits, or (top-k values, indices)
@@ -193,7 +188,7 @@ def train_student(student: nn.Module,
                   test=None,  # real test split, evaluated every vc.eval_every epochs
                   checkpoint=None,  # checkpoint file: resumed from when present, written every vc.checkpoint_every epochs
                   checkpoint_key: str = "",  # configuration hash a checkpoint must carry to be resumed
-                  status=None) -> list[dict]:  # progress.json to keep up to date (see sre2l.core.progress)
+                  status=None) -> list[dict]:  # progress.json to keep up to date (see sre2l.runs.progress)
     "Train `student` on a batch source; returns per-epoch history. Under torch.distributed each rank takes its slice."
     if vc.channels_last: student.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(vc.optimizer, param_groups(student, vc.weight_decay, vc.decay_bn_bias), vc.lr, vc.momentum)
@@ -344,81 +339,19 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
                             hash_json(stage_config(cfg, "validate")), out / "progress.json")
     seconds = time.perf_counter() - start
     if rank > 0: dist.barrier(); return {"stage": "validate", "rank": rank}  # rank 0 writes the results
+    epoch_seconds = [s for r in history if (s := r.pop("seconds", None)) is not None]  # timings: run records, not results
     tested = [r for r in history if "test_top1" in r]
     metrics = {"test_top1": tested[-1]["test_top1"], "test_top5": tested[-1]["test_top5"], "images": count, "epochs": vc.epochs,
-               "best_test_top1": max(r["test_top1"] for r in tested),
-               "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history)}
+               "best_test_top1": max(r["test_top1"] for r in tested)}
     log.info("validate: student %s test top-1 %.2f%% (best %.2f%%)", vc.model, metrics["test_top1"], metrics["best_test_top1"])
     out.mkdir(parents=True, exist_ok=True)
     save_model(student, out / "student.safetensors", build)
     write_history(out / "history.csv", history)
     save_json(out / "metrics.json", metrics)
     manifest = write_manifest(out, "validate", cfg, ["student.safetensors", "student.json", "history.csv", "metrics.json"],
-                              inputs=inputs, timings={"seconds": seconds, "total_seconds": time.perf_counter() - began},
+                              inputs=inputs, timings={"seconds": seconds, "total_seconds": time.perf_counter() - began,
+                                                     "seconds_per_epoch": sum(epoch_seconds) / max(1, len(epoch_seconds))},
                               extra={"metrics": metrics})
     (out / "checkpoint.pt").unlink(missing_ok=True)  # the finished student replaces it
     if world > 1: dist.barrier()
     return manifest
-
-# %% ../nbs/04_validate.ipynb #279061f0
-def share_stage(source: Path, target: Path):
-    "Link a finished stage folder into another run folder (a copy where links are not allowed)."
-    if target.exists() or target.is_symlink(): return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try: target.symlink_to(source.resolve(), target_is_directory=True)
-    except OSError: shutil.copytree(source, target)
-
-def _variant(cfg: RunConfig, **changes) -> RunConfig:
-    "A copy of `cfg` with dotted-key changes (written with '__' for '.')."
-    out = copy.deepcopy(cfg)
-    for key, value in changes.items(): set_value(out, key.replace("__", "."), value)
-    return out
-
-def label_bytes(relabel_manifest: dict) -> int:
-    "Bytes of a label store's files, from its manifest."
-    return sum(v["bytes"] for k, v in relabel_manifest["artifacts"].items() if k.startswith(("labels/", "regions/")))
-
-def pruning_curve(cfg: RunConfig, run_dir,
-                  ratios: tuple = (0.0, 0.9, 0.975),  # prune ratios; 0.9 is LPLD's 10x, 0.975 its 40x
-                  baseline: bool = True) -> list[dict]:  # also a random real subset of the same size
-    "Student test top-1 and label bytes per prune ratio, for the run's recovered images (and the baseline)."
-    run_dir = resolve_run_dir(run_dir)
-    require_stage(run_dir, "recover", cfg)
-    sources = {"recovered": run_dir}
-    if baseline:
-        real_cfg, real_dir = _variant(cfg, recover__method="real"), run_dir / "curves" / "random-real"
-        share_stage(run_dir / "squeeze", real_dir / "squeeze")
-        run_recover(real_cfg, real_dir); sources["random real"] = real_dir
-    rows = []
-    for name, images in sources.items():
-        for ratio in ratios:
-            changes = {"relabel__prune_ratio": ratio}
-            if name == "random real": changes["recover__method"] = "real"
-            if ratio: changes.update(validate__pool_granularity="batch", validate__pool_metric="random")
-            point = _variant(cfg, **changes)
-            folder = images if ratio == 0 else run_dir / "curves" / f"{name.replace(' ', '-')}-prune{ratio}"
-            if folder != images:
-                for stage in ("squeeze", "recover"): share_stage(images / stage, folder / stage)
-            relabel = run_relabel(point, folder)
-            metrics = run_validate(point, folder)["metrics"]
-            rows.append({"images": name, "prune_ratio": ratio, "kept": f"1/{round(1 / (1 - ratio))}",
-                         "stored_batches": relabel["stored_batches"], "label_bytes": label_bytes(relabel),
-                         "test_top1": metrics["test_top1"]})
-    return rows
-
-def plot_pruning(rows: list[dict], title: str = ""):
-    "Accuracy against the share of labels kept and against label bytes, one line per image set."
-    import matplotlib.pyplot as plt
-    from sre2l.plots import use_style
-    use_style()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    for name in dict.fromkeys(r["images"] for r in rows):
-        points = sorted((r for r in rows if r["images"] == name), key=lambda r: r["prune_ratio"])
-        axes[0].plot([1 / (1 - r["prune_ratio"]) for r in points], [r["test_top1"] for r in points], "o-", label=name)
-        axes[1].plot([r["label_bytes"] / 1024 for r in points], [r["test_top1"] for r in points], "o-", label=name)
-    axes[0].set_xscale("log"); axes[0].set_xlabel("labels pruned by (1x = every stored batch)")
-    axes[1].set_xscale("log"); axes[1].set_xlabel("label storage (KiB)")
-    for ax in axes: ax.set_ylabel("student test top-1 (%)"); ax.grid(alpha=0.3); ax.legend()
-    if title: fig.suptitle(title)
-    fig.tight_layout()
-    return fig

@@ -11,13 +11,40 @@ TINY = ["--set", "squeeze.epochs=2", "--set", "recover.ipc=2", "--set", "recover
         "--set", "relabel.epochs=2", "--set", "validate.epochs=2"]
 
 
-@pytest.mark.parametrize("verb", ["squeeze", "recover", "relabel", "validate", "demo", "config"])
-def test_help_lists_every_key(verb):
+@pytest.mark.parametrize("verb, own, others", [
+    ("squeeze", ["squeeze.class_bn", "squeeze.epochs"], ["recover.r_bn", "validate.temperature"]),
+    ("recover", ["recover.r_bn", "recover.ipc"], ["squeeze.class_bn", "relabel.mix"]),
+    ("relabel", ["relabel.mix", "relabel.num_crops"], ["recover.r_bn", "validate.temperature"]),
+    ("validate", ["validate.temperature", "validate.loss"], ["recover.r_bn", "relabel.mix"]),
+    ("config", ["recover.r_bn", "relabel.mix", "validate.temperature", "squeeze.class_bn"], []),
+    ("demo", ["recover.r_bn", "relabel.mix", "validate.temperature", "squeeze.class_bn"], [])])
+def test_help_lists_the_keys_of_its_verb(verb, own, others):
+    "A stage's --help lists its own keys (and data's and the top-level ones) with their meaning, not the other stages'."
     result = run([tool("sre2l"), verb, "--help"])
     assert result.returncode == 0
-    for key in ["recover.r_bn", "relabel.mix", "validate.temperature", "squeeze.class_bn", "data.root"]:
-        assert key in result.stdout
-    assert "weight of the BN-statistics loss" in result.stdout
+    for key in [*own, "data.root", "seed"]: assert key in result.stdout, key
+    for key in others: assert key not in result.stdout, key
+    if verb in ("recover", "config"): assert "weight of the BN-statistics loss" in result.stdout
+
+
+def test_help_shows_the_values_of_the_preset_asked_for():
+    result = run([tool("sre2l"), "recover", "--preset", "sre2l_in1k", "--help"])
+    assert result.returncode == 0 and "values of the sre2l_in1k preset" in result.stdout
+    assert "recover.iterations = 4000" in result.stdout and "recover.lr = 0.25" in result.stdout
+
+
+def test_version_and_python_dash_m():
+    import sre2l
+    for command in ([tool("sre2l"), "--version"], [sys.executable, "-m", "sre2l", "--version"]):
+        result = run(command)
+        assert result.returncode == 0 and result.stdout.strip() == f"sre2l {sre2l.__version__}", result
+
+
+def test_help_does_not_import_torch():
+    "`sre2l --help` and `sre2l presets` start at once: torch is imported only by verbs that compute."
+    code = "import sys; from sre2l.cli import main; main(['presets']); print('torch' in sys.modules)"
+    result = run([sys.executable, "-c", code])
+    assert result.returncode == 0 and result.stdout.strip().endswith("False"), result.stdout
 
 
 @pytest.mark.parametrize("args, message", [

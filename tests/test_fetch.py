@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run, tool
-from sre2l.core import Sre2lError, sha256_file, read_manifest
+from sre2l.core import Sre2lError
+from sre2l.runs import sha256_file, read_manifest
 from sre2l.data import DATASETS, DatasetSpec, IMAGENET_MEAN, IMAGENET_STD, register_dataset
 from sre2l.fetch import ARTIFACTS, Artifact, fetch, register_artifact
 

@@ -5,11 +5,12 @@ import pytest
 import torch
 import torchvision
 
-from sre2l.core import make_config, Sre2lError
+from sre2l.core import Sre2lError
+from sre2l.presets import make_config
 from sre2l.data import DATASETS, DatasetSpec, IMAGENET_MEAN, IMAGENET_STD, register_dataset, read_distilled
 from sre2l.recover import import_distilled
-from sre2l.relabel import (import_official_labels, export_official_labels, read_official_batch, load_epoch, epoch_file,
-                           replay_batch)
+from sre2l.relabel import import_official_labels, export_official_labels, read_official_batch
+from sre2l.replay import load_epoch, epoch_file, replay_batch
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official-relabel"  # written by the official script
 

@@ -6,11 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from sre2l.core import make_config, read_manifest, sha256_file
+from sre2l.presets import make_config
+from sre2l.runs import read_manifest, sha256_file
 from sre2l.squeeze import run_squeeze
 from sre2l.models import load_teacher
 from sre2l.recover import run_recover
-from sre2l.relabel import run_relabel, load_epoch, epoch_file, replay_batch
+from sre2l.relabel import run_relabel
+from sre2l.replay import load_epoch, epoch_file, replay_batch
 from sre2l.data import get_dataset, read_distilled
 from conftest import RUN_RECORDS
 
@@ -88,8 +90,9 @@ def test_no_unsafe_torch_load_in_the_package():
 
 
 def test_pruned_store_is_the_prefix_of_the_full_store(first_run, cfg, tmp_path):
-    from sre2l.core import make_config
-    from sre2l.relabel import load_epoch, kept_batches
+    from sre2l.presets import make_config
+    from sre2l.relabel import kept_batches
+    from sre2l.replay import load_epoch
     from sre2l.validate import run_validate
     overrides = ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=8", "recover.batch_size=4",
                  "relabel.epochs=3", "relabel.batch_size=8", "validate.epochs=2", "device=cpu"]
@@ -109,8 +112,8 @@ def test_pruned_store_is_the_prefix_of_the_full_store(first_run, cfg, tmp_path):
 
 
 def test_topk_store_trains_and_keeps_exact_indices(first_run, tmp_path):
-    from sre2l.core import make_config
-    from sre2l.relabel import load_epoch
+    from sre2l.presets import make_config
+    from sre2l.replay import load_epoch
     from sre2l.validate import run_validate
     topk_cfg = make_config("digits", ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=8", "recover.batch_size=4",
                                       "relabel.epochs=3", "relabel.batch_size=8", "validate.epochs=2", "device=cpu",
@@ -138,18 +141,19 @@ def test_storage_prediction_equals_measurement_and_preflight_refuses(first_run, 
     manifest = read_manifest(first_run / "relabel")
     storage = manifest["storage"]
     assert storage["predicted"]["total"] == storage["measured"] > 0 and storage["images"] > 0
-    import sre2l.core
+    import sre2l.runs
     for stage in ("squeeze", "recover"): shutil.copytree(first_run / stage, tmp_path / stage)
-    monkeypatch.setattr(sre2l.core, "free_space", lambda folder: (1000, 4096))  # 1 kB free, 4 kB blocks
+    monkeypatch.setattr(sre2l.runs, "free_space", lambda folder: (1000, 4096))  # 1 kB free, 4 kB blocks
     with pytest.raises(Exception, match=r"needs about [0-9.]+ kB \(3 files\) but .* has only 1.0 kB free"):
         run_relabel(cfg, tmp_path)
     assert not (tmp_path / "relabel" / "labels").exists() or not any((tmp_path / "relabel" / "labels").iterdir())
 
 
 def test_ensemble_store_holds_the_combined_teachers(first_run, tmp_path):
-    from sre2l.core import make_config
+    from sre2l.presets import make_config
     from sre2l.models import create_model, save_model
-    from sre2l.relabel import load_epoch, combine_logits
+    from sre2l.relabel import combine_logits
+    from sre2l.replay import load_epoch
     extra = create_model("convnet-d2-w8", 10, 1, 16)
     save_model(extra, tmp_path / "extra.safetensors", dict(name="convnet-d2-w8", num_classes=10, in_channels=1, resolution=16))
     ensemble_cfg = make_config("digits", ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=8", "recover.batch_size=4",
@@ -181,8 +185,8 @@ def test_relabel_shards_make_the_same_store(first_run, cfg, tmp_path):
 
 
 def test_cutout_store_replays_and_is_predicted(first_run, tmp_path):
-    from sre2l.core import make_config
-    from sre2l.relabel import load_epoch
+    from sre2l.presets import make_config
+    from sre2l.replay import load_epoch
     cutout_cfg = make_config("digits", ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=8", "recover.batch_size=4",
                                         "relabel.epochs=2", "relabel.batch_size=8", "device=cpu", "relabel.flip=false",
                                         "relabel.cutout=true", "relabel.mix=none"])
@@ -201,7 +205,7 @@ def test_cutout_store_replays_and_is_predicted(first_run, tmp_path):
 
 def test_region_mode_with_teacher_check_and_reference_crops(first_run, tmp_path):
     "FKD region labels of the distilled images: a sealed store, crops shared through a reference, a student trains."
-    from sre2l.core import make_config
+    from sre2l.presets import make_config
     from sre2l.regions import RegionStore, recover_labels
     from sre2l.validate import run_validate
     base = ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=8", "recover.batch_size=4", "device=cpu",
@@ -233,7 +237,7 @@ def test_region_mode_with_teacher_check_and_reference_crops(first_run, tmp_path)
 
 
 def test_pruned_store_trains_from_a_label_pool(first_run, tmp_path):
-    from sre2l.core import make_config
+    from sre2l.presets import make_config
     from sre2l.validate import run_validate, pool_schedule
     overrides = ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=8", "recover.batch_size=4",
                  "relabel.epochs=3", "relabel.batch_size=8", "device=cpu", "relabel.prune_ratio=0.5", "validate.epochs=3"]

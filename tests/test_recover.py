@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sre2l.core import make_config, read_manifest, sha256_file, save_tensors
+from sre2l.presets import make_config
+from sre2l.runs import read_manifest, sha256_file, save_tensors
 from sre2l.data import get_dataset, read_distilled
 from sre2l.models import create_model, save_model
 from sre2l.squeeze import run_squeeze

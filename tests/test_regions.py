@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from conftest import RUN_RECORDS
-from sre2l.core import make_config, read_manifest, sha256_file, Sre2lError, load_metadata
+from sre2l.core import Sre2lError
+from sre2l.presets import make_config
+from sre2l.runs import read_manifest, sha256_file, load_metadata
 from sre2l.squeeze import run_squeeze
 from sre2l.relabel import run_relabel
 from sre2l.regions import (RegionStore, export_fkd_labels, import_fkd_labels, recover_labels, shard_file, region_images,
@@ -96,7 +98,7 @@ def test_a_student_trains_on_the_whole_split_from_the_store(labelled, tmp_path):
     student = make_config("digits", SPLIT + ["validate.images=train", "validate.loss=soft_ce", "validate.crops_per_image=2",
                                              "validate.epochs=2", "validate.eval_every=2", "validate.mix=cutmix"])
     manifest = run_validate(student, copy)
-    assert manifest["metrics"]["images"] == 1433 and manifest["metrics"]["seconds_per_epoch"] > 0
+    assert manifest["metrics"]["images"] == 1433 and manifest["timings"]["seconds_per_epoch"] > 0
     assert "relabel" in manifest["inputs"] and 0 <= manifest["metrics"]["test_top1"] <= 100
 
 

@@ -11,7 +11,8 @@ import torch
 
 from sre2l.cli import main
 from sre2l.data import write_image
-from sre2l.core import make_config, read_manifest
+from sre2l.presets import make_config
+from sre2l.runs import read_manifest
 from sre2l.squeeze import run_squeeze
 from sre2l.recover import run_recover
 from sre2l.relabel import run_relabel
@@ -95,8 +96,8 @@ CASES = [
     ("unknown label source", ["validate", "--run-dir", "{run}", *sets("validate.labels=live")], "validate.labels='live' is not one of", "validate"),
     ("region loss on an FKD-mix store", ["validate", "--run-dir", "{run}", *sets("validate.loss=soft_ce")],
      "holds FKD-mix teacher logits, which validate.loss=soft_ce cannot train from", "validate"),
-    ("online labels with soft cross-entropy", ["config", "--set", "validate.labels=online", "--set", "validate.loss=soft_ce"],
-     "validate.labels=online trains with validate.loss=kl or mse_gt, not soft_ce", None),
+    ("online labels with plain cross-entropy", ["config", "--set", "validate.labels=online", "--set", "validate.loss=ce"],
+     "validate.labels=online trains with validate.loss=kl, mse_gt or soft_ce, not ce", None),
     ("mse_gt on top-k logits", ["config", "--set", "validate.loss=mse_gt", "--set", "relabel.logits=topk"],
      "validate.loss=mse_gt compares every raw logit: it needs relabel.logits=fp16", None),
     ("unknown label pool", ["validate", "--run-dir", "{run}", *sets("validate.pool_granularity=image", "validate.epochs=1")],
@@ -125,7 +126,8 @@ CASES = [
     ("train and val with other class folders", ["squeeze", "--run-dir", "{tmp}", *SHAPE, "--set", "data.root={mismatched_folder}"],
      "have different class folders", "squeeze"),
     ("recover before squeeze", ["recover", "--run-dir", "{empty}", *sets()], "has no finished squeeze stage", "recover"),
-    ("validate before relabel", ["validate", "--run-dir", "{empty}", *sets()], "has no finished relabel stage", "validate"),
+    ("validate in an empty run folder", ["validate", "--run-dir", "{empty}", *sets()], "has no finished recover stage", "validate"),
+    ("validate before relabel", ["validate", "--run-dir", "{recovered}", *sets()], "has no finished relabel stage", "validate"),
     ("more real images per class than exist", ["recover", "--run-dir", "{squeezed}", *sets("recover.method=real", "recover.ipc=1000")],
      "fewer than ipc=1000", "recover"),
     ("validate with another stored batch size", ["validate", "--run-dir", "{run}", *sets("relabel.batch_size=16")],
@@ -188,7 +190,7 @@ def _shape_folder(tmp_path: Path, name: str, damage) -> Path:
 def _builders(finished: Path, tmp_path: Path) -> dict:
     "{placeholder: function making what it stands for}; only the placeholders a case names are built."
     from sre2l.models import create_model, save_model
-    from sre2l.core import sha256_file
+    from sre2l.runs import sha256_file
     def copy(*stages):
         target = tmp_path / "_".join(stages)
         for stage in stages: shutil.copytree(finished / stage, target / stage, symlinks=True)
@@ -280,11 +282,11 @@ def test_the_table_has_a_case_for_every_class_of_mistake():
 
 
 def test_disk_too_small_is_refused_before_anything_is_written(finished, tmp_path, monkeypatch, capsys):
-    import sre2l.core
+    import sre2l.runs
     run = tmp_path / "run"
     shutil.copytree(finished, run, symlinks=True)
     shutil.rmtree(run / "relabel")
-    monkeypatch.setattr(sre2l.core, "free_space", lambda folder: (1000, 4096))
+    monkeypatch.setattr(sre2l.runs, "free_space", lambda folder: (1000, 4096))
     assert main(["relabel", "--run-dir", str(run), *sets()]) == 2
     err = capsys.readouterr().err
     assert "needs about" in err and "has only 1.0 kB free" in err
@@ -293,9 +295,10 @@ def test_disk_too_small_is_refused_before_anything_is_written(finished, tmp_path
 
 def test_the_preflight_counts_whole_blocks(tmp_path, monkeypatch):
     "A hundred 10-byte files do not fit in 1,000 bytes of free space: each takes a whole block."
-    import sre2l.core
-    from sre2l.core import preflight, Sre2lError
-    monkeypatch.setattr(sre2l.core, "free_space", lambda folder: (4096 * 50, 4096))
+    import sre2l.runs
+    from sre2l.core import Sre2lError
+    from sre2l.runs import preflight
+    monkeypatch.setattr(sre2l.runs, "free_space", lambda folder: (4096 * 50, 4096))
     preflight(tmp_path, 1000, files=1)
     with pytest.raises(Sre2lError, match=r"\(100 files\)"):
         preflight(tmp_path, 1000, files=100)
@@ -304,17 +307,17 @@ def test_the_preflight_counts_whole_blocks(tmp_path, monkeypatch):
 @pytest.mark.parametrize("stage", ["recover", "relabel", "validate"])
 def test_a_full_disk_is_one_line_and_nothing_is_sealed(stage, finished, tmp_path, monkeypatch, capsys):
     import errno
-    import sre2l.core
+    import sre2l.runs
     run = tmp_path / "run"
     shutil.copytree(finished, run, symlinks=True)
     shutil.rmtree(run / stage, ignore_errors=True)  # the fixture's run has squeeze, recover and relabel
     if stage == "recover": shutil.rmtree(run / "relabel")
-    plain, writes = sre2l.core.os.fsync, []
+    plain, writes = sre2l.runs.os.fsync, []
     def full(fd):  # the third file the stage writes finds the disk full
         writes.append(fd)
         if len(writes) >= 3: raise OSError(errno.ENOSPC, "No space left on device", str(run / stage / "x"))
         return plain(fd)
-    monkeypatch.setattr(sre2l.core.os, "fsync", full)
+    monkeypatch.setattr(sre2l.runs.os, "fsync", full)
     assert main([stage, "--run-dir", str(run), *sets()]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "the disk is full: free some space" in err and "Traceback" not in err
@@ -323,9 +326,9 @@ def test_a_full_disk_is_one_line_and_nothing_is_sealed(stage, finished, tmp_path
 
 def test_a_read_only_file_system_is_one_line(tmp_path, monkeypatch, capsys):
     import errno
-    import sre2l.core
+    import sre2l.runs
     def read_only(*args, **kwargs): raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "ro"))
-    monkeypatch.setattr(sre2l.core.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(sre2l.runs.tempfile, "mkstemp", read_only)
     assert main(["squeeze", "--run-dir", str(tmp_path / "ro"), *sets()]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "the file system is read-only: choose a writable --run-dir" in err
@@ -350,7 +353,7 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(finished, tmp_path):
 
 
 def test_resume_redoes_a_truncated_or_foreign_label_file(finished, tmp_path):
-    from sre2l.core import sha256_file
+    from sre2l.runs import sha256_file
     clean = {p.name: sha256_file(p) for p in (finished / "relabel" / "labels").glob("*.safetensors")}
     run = tmp_path / "run"
     shutil.copytree(finished, run, symlinks=True)
@@ -366,7 +369,7 @@ def test_resume_redoes_a_truncated_or_foreign_label_file(finished, tmp_path):
 
 
 def test_resume_redoes_a_unit_with_a_zero_byte_image(finished, tmp_path):
-    from sre2l.core import sha256_file
+    from sre2l.runs import sha256_file
     clean = _images(finished)
     run = tmp_path / "run"
     shutil.copytree(finished / "squeeze", run / "squeeze")
@@ -387,7 +390,7 @@ def test_a_damaged_manifest_of_the_stage_itself_is_redone(finished, tmp_path, ca
 
 def test_claims_of_another_host_expire_and_a_reused_pid_does_not_keep_one(tmp_path):
     import json, os, socket, time
-    from sre2l.core import claim
+    from sre2l.runs import claim
     item = tmp_path / "group_0_0.claim"
     item.write_text(json.dumps({"owner": "node-that-died:4242", "expires": time.time() + 600}))
     assert claim(item) is None  # a live lease of another host is respected
@@ -409,15 +412,15 @@ def test_temporaries_in_the_run_folder_itself_are_swept(finished, tmp_path):
 
 def test_files_follow_the_users_umask(tmp_path):
     import os, stat
-    from sre2l.core import save_json
-    import sre2l.core
-    old = sre2l.core._UMASK
+    from sre2l.runs import save_json
+    import sre2l.runs
+    old = sre2l.runs._UMASK
     try:
         for umask, mode in ((0o022, 0o644), (0o002, 0o664), (0o077, 0o600)):
-            sre2l.core._UMASK = umask
+            sre2l.runs._UMASK = umask
             save_json(tmp_path / f"f{umask}.json", {})
             assert stat.S_IMODE(os.stat(tmp_path / f"f{umask}.json").st_mode) == mode
-    finally: sre2l.core._UMASK = old
+    finally: sre2l.runs._UMASK = old
 
 
 def test_importing_into_a_finished_stage_says_nothing_was_imported(finished, tmp_path, capsys):
@@ -460,13 +463,13 @@ def _recover_cli(run_dir, extra=()):
 
 
 def _images(run_dir):
-    from sre2l.core import sha256_file
+    from sre2l.runs import sha256_file
     return {p.name: sha256_file(p) for p in sorted((run_dir / "recover" / "images").rglob("*.png"))}
 
 
 def test_a_group_claimed_by_a_live_process_is_left_to_it(finished, tmp_path):
     import os, subprocess
-    from sre2l.core import claim, release
+    from sre2l.runs import claim, release
     env = {**os.environ, "SRE2L_NO_PROGRESS": "1"}
     for name in ("clean", "shared"): shutil.copytree(finished / "squeeze", tmp_path / name / "squeeze")
     assert subprocess.run(_recover_cli(tmp_path / "clean"), env=env, capture_output=True).returncode == 0
@@ -503,7 +506,7 @@ def test_two_processes_on_one_folder_finish_it_without_damage(finished, tmp_path
 ])
 def test_killed_five_times_at_random_points_then_finished_equals_a_clean_run(stage, extra, outputs, finished, tmp_path):
     import os, random, signal, subprocess, sys, time
-    from sre2l.core import sha256_file
+    from sre2l.runs import sha256_file
     keep = {"recover": ("squeeze",), "relabel": ("squeeze", "recover"), "validate": ("squeeze", "recover", "relabel")}[stage]
     env = {**os.environ, "SRE2L_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     command = lambda run_dir: [sys.executable, "-m", "sre2l.cli", stage, "--run-dir", str(run_dir), *sets(*extra)]

@@ -4,7 +4,8 @@ import shutil
 import pytest
 import torch
 
-from sre2l.core import make_config, hash_json, stage_config
+from sre2l.core import hash_json, stage_config
+from sre2l.presets import make_config
 from sre2l.data import get_dataset, read_distilled
 from sre2l.models import create_model
 from sre2l.squeeze import run_squeeze
@@ -118,7 +119,7 @@ def test_ddp_on_two_cpu_ranks_equals_accumulation_on_one(store, tmp_path):
 def test_online_kd_needs_no_store_and_matches_stored_labels(store, tmp_path):
     "Online KD replays the plans relabel stored, and its teacher targets are the stored logits up to their fp16 rounding."
     from sre2l.models import load_teacher
-    from sre2l.relabel import draw_epoch, load_epoch, epoch_file, replay_batch
+    from sre2l.replay import draw_epoch, load_epoch, epoch_file, replay_batch
     overrides = BASE + ["validate.epochs=2"]
     for stage in ("squeeze", "recover"): shutil.copytree(store / stage, tmp_path / "online" / stage)
     online = run_validate(make_config("digits", overrides + ["validate.labels=online"]), tmp_path / "online")
@@ -145,7 +146,7 @@ def test_online_kd_needs_no_store_and_matches_stored_labels(store, tmp_path):
 
 def test_sigkilled_validate_resumes_to_the_same_student(store, tmp_path):
     import os, signal, subprocess, sys, time
-    from sre2l.core import sha256_file, read_manifest
+    from sre2l.runs import sha256_file, read_manifest
     overrides = BASE + ["validate.epochs=30", "validate.checkpoint_every=1", "validate.eval_every=30",
                         "validate.pool_granularity=batch", "validate.pool_metric=random"]  # 30 epochs from a 4-epoch store
     args = ["--preset", "digits", *sum((["--set", o] for o in overrides), [])]
