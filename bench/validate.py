@@ -27,7 +27,7 @@ from sre2l.core import RelabelConfig, ValidateConfig
 from sre2l.data import IMAGENET_MEAN, IMAGENET_STD, read_distilled
 from sre2l.models import create_model
 from sre2l.replay import draw_epoch, save_epoch, epoch_file
-from sre2l.validate import train_student, kd_loss
+from sre2l.validate import train_student, store_batches, kd_loss
 
 VARIANTS = {  # classes, images per class, resolution, small_input, batch size, workers
     "cpu": (10, 20, 32, True, 50, 2),
@@ -93,13 +93,15 @@ def main():
         rows = [("(a) reference: workers + PIL + per-image crop, fp32", timed(
             lambda: reference(files, student(), plans, label_files, size, batch_size, workers, device), device))]
 
-        images = read_distilled(folder / "images").images.to(device)
+        distilled = read_distilled(folder / "images")
+        images, classes_of = distilled.images.to(device), distilled.labels
         schedule = [[(e, b) for b in range(len(plans[e]))] for e in range(args.epochs)]
+        def source(schedule): return store_batches(images, classes_of, folder / "store", schedule, spec, device)
         for label, options in [("(b) kit replay: device-resident, batched crops, fp32", {}),
                                ("(c) kit replay, bf16 + channels-last", {"precision": "bf16", "channels_last": True})]:
-            train_student(student(), images, folder / "store", spec, ValidateConfig(epochs=1, **options), device, [schedule[0][:3]])
+            train_student(student(), source([schedule[0][:3]]), ValidateConfig(epochs=1, **options), device, spec)
             vc = ValidateConfig(epochs=args.epochs, **options)
-            rows.append((label, timed(lambda: train_student(student(), images, folder / "store", spec, vc, device, schedule), device)))
+            rows.append((label, timed(lambda: train_student(student(), source(schedule), vc, device, spec), device)))
     print_table(f"validate, {args.variant}: ResNet-18 student at {size} px, {n} images, batch {batch_size}, {args.epochs} epochs, "
                 f"{workers} workers for (a), {machine(device)}", "training images/s", rows, n * args.epochs)
 

@@ -194,7 +194,7 @@ class FileLoader:
         self.loader = torch.utils.data.DataLoader(
             FileImages(data, raw=self.device is not None, original=original), batch_sampler=self.sampler, num_workers=workers,
             pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-            timeout=WORKER_TIMEOUT if workers else 0,
+            timeout=WORKER_TIMEOUT if workers else 0, generator=torch.Generator().manual_seed(0),  # leaves the global RNG alone
             collate_fn=_collate_bytes if self.device is not None else collate_padded if original else None)
 
     def __call__(self, order=None):

@@ -605,8 +605,8 @@ def _short(problems: list) -> str:
     if any(" failed (" in p for p in problems): return "failed (see below)"
     return "skipped (see below)" if problems and problems[0] != "not run" else "not run"
 
-def _columns(summary: list[dict]) -> list:
-    "(heading, function of an entry) for every column the table needs."
+def _columns(spec: TableSpec, summary: list[dict]) -> list:
+    "(heading, function of an entry) for every column the table needs (seconds per epoch only where `spec.speed`)."
     columns = [("row", lambda e: e["row"]), ("column", lambda e: e["column"]),
                ("measured top-1 (%)", lambda e: _number(e["measured"], e["measured_std"]) if e["measured"] is not None
                 else _short(e["problems"])),
@@ -615,15 +615,15 @@ def _columns(summary: list[dict]) -> list:
                ("labels (kit)", lambda e: human_bytes(e["label_bytes"]) if e["label_bytes"] is not None else
                 (f"{human_bytes(e['predicted_label_bytes'])} predicted" if e.get("predicted_label_bytes") is not None else "-"))]
     if all(e["paper"] is None for e in summary): del columns[3:5]  # a kit table: no paper, no delta
-    if any(e.get("seconds_per_epoch") is not None for e in summary):
-        columns.append(("s/epoch", lambda e: f"{e['seconds_per_epoch']:.1f}" if e.get("seconds_per_epoch") is not None else "-"))
+    if spec.speed:
+        columns.append(("s/epoch", lambda e: f"{e['seconds_per_epoch']:.3g}" if e.get("seconds_per_epoch") is not None else "-"))
     if any(e["paper_label_gb"] is not None for e in summary):
         columns.append(("labels (paper)", lambda e: human_bytes(e["paper_label_gb"] * 1e9) if e["paper_label_gb"] is not None else "-"))
     return columns
 
 def render_markdown(spec: TableSpec, summary: list[dict], note: str = "") -> str:
     "The table as Markdown, with its title, what it shows and where the paper's numbers come from."
-    columns = _columns(summary)
+    columns = _columns(spec, summary)
     lines = [f"## {spec.title}", "", spec.about, "", "| " + " | ".join(h for h, _ in columns) + " |",
              "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(f(e)).replace("|", "/") for _, f in columns) + " |" for e in summary]
@@ -637,7 +637,7 @@ def render_markdown(spec: TableSpec, summary: list[dict], note: str = "") -> str
 def render_latex(spec: TableSpec, summary: list[dict]) -> str:
     "The table as a LaTeX booktabs tabular."
     def escape(text): return re.sub(r"([%&_#$])", r"\\\1", str(text)).replace("+-", r"$\pm$")
-    columns = _columns(summary)
+    columns = _columns(spec, summary)
     lines = [r"\begin{table}[t]", r"\centering", f"\\caption{{{escape(spec.title)}}}", f"\\label{{tab:{spec.name}}}",
              r"\begin{tabular}{ll" + "r" * (len(columns) - 2) + "}", r"\toprule",
              " & ".join(escape(h) for h, _ in columns) + r" \\", r"\midrule"]

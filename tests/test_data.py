@@ -99,6 +99,9 @@ def test_the_loader_yields_the_serial_tensors_in_the_same_order(tmp_path):
     assert sum(1 for _ in FileLoader(files, 7, workers=2, drop_last=True)()) == 5
     assert torch.equal(files.in_memory(workers=2).images, files.batch(range(len(paths))))
     assert torch.equal(files.in_memory(workers=0).images, files.batch(range(len(paths))))
+    state = torch.get_rng_state()  # decoding leaves the global RNG alone: a seeded stage's student and batches do not
+    list(loader(order)); files.in_memory(workers=0)  # depend on whether its images came from files
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_a_split_is_cached_only_when_it_fits(tmp_path):
