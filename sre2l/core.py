@@ -43,8 +43,9 @@ class Registry(dict):
         super().__init__(); self.kind, self.error, self.about = kind, error, {}
 
     def add(self, name: str, entry, about: str = ""):  # about: where the entry comes from, in a line
-        "Register `entry` as `name`; a second entry of one name is refused."
-        if name in self: raise ValueError(f"{self.kind} {name!r} is already registered")
+        "Register `entry` as `name`; another entry of that name is refused, the same definition run again replaces it."
+        rerun = name in self and getattr(self[name], "__qualname__", None) == getattr(entry, "__qualname__", "")
+        if name in self and not rerun: raise ValueError(f"{self.kind} {name!r} is already registered")
         self[name], self.about[name] = entry, about
         return entry
 

@@ -196,3 +196,21 @@ def test_a_reference_store_must_label_the_same_images_with_enough_crops(labelled
     same = make_config("digits", SPLIT + ["relabel.label_type=hard", f"relabel.reference={run_dir / 'relabel'}"])
     run_relabel(same, folder)
     assert torch.equal(RegionStore(folder / "relabel").get(torch.arange(20))["boxes"], RegionStore(run_dir / "relabel").get(torch.arange(20))["boxes"])
+
+
+def test_the_fkd_table_runs_through_the_driver_at_ci_size(tmp_path):
+    "fkd_fashion_mnist's three cells as the driver runs them, on digits and short: each measured, seconds per epoch shown."
+    import dataclasses
+    from sre2l.tables import get_table
+    from sre2l.reproduce import reproduce
+    spec = get_table("fkd_fashion_mnist")
+    short = ("squeeze.epochs=1", "relabel.num_crops=4", "relabel.num_seg=2", "validate.epochs=2", "validate.eval_every=2",
+             "device=cpu", "data.workers=0")
+    cells = [dataclasses.replace(c, preset="digits", overrides=(*c.overrides, *short)) for c in spec.cells]
+    small = dataclasses.replace(spec, name="fkd_ci", cells=cells, seeds=(0,))
+    report = reproduce(small, tmp_path / "runs", tmp_path / "tables", inline=True)
+    assert report["measured"] == 3 and not report["failed"], report["failed"]
+    assert all(c["seconds_per_epoch"] > 0 and 0 <= c["measured"] <= 100 for c in report["cells"])
+    assert [c["label_bytes"] is not None for c in report["cells"]] == [False, False, True]  # only (c) stores labels
+    table = (tmp_path / "tables" / "fkd_ci" / "fkd_ci.md").read_text()
+    assert "| s/epoch |" in table and "(c) stored FKD region labels" in table
