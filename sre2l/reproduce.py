@@ -12,9 +12,11 @@ import io
 import math
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -454,7 +456,8 @@ def _progress_line(stage_dir: Path) -> str:
     left = f", about {duration(p['eta_seconds'])} left" if p.get("eta_seconds") is not None else ""
     return f"{p.get('what') or 'units'} {p['done']}/{p.get('total') or '?'}{left}"
 
-def _run_job(stage: str, run: CellRun, worker, torchrun: int, cell_timeout: int, report_every: float) -> tuple:
+def _run_job(stage: str, run: CellRun, worker, torchrun: int, cell_timeout: int, report_every: float,
+             running: set) -> tuple:  # the job's process is in `running` while it runs
     "Run one job to its end, printing its progress; (exit code, where its notebook and log are)."
     command, output = _job_command(stage, run, torchrun, cell_timeout)
     env = {**os.environ, "SRE2L_HEADLESS": "1", **({"CUDA_VISIBLE_DEVICES": worker} if worker is not None else {})}
@@ -462,11 +465,13 @@ def _run_job(stage: str, run: CellRun, worker, torchrun: int, cell_timeout: int,
     for folder in (logfile.parent, output.parent): folder.mkdir(parents=True, exist_ok=True)
     with open(logfile, "w") as handle:
         process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=run.folder)
+        running.add(process)
         while True:
             try: code = process.wait(timeout=report_every); break
             except subprocess.TimeoutExpired:
                 line = _progress_line(run.folder / stage)
                 if line: log.info("reproduce: %s %s-seed%d: %s", stage, run.cell.name, run.seed, line)
+        running.discard(process)
     return code, (f"notebook {output}, log {logfile}" if not torchrun else f"log {logfile}")
 
 def _run_inline(stage: str, run: CellRun) -> tuple:
@@ -483,6 +488,7 @@ def _run_inline(stage: str, run: CellRun) -> tuple:
 def _run_jobs(runs: list, gpus, torchrun: int, cell_timeout: int, report_every: float = 60.0, inline: bool = False) -> dict:
     "Run every unfinished stage, stage by stage, claiming each job; returns {key: 'why it failed'} (and the skipped)."
     failed, start, workers = {}, time.perf_counter(), [str(g) for g in gpus] if gpus else [None]
+    stop, running = threading.Event(), set()  # stop: set on Ctrl-C, after which no job starts
     stages_dir = runs[0].folder.parent.parent / "stages"
     def attempt(stage, key, run, worker):
         "Run the job if no other process holds it; True when this process ran it."
@@ -491,7 +497,7 @@ def _run_jobs(runs: list, gpus, torchrun: int, cell_timeout: int, report_every: 
         if held is None: return False
         with held:
             began = time.perf_counter()
-            code, where = _run_inline(stage, run) if inline else _run_job(stage, run, worker, torchrun, cell_timeout, report_every)
+            code, where = _run_inline(stage, run) if inline else _run_job(stage, run, worker, torchrun, cell_timeout, report_every, running)
             if code != 0 or finished(run, stage) is None:
                 failed[key] = f"{stage} failed (exit code {code}); {where}: {_last_error(run.folder / 'logs' / f'{stage}.log')}"
                 log.error("reproduce: %s %s FAILED after %.0f s (%s)", stage, run.cell.name, time.perf_counter() - began, where)
@@ -504,11 +510,16 @@ def _run_jobs(runs: list, gpus, torchrun: int, cell_timeout: int, report_every: 
         log.info("reproduce: %d %s job(s) on %d worker(s)", len(jobs), stage, len(workers))
         queue, held_elsewhere = list(jobs.items()), {}
         def work(worker):
-            while True:
+            while not stop.is_set():
                 try: key, run = queue.pop(0)  # atomic under the GIL; another worker may have taken the last job
                 except IndexError: return
                 if not attempt(stage, key, run, worker): held_elsewhere[key] = run
-        with ThreadPoolExecutor(len(workers)) as pool: list(pool.map(work, workers))
+        with ThreadPoolExecutor(len(workers)) as pool:
+            try: list(pool.map(work, workers))
+            except BaseException:  # Ctrl-C: running notebooks are interrupted too; their threads give the claims back
+                stop.set()
+                for process in list(running): process.send_signal(signal.SIGINT)
+                raise
         _wait_for(held_elsewhere, stage, lambda key, run: attempt(stage, key, run, workers[0]))
     return failed
 

@@ -229,3 +229,29 @@ def test_a_pruning_curve_runs_in_this_process_and_shares_the_runs_stages(tmp_pat
         shared = list((tmp_path / "curves" / report["table"] / "stages").glob(f"{stage}-*"))
         assert len(shared) == 1 and shared[0].resolve() == (tmp_path / "run" / stage).resolve()
     assert not list((tmp_path / "curves").rglob("notebooks"))  # in process: no notebook was executed
+
+
+def test_ctrl_c_stops_the_driver_before_its_next_job(tmp_path):
+    "SIGINT to the driver alone (as `kill -INT`): the running notebook is interrupted, no later job starts, claims go."
+    import os, signal, subprocess, sys, time
+    env = {**os.environ, "SRE2L_NO_PROGRESS": "1"}
+    command = [sys.executable, "-m", "sre2l.cli", "reproduce", "demo", "--run-dir", str(tmp_path / "runs"),
+               "--out", str(tmp_path / "tables")]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # its own group: the signal reaches the driver only
+    log, deadline = tmp_path / "runs" / "demo" / "cells", time.time() + 3600
+    # during the first of the two recover jobs: before the fix the driver went on to the second one
+    while not list(log.glob("*/logs/recover.log")) and time.time() < deadline: time.sleep(0.1)
+    time.sleep(2.0)
+    started = set(log.glob("*/logs/*.log"))  # one job, or more on a machine fast enough to finish the first
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=3600)
+    assert process.returncode == 130 and "interrupted; run the same command again" in err, err[-2000:]
+    assert set(log.glob("*/logs/*.log")) == started and not list((tmp_path / "runs").rglob("*.claim"))
+    left = [p for p in os.listdir("/proc") if p.isdigit() and str(tmp_path) in _cmdline(p) and "papermill" in _cmdline(p)]
+    assert not left, "the interrupted notebook's papermill process outlived the driver"
+
+
+def _cmdline(pid: str) -> str:
+    try: return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError: return ""
