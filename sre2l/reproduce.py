@@ -624,6 +624,7 @@ def _columns(spec: TableSpec, summary: list[dict]) -> list:
                ("paper", lambda e: _number(e["paper"], e["paper_std"], 1)),
                ("delta", lambda e: f"{e['delta']:+.2f}" if e["delta"] is not None else "-"),
                ("labels (kit)", lambda e: human_bytes(e["label_bytes"]) if e["label_bytes"] is not None else
+                "none" if e.get("predicted_label_bytes") == 0 else  # online KD and hard labels store nothing
                 (f"{human_bytes(e['predicted_label_bytes'])} predicted" if e.get("predicted_label_bytes") is not None else "-"))]
     if all(e["paper"] is None for e in summary): del columns[3:5]  # a kit table: no paper, no delta
     if spec.speed:

@@ -330,6 +330,7 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), data_spec(cfg.data)
     if world > 1 and not dist.is_initialized():  # launched by torchrun: one process per GPU (or CPU processes, gloo)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if world > 1: log.info("validate: rank %d of %d processes, on %s", rank, world, device)
     batches, inputs, count = batch_source(cfg, run_dir, spec, device)
     test = to_device(cached(open_split(cfg.data, "test"), cfg.data.cache_bytes, cfg.data.workers), device)  # decoded once
     build = dict(name=vc.model, num_classes=spec.num_classes, in_channels=spec.channels, resolution=spec.resolution,

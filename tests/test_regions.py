@@ -199,7 +199,7 @@ def test_a_reference_store_must_label_the_same_images_with_enough_crops(labelled
 
 
 def test_the_fkd_table_runs_through_the_driver_at_ci_size(tmp_path):
-    "fkd_fashion_mnist's three cells as the driver runs them, on digits and short: each measured, seconds per epoch shown."
+    "fkd_fashion_mnist's three cells through the stage notebooks, on digits and short: each measured, with its speed."
     import dataclasses
     from sre2l.tables import get_table
     from sre2l.reproduce import reproduce
@@ -208,9 +208,10 @@ def test_the_fkd_table_runs_through_the_driver_at_ci_size(tmp_path):
              "device=cpu", "data.workers=0")
     cells = [dataclasses.replace(c, preset="digits", overrides=(*c.overrides, *short)) for c in spec.cells]
     small = dataclasses.replace(spec, name="fkd_ci", cells=cells, seeds=(0,))
-    report = reproduce(small, tmp_path / "runs", tmp_path / "tables", inline=True)
+    report = reproduce(small, tmp_path / "runs", tmp_path / "tables")  # through the notebooks, as a user runs it
     assert report["measured"] == 3 and not report["failed"], report["failed"]
     assert all(c["seconds_per_epoch"] > 0 and 0 <= c["measured"] <= 100 for c in report["cells"])
     assert [c["label_bytes"] is not None for c in report["cells"]] == [False, False, True]  # only (c) stores labels
     table = (tmp_path / "tables" / "fkd_ci" / "fkd_ci.md").read_text()
     assert "| s/epoch |" in table and "(c) stored FKD region labels" in table
+    assert "| (a) hard labels | " in table and table.count("| none |") == 2  # no store for (a) and (b)

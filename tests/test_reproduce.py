@@ -131,7 +131,7 @@ def test_one_process_per_gpu_and_torchrun_paths(tmp_path):
     report = reproduce(_table("t_torchrun", cells[:1]), tmp_path / "b", tmp_path / "fb", torchrun=2)
     assert report["measured"] == 1 and not report["failed"]
     log = next((tmp_path / "b" / "t_torchrun" / "cells").glob("*/logs/validate.log")).read_text()
-    assert "OMP_NUM_THREADS" in log  # torchrun's own banner: the stage ran under torchrun
+    assert "rank 0 of 2 processes" in log and "rank 1 of 2 processes" in log  # the stage ran under torchrun
 
 
 # ---- paper scale: the ImageNet-shaped rehearsal, the cost model, several drivers, watching a run ----
