@@ -466,12 +466,13 @@ def _run_job(stage: str, run: CellRun, worker, torchrun: int, cell_timeout: int,
     with open(logfile, "w") as handle:
         process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=run.folder)
         running.add(process)
-        while True:
-            try: code = process.wait(timeout=report_every); break
-            except subprocess.TimeoutExpired:
-                line = _progress_line(run.folder / stage)
-                if line: log.info("reproduce: %s %s-seed%d: %s", stage, run.cell.name, run.seed, line)
-        running.discard(process)
+        try:
+            while True:
+                try: code = process.wait(timeout=report_every); break
+                except subprocess.TimeoutExpired:
+                    line = _progress_line(run.folder / stage)
+                    if line: log.info("reproduce: %s %s-seed%d: %s", stage, run.cell.name, run.seed, line)
+        finally: running.discard(process)  # also when the wait itself is interrupted
     return code, (f"notebook {output}, log {logfile}" if not torchrun else f"log {logfile}")
 
 def _run_inline(stage: str, run: CellRun) -> tuple:
