@@ -185,7 +185,7 @@ def _validate_work(w: _Shape) -> dict:
 def _kept(images: int, l) -> int:
     "Stored batches of a relabel store (the kit's pruning rule)."
     from sre2l.relabel import kept_batches
-    return kept_batches(images, l.batch_size, l.epochs, l.prune_ratio)
+    return kept_batches(images, l.batch_size, l.epochs, l.prune_ratio, l.pruning_rule)
 
 def stage_work(cfg: RunConfig, rates: Rates) -> dict:
     "{stage: {'compute': s, 'decode': s}} of one run on the machine `rates` describes (stages it does not need: 0)."
@@ -208,7 +208,7 @@ def predict_cost(cfg: RunConfig, rates: Rates | None = None) -> dict:
         labelled = split_sizes(cfg)[0] if l.images == "train" else images
         label_bytes = region_store_bytes(labelled, l.num_crops, l.label_type, l.shard_images)
     else: label_bytes = store_bytes(images, spec.num_classes, l.epochs, l.batch_size, l.prune_ratio,
-                                    l.topk if l.logits == "topk" else 0)["total"]
+                                    l.topk if l.logits == "topk" else 0, l.cutout, l.pruning_rule)["total"]
     per_image = spec.resolution ** 2 * spec.channels * (0.25 if r.image_format == "jpg" else 0.8)
     label_bytes = label_bytes if "relabel" in stages_needed(cfg) else 0
     return {"seconds": {k: combine(w["compute"], w["decode"]) for k, w in work.items()},
@@ -732,7 +732,10 @@ def storage_figure(summary: list[dict]):
     ax.bar(x - 0.2 * paper, [e["label_bytes"] or 0 for e in entries], 0.4, label="kit store (measured)")
     if paper:
         ax.bar(x + 0.2, [(e["paper_label_gb"] or 0) * 1e9 for e in entries], 0.4, label="paper")
-    ax.set_yscale("log"); ax.set_ylabel("label bytes"); ax.legend(fontsize=8)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    ax.set_yscale("log"); ax.set_ylabel("label storage"); ax.legend(fontsize=8)
+    ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 10 kB, 20 kB, 50 kB, 100 kB, ...
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v))); ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks(x); ax.set_xticklabels([f"{e['row']}\n{e['column']}" for e in entries], rotation=60, ha="right", fontsize=6)
     fig.tight_layout()
     return fig
