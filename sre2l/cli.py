@@ -261,12 +261,13 @@ def run_demo(run_dir="runs/reproduce",  # parent folder of the tables' runs (as 
 
 # %% ../nbs/06_cli.ipynb #28225b06
 def _recovery_figures(run, folder: Path):
-    "How recovery proceeds (one work unit from noise to the saved images) and the recovered set beside real images."
+    "How recovery proceeds (one work unit from noise to the saved images, still and animated) and the set beside real images."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sre2l.recover import recovered_vs_real, trajectory
+    from sre2l.recover import recovered_vs_real, trajectory, trajectory_gif
     for name, figure in (("recovered_vs_real.png", recovered_vs_real(run.folder, run.cfg)), ("trajectory.png", trajectory(run.folder))):
         if figure is not None: figure.savefig(folder / name, dpi=90, bbox_inches="tight"); plt.close(figure)
+    trajectory_gif(run.folder, folder / "trajectory.gif")  # the README's opening animation
 
 # %% ../nbs/06_cli.ipynb #6ce3dca7
 def _demo(args) -> int:
