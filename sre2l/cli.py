@@ -21,8 +21,9 @@ from .presets import make_config, list_presets, PRESET_SOURCES
 from .runs import resolve_run_dir, save_json, stage_status, run_status, notebook_dir, STAGE_NOTEBOOKS
 
 # %% auto #0
-__all__ = ['STAGE_VERBS', 'field_comments', 'config_help', 'keys_epilog', 'parse_shard', 'run_demo', 'demo_notebooks',
-           'build_site', 'build_parser', 'os_message', 'status_table', 'main']
+__all__ = ['STAGE_VERBS', 'README_MARKER', 'field_comments', 'config_help', 'keys_epilog', 'parse_shard', 'run_demo',
+           'demo_summary', 'readme_from_index', 'write_readme', 'demo_notebooks', 'build_site', 'build_parser',
+           'os_message', 'status_table', 'main']
 
 # %% ../nbs/06_cli.ipynb #9b6932fb
 def field_comments(cls) -> dict:
@@ -256,6 +257,7 @@ def run_demo(run_dir="runs/reproduce",  # parent folder of the tables' runs (as 
     first = plan_table(get_table("demo"), run_dir, overrides=overrides)[0]  # SRe2L images, full labels
     squeeze = stage_status(first.folder, "squeeze", first.cfg)
     report["teacher_top1"] = squeeze["metrics"]["test_top1"] if squeeze else None
+    if squeeze: save_json(Path(report["folder"]) / "teacher.json", {"test_top1": report["teacher_top1"]})
     if squeeze and stage_status(first.folder, "recover", first.cfg): _recovery_figures(first, Path(report["folder"]))
     return report
 
@@ -285,6 +287,39 @@ def _demo_parser(verbs, argv):
     p.add_argument("--out", default="figures/tables", help="where the table and figures go (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every cell (repeatable; keys listed below)")
+
+# %% ../nbs/06_cli.ipynb #2a144c74
+def demo_summary(folder=None) -> str:  # the demo's table folder (default: figures/tables/demo of the project)
+    "The demo's table (final-epoch test top-1 of each student) and its teacher's accuracy, as Markdown."
+    from sre2l.runs import find_project_root
+    folder = Path(folder) if folder else (find_project_root() or Path.cwd()) / "figures" / "tables" / "demo"
+    table = [l for l in (folder / "demo.md").read_text().splitlines() if l.startswith("|")]
+    teacher = folder / "teacher.json"
+    line = (f"\n\nThe teacher (trained on the full training set) reaches {json.loads(teacher.read_text())['test_top1']:.2f}% "
+            "test top-1." if teacher.exists() else "")
+    return "\n".join(table) + line
+
+# %% ../nbs/06_cli.ipynb #187a05c3
+README_MARKER = "<!-- The text above is written from nbs/index.ipynb by `sre2l readme`: edit the notebook, not this part. -->"
+
+def readme_from_index(index) -> str:  # the index notebook (a path)
+    "The README's top part: the notebook's markdown cells, and the Markdown its code cells display."
+    parts = []
+    for cell in json.loads(Path(index).read_text())["cells"]:
+        if cell["cell_type"] == "markdown": parts.append("".join(cell["source"]).strip())
+        for output in cell.get("outputs", []):
+            if "text/markdown" in output.get("data", {}): parts.append("".join(output["data"]["text/markdown"]).strip())
+    return "\n\n".join(parts) + "\n\n" + README_MARKER + "\n"
+
+def write_readme(project=None) -> Path:  # the repository (default: the one around the working folder)
+    "Replace the README's top part (down to the marker) by the index notebook's text."
+    from sre2l.runs import find_project_root, atomic_write
+    project = Path(project) if project else find_project_root()
+    if project is None: raise Sre2lError("sre2l readme works inside the repository (settings.ini and nbs/)")
+    readme = project / "README.md"
+    rest = readme.read_text().split(README_MARKER, 1)[-1].lstrip("\n") if readme.exists() else ""
+    with atomic_write(readme, "w") as f: f.write(readme_from_index(project / "nbs" / "index.ipynb") + "\n" + rest)
+    return readme
 
 # %% ../nbs/06_cli.ipynb #2745ddcc
 def demo_notebooks(run_dir="runs/reproduce") -> Path:  # parent folder of the tables' runs, as for `sre2l demo`
@@ -333,6 +368,13 @@ def _site_parser(verbs, argv):
                    help="folder of executed stage notebooks (default: those `sre2l demo` wrote)")
     p.add_argument("--to", default="_docs", help="output folder (default: %(default)s)")
 
+def _readme(args) -> int: print(write_readme()); return 0
+
+def _readme_parser(verbs, argv):
+    _verb(verbs, "readme", _readme, argv, "write the README's top part from nbs/index.ipynb (in the repository)",
+          "Replace README.md down to its marker line by the markdown cells of nbs/index.ipynb and the Markdown its "
+          "code cells display (execute the notebook first to refresh the demo's table).")
+
 # %% ../nbs/06_cli.ipynb #130e4e16
 def _fetch(args) -> int:
     from sre2l.fetch import fetch, list_artifacts, get_artifact
@@ -365,7 +407,8 @@ def build_parser(argv: list | None = None) -> argparse.ArgumentParser:  # the ar
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {sre2l.__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for add in (_stage_parsers, _demo_parser, _interop_parsers, _tool_parsers, _reproduce_parser, _site_parser, _fetch_parser):
+    for add in (_stage_parsers, _demo_parser, _interop_parsers, _tool_parsers, _reproduce_parser, _site_parser, _readme_parser,
+                _fetch_parser):
         add(verbs, argv)
     return parser
 

@@ -281,7 +281,7 @@ def recover_group(teacher: nn.Module,  # frozen teacher in eval mode (logits and
     snapshots = []
     if matching is None: matching = MatchingLoss(teacher, rc.first_bn_multiplier, rc.precision)
     extras = [MatchingLoss(m, rc.first_bn_multiplier, rc.precision) for m in bn_models if has_bn(m)]
-    for step in range(iterations):
+    for step in progress(range(iterations), desc=f"recover steps, {units} unit{'s' * (units > 1)}", leave=False):
         # the augmentation of the next DRAW_CHUNK steps, drawn in the same order as step by step and moved to the
         # device at once: no host-to-device copy (and so no wait for the GPU) inside the steps
         if step % DRAW_CHUNK == 0: boxes, flips, shifts = draw_steps(gens, rc, spec.resolution, min(DRAW_CHUNK, iterations - step), device)

@@ -359,6 +359,8 @@ def crop_overlay(run_dir, cfg: RunConfig, image: int = 0,  # index in the distil
                                    ls="--" if plan.flips[i] else "-"))
             ax.text(1, 1 + side + 1.5 * (e + 1) * side / 12, text, color=colour, fontsize=8, va="top")
     ax.set_ylim(side * (1 + (epochs + 1) / 8) + 2, 0)
+    ax.figure.text(0.5, 0.01, "eK: the crop stored in epoch K, its top classes and their probabilities (dashed: flipped)",
+                   ha="center", fontsize=7)
     return ax.figure
 
 # %% ../nbs/03_relabel.ipynb #6e0da7dc

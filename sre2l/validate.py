@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import dataclasses
 import os
 import time
@@ -32,7 +33,7 @@ from .regions import RegionStore, recover_labels, resample_crops, teacher_view
 # %% auto #0
 __all__ = ['LOSSES', 'kd_loss', 'keep_top_logits', 'student_loss', 'pool_schedule', 'check_store', 'save_training_state',
            'load_training_state', 'store_batches', 'online_batches', 'train_student', 'region_batches', 'split_crops',
-           'mix_batch', 'split_batches', 'batch_source', 'run_validate']
+           'mix_batch', 'split_batches', 'batch_source', 'run_validate', 'dd_ranking_map', 'dd_ranking_scores']
 
 # %% ../nbs/04_validate.ipynb #16295401
 def kd_loss(student_logits: torch.Tensor, target,  # stored fp16 logits, or (top-k values, indices)
@@ -363,3 +364,20 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     (out / "checkpoint.pt").unlink(missing_ok=True)  # the finished student replaces it
     if world > 1: dist.barrier()
     return manifest
+
+# %% ../nbs/04_validate.ipynb #cbc1183b
+def dd_ranking_map(x: float) -> float:
+    "DD-Ranking's map of a fractional gap to a score: (e^x - e^-1) / (e - e^-1); -1 -> 0, 0 -> 0.27, 1 -> 1."
+    return (math.exp(x) - math.exp(-1)) / (math.e - math.exp(-1))
+
+def dd_ranking_scores(distilled: float, random: float,  # top-1 (%) of the method's own protocol on each image set
+                      distilled_hard: float, full_hard: float,  # top-1 (%) with hard labels: distilled set, full data
+                      aug: tuple | None = None,  # (distilled, random) top-1 (%) with the training augmentation, for ARS
+                      no_aug: tuple | None = None,  # (distilled, random) top-1 (%) without it
+                      w: float = 0.5, gamma: float = 0.5) -> dict:
+    "One run's IOR and HLR (points) and LRS (and ARS when given both pairs), computed from fractions."
+    ior, hlr = distilled - random, full_hard - distilled_hard
+    scores = {"IOR": ior, "HLR": hlr, "LRS": dd_ranking_map((w * ior - (1 - w) * hlr) / 100)}
+    if aug and no_aug:
+        scores["ARS"] = dd_ranking_map((gamma * (aug[0] - aug[1]) + (1 - gamma) * (no_aug[0] - no_aug[1])) / 100)
+    return scores
