@@ -22,8 +22,8 @@ from .runs import resolve_run_dir, save_json, stage_status, run_status, notebook
 
 # %% auto #0
 __all__ = ['STAGE_VERBS', 'README_MARKER', 'field_comments', 'config_help', 'keys_epilog', 'parse_shard', 'run_demo',
-           'demo_summary', 'readme_from_index', 'write_readme', 'demo_notebooks', 'build_site', 'build_parser',
-           'os_message', 'status_table', 'main']
+           'demo_summary', 'readme_from_index', 'write_readme', 'demo_notebooks', 'math_to_mathml', 'check_site',
+           'build_site', 'build_parser', 'os_message', 'status_table', 'main']
 
 # %% ../nbs/06_cli.ipynb #9b6932fb
 def field_comments(cls) -> dict:
@@ -328,33 +328,73 @@ def demo_notebooks(run_dir="runs/reproduce") -> Path:  # parent folder of the ta
     from sre2l.tables import get_table
     return plan_table(get_table("demo"), run_dir)[0].folder / "notebooks"
 
+# %% ../nbs/06_cli.ipynb #01818a93
+_MATH = re.compile(r"\$\$(.+?)\$\$|\$([^$\n]+?)\$", re.S)
+
+def math_to_mathml(markdown: str) -> str:
+    "TeX between $...$ and $$...$$ as MathML (drawn by browsers without a script); code spans and blocks left alone."
+    from latex2mathml.converter import convert
+    def one(m): return convert((m.group(1) or m.group(2)).strip(), display="block" if m.group(1) else "inline")
+    parts = re.split(r"(```.*?```|`[^`\n]*`)", markdown, flags=re.S)
+    return "".join(part if k % 2 else _MATH.sub(one, part) for k, part in enumerate(parts))
+
+# %% ../nbs/06_cli.ipynb #2687e0b9
+def _offline(html: str) -> str:
+    "A page that loads nothing from the network: the remote scripts nbconvert adds (MathJax, require.js, widgets) removed."
+    html = re.sub(r'<script type="text/x-mathjax-config">.*?</script>', "", html, flags=re.S)
+    return re.sub(r'<script[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>', "", html)
+
+def _rebase(markdown: str, prefix: str) -> str:
+    "Relative links and image paths of a notebook's markdown, re-based for a page in another folder."
+    return re.sub(r'(\]\(|src=")(?!https?:|#|data:|/|mailto:)', lambda m: m.group(1) + prefix, markdown)
+
+def check_site(folder) -> int:
+    "Refuse pages that load anything remote or link to a missing local file; the number of local links checked."
+    broken, checked = [], 0
+    for page in sorted(Path(folder).glob("*.html")):
+        html = page.read_text()
+        broken += [f"{page.name}: loads {u}" for u in re.findall(r'<(?:script|link|img)[^>]*\b(?:src|href)="(https?://[^"]+)"', html)]
+        for target in re.findall(r'\b(?:src|href)="([^"#?]+)[^"]*"', html):
+            if re.match(r"(https?|data|mailto):", target): continue
+            checked += 1
+            if not (page.parent / target).exists(): broken.append(f"{page.name}: {target} does not exist")
+    if broken: raise Sre2lError(f"the site in {folder} has {len(broken)} broken links: " + "; ".join(broken[:5]))
+    return checked
+
 # %% ../nbs/06_cli.ipynb #6a1f0c12
 def build_site(executed=None,  # folder of executed stage notebooks (default: the demo's, see `demo_notebooks`)
                out="_docs") -> Path:  # where the HTML goes
-    "Render every notebook to static HTML (stage notebooks with the demo's outputs) plus an index page."
+    "Render the index and every lesson to static HTML that works offline (stage lessons with the demo's outputs)."
     from nbconvert import HTMLExporter
-    from nbconvert.filters.markdown import markdown2html
+    from sre2l.runs import find_project_root
     import nbformat
     executed = resolve_run_dir(executed) if executed else demo_notebooks()
-    out, source = resolve_run_dir(out), notebook_dir()
+    out, source, root = resolve_run_dir(out), notebook_dir(), find_project_root() or Path.cwd()
     missing = [nb for nb in STAGE_NOTEBOOKS.values() if not (executed / nb).is_file()]
     if missing: raise Sre2lError(f"{executed} lacks the executed {', '.join(missing)}; run `sre2l demo` first")
     out.mkdir(parents=True, exist_ok=True)
     exporter, pages = HTMLExporter(template_name="lab"), []
-    for notebook in sorted(source.glob("[0-9]*.ipynb")):
+    for notebook in [source / "index.ipynb"] * (source / "index.ipynb").is_file() + sorted(source.glob("[0-9]*.ipynb")):
         path = executed / notebook.name if notebook.name in STAGE_NOTEBOOKS.values() else notebook
         nb = nbformat.read(path, as_version=4)
+        base = os.path.relpath(root if notebook.stem == "index" else source, out) + "/"  # the index cites the root's figures/
+        for cell in nb.cells:
+            if cell.cell_type == "markdown": cell.source = math_to_mathml(_rebase(cell.source, base))
         title = next((c.source.splitlines()[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown"), notebook.stem)
-        html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
-        (out / f"{notebook.stem}.html").write_text(html)
-        pages.append((notebook.stem, title, path != notebook))
-    readme = (source.parent / "README.md").read_text() if (source.parent / "README.md").is_file() else ""
-    readme = re.sub(r'(\]\(|src=")(?!https?:|#)', lambda m: m.group(1) + os.path.relpath(source.parent, out) + "/", readme)
-    items = "".join(f'<li><a href="{stem}.html">{stem}: {title}</a>{" (with the demo&#39;s outputs)" if ran else ""}</li>\n'
-                    for stem, title, ran in pages)
-    (out / "index.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>sre2l</title></head><body "
-                                    f"style='max-width:60em;margin:auto;font-family:sans-serif'><h1>sre2l lessons</h1><ul>\n{items}</ul>"
-                                    f"<hr>{markdown2html(readme)}</body></html>\n")
+        pages.append((notebook.stem, title, path != notebook, exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})[0]))
+    lessons = "".join(f'<li><a href="{stem}.html">{stem}: {title}</a>{" (with the demo&#39;s outputs)" if ran else ""}</li>'
+                      for stem, title, ran, _ in pages if stem != "index")
+    for k, (stem, title, _, html) in enumerate(pages):
+        links = ['<a href="index.html">index</a>'] + [f'<a href="{pages[j][0]}.html">{label} {pages[j][0]}</a>'
+                                                      for j, label in ((k - 1, "previous:"), (k + 1, "next:")) if 0 <= j < len(pages) and pages[j][0] != "index"]
+        nav = f"<nav style='font-family:sans-serif;padding:0.5em 1em;border-bottom:1px solid #ccc'>{' | '.join(links)}</nav>"
+        if stem == "index": nav += f"<div style='font-family:sans-serif;margin:1em'><h2>Lessons</h2><ul>{lessons}</ul></div>"
+        (out / f"{stem}.html").write_text(re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + nav, _offline(html), count=1))
+    if not any(stem == "index" for stem, *_ in pages):  # a wheel ships the lessons, not the front page
+        (out / "index.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>sre2l</title></head><body "
+                                        f"style='max-width:60em;margin:auto;font-family:sans-serif'><h1>sre2l lessons</h1>"
+                                        f"<ul>{lessons}</ul></body></html>\n")
+    check_site(out)
     return out / "index.html"
 
 # %% ../nbs/06_cli.ipynb #273a26a5
