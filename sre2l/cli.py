@@ -21,7 +21,8 @@ from .presets import make_config, list_presets, PRESET_SOURCES
 from .runs import resolve_run_dir, save_json, stage_status, run_status, notebook_dir, STAGE_NOTEBOOKS
 
 # %% auto #0
-__all__ = ['STAGE_VERBS', 'field_comments', 'config_help', 'keys_epilog', 'parse_shard', 'run_demo', 'demo_notebooks',
+__all__ = ['STAGE_VERBS', 'README_MARKER', 'field_comments', 'config_help', 'keys_epilog', 'parse_shard', 'run_demo',
+           'demo_summary', 'readme_from_index', 'write_readme', 'demo_notebooks', 'math_to_mathml', 'check_site',
            'build_site', 'build_parser', 'os_message', 'status_table', 'main']
 
 # %% ../nbs/06_cli.ipynb #9b6932fb
@@ -256,17 +257,19 @@ def run_demo(run_dir="runs/reproduce",  # parent folder of the tables' runs (as 
     first = plan_table(get_table("demo"), run_dir, overrides=overrides)[0]  # SRe2L images, full labels
     squeeze = stage_status(first.folder, "squeeze", first.cfg)
     report["teacher_top1"] = squeeze["metrics"]["test_top1"] if squeeze else None
+    if squeeze: save_json(Path(report["folder"]) / "teacher.json", {"test_top1": report["teacher_top1"]})
     if squeeze and stage_status(first.folder, "recover", first.cfg): _recovery_figures(first, Path(report["folder"]))
     return report
 
 # %% ../nbs/06_cli.ipynb #28225b06
 def _recovery_figures(run, folder: Path):
-    "How recovery proceeds (one work unit from noise to the saved images) and the recovered set beside real images."
+    "How recovery proceeds (one work unit from noise to the saved images, still and animated) and the set beside real images."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sre2l.recover import recovered_vs_real, trajectory
+    from sre2l.recover import recovered_vs_real, trajectory, trajectory_gif
     for name, figure in (("recovered_vs_real.png", recovered_vs_real(run.folder, run.cfg)), ("trajectory.png", trajectory(run.folder))):
         if figure is not None: figure.savefig(folder / name, dpi=90, bbox_inches="tight"); plt.close(figure)
+    trajectory_gif(run.folder, folder / "trajectory.gif")  # the README's opening animation
 
 # %% ../nbs/06_cli.ipynb #6ce3dca7
 def _demo(args) -> int:
@@ -285,6 +288,39 @@ def _demo_parser(verbs, argv):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every cell (repeatable; keys listed below)")
 
+# %% ../nbs/06_cli.ipynb #2a144c74
+def demo_summary(folder=None) -> str:  # the demo's table folder (default: figures/tables/demo of the project)
+    "The demo's table (final-epoch test top-1 of each student) and its teacher's accuracy, as Markdown."
+    from sre2l.runs import find_project_root
+    folder = Path(folder) if folder else (find_project_root() or Path.cwd()) / "figures" / "tables" / "demo"
+    table = [l for l in (folder / "demo.md").read_text().splitlines() if l.startswith("|")]
+    teacher = folder / "teacher.json"
+    line = (f"\n\nThe teacher (trained on the full training set) reaches {json.loads(teacher.read_text())['test_top1']:.2f}% "
+            "test top-1." if teacher.exists() else "")
+    return "\n".join(table) + line
+
+# %% ../nbs/06_cli.ipynb #187a05c3
+README_MARKER = "<!-- The text above is written from nbs/index.ipynb by `sre2l readme`: edit the notebook, not this part. -->"
+
+def readme_from_index(index) -> str:  # the index notebook (a path)
+    "The README's top part: the notebook's markdown cells, and the Markdown its code cells display."
+    parts = []
+    for cell in json.loads(Path(index).read_text())["cells"]:
+        if cell["cell_type"] == "markdown": parts.append("".join(cell["source"]).strip())
+        for output in cell.get("outputs", []):
+            if "text/markdown" in output.get("data", {}): parts.append("".join(output["data"]["text/markdown"]).strip())
+    return "\n\n".join(parts) + "\n\n" + README_MARKER + "\n"
+
+def write_readme(project=None) -> Path:  # the repository (default: the one around the working folder)
+    "Replace the README's top part (down to the marker) by the index notebook's text."
+    from sre2l.runs import find_project_root, atomic_write
+    project = Path(project) if project else find_project_root()
+    if project is None: raise Sre2lError("sre2l readme works inside the repository (settings.ini and nbs/)")
+    readme = project / "README.md"
+    rest = readme.read_text().split(README_MARKER, 1)[-1].lstrip("\n") if readme.exists() else ""
+    with atomic_write(readme, "w") as f: f.write(readme_from_index(project / "nbs" / "index.ipynb") + "\n" + rest)
+    return readme
+
 # %% ../nbs/06_cli.ipynb #2745ddcc
 def demo_notebooks(run_dir="runs/reproduce") -> Path:  # parent folder of the tables' runs, as for `sre2l demo`
     "Where `sre2l demo` keeps its executed stage notebooks: those of the demo's first cell (SRe2L images, full labels)."
@@ -292,33 +328,73 @@ def demo_notebooks(run_dir="runs/reproduce") -> Path:  # parent folder of the ta
     from sre2l.tables import get_table
     return plan_table(get_table("demo"), run_dir)[0].folder / "notebooks"
 
+# %% ../nbs/06_cli.ipynb #01818a93
+_MATH = re.compile(r"\$\$(.+?)\$\$|\$([^$\n]+?)\$", re.S)
+
+def math_to_mathml(markdown: str) -> str:
+    "TeX between $...$ and $$...$$ as MathML (drawn by browsers without a script); code spans and blocks left alone."
+    from latex2mathml.converter import convert
+    def one(m): return convert((m.group(1) or m.group(2)).strip(), display="block" if m.group(1) else "inline")
+    parts = re.split(r"(```.*?```|`[^`\n]*`)", markdown, flags=re.S)
+    return "".join(part if k % 2 else _MATH.sub(one, part) for k, part in enumerate(parts))
+
+# %% ../nbs/06_cli.ipynb #2687e0b9
+def _offline(html: str) -> str:
+    "A page that loads nothing from the network: the remote scripts nbconvert adds (MathJax, require.js, widgets) removed."
+    html = re.sub(r'<script type="text/x-mathjax-config">.*?</script>', "", html, flags=re.S)
+    return re.sub(r'<script[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>', "", html)
+
+def _rebase(markdown: str, prefix: str) -> str:
+    "Relative links and image paths of a notebook's markdown, re-based for a page in another folder."
+    return re.sub(r'(\]\(|src=")(?!https?:|#|data:|/|mailto:)', lambda m: m.group(1) + prefix, markdown)
+
+def check_site(folder) -> int:
+    "Refuse pages that load anything remote or link to a missing local file; the number of local links checked."
+    broken, checked = [], 0
+    for page in sorted(Path(folder).glob("*.html")):
+        html = page.read_text()
+        broken += [f"{page.name}: loads {u}" for u in re.findall(r'<(?:script|link|img)[^>]*\b(?:src|href)="(https?://[^"]+)"', html)]
+        for target in re.findall(r'\b(?:src|href)="([^"#?]+)[^"]*"', html):
+            if re.match(r"(https?|data|mailto):", target): continue
+            checked += 1
+            if not (page.parent / target).exists(): broken.append(f"{page.name}: {target} does not exist")
+    if broken: raise Sre2lError(f"the site in {folder} has {len(broken)} broken links: " + "; ".join(broken[:5]))
+    return checked
+
 # %% ../nbs/06_cli.ipynb #6a1f0c12
 def build_site(executed=None,  # folder of executed stage notebooks (default: the demo's, see `demo_notebooks`)
                out="_docs") -> Path:  # where the HTML goes
-    "Render every notebook to static HTML (stage notebooks with the demo's outputs) plus an index page."
+    "Render the index and every lesson to static HTML that works offline (stage lessons with the demo's outputs)."
     from nbconvert import HTMLExporter
-    from nbconvert.filters.markdown import markdown2html
+    from sre2l.runs import find_project_root
     import nbformat
     executed = resolve_run_dir(executed) if executed else demo_notebooks()
-    out, source = resolve_run_dir(out), notebook_dir()
+    out, source, root = resolve_run_dir(out), notebook_dir(), find_project_root() or Path.cwd()
     missing = [nb for nb in STAGE_NOTEBOOKS.values() if not (executed / nb).is_file()]
     if missing: raise Sre2lError(f"{executed} lacks the executed {', '.join(missing)}; run `sre2l demo` first")
     out.mkdir(parents=True, exist_ok=True)
     exporter, pages = HTMLExporter(template_name="lab"), []
-    for notebook in sorted(source.glob("[0-9]*.ipynb")):
+    for notebook in [source / "index.ipynb"] * (source / "index.ipynb").is_file() + sorted(source.glob("[0-9]*.ipynb")):
         path = executed / notebook.name if notebook.name in STAGE_NOTEBOOKS.values() else notebook
         nb = nbformat.read(path, as_version=4)
+        base = os.path.relpath(root if notebook.stem == "index" else source, out) + "/"  # the index cites the root's figures/
+        for cell in nb.cells:
+            if cell.cell_type == "markdown": cell.source = math_to_mathml(_rebase(cell.source, base))
         title = next((c.source.splitlines()[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown"), notebook.stem)
-        html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
-        (out / f"{notebook.stem}.html").write_text(html)
-        pages.append((notebook.stem, title, path != notebook))
-    readme = (source.parent / "README.md").read_text() if (source.parent / "README.md").is_file() else ""
-    readme = re.sub(r'(\]\(|src=")(?!https?:|#)', lambda m: m.group(1) + os.path.relpath(source.parent, out) + "/", readme)
-    items = "".join(f'<li><a href="{stem}.html">{stem}: {title}</a>{" (with the demo&#39;s outputs)" if ran else ""}</li>\n'
-                    for stem, title, ran in pages)
-    (out / "index.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>sre2l</title></head><body "
-                                    f"style='max-width:60em;margin:auto;font-family:sans-serif'><h1>sre2l lessons</h1><ul>\n{items}</ul>"
-                                    f"<hr>{markdown2html(readme)}</body></html>\n")
+        pages.append((notebook.stem, title, path != notebook, exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})[0]))
+    lessons = "".join(f'<li><a href="{stem}.html">{stem}: {title}</a>{" (with the demo&#39;s outputs)" if ran else ""}</li>'
+                      for stem, title, ran, _ in pages if stem != "index")
+    for k, (stem, title, _, html) in enumerate(pages):
+        links = ['<a href="index.html">index</a>'] + [f'<a href="{pages[j][0]}.html">{label} {pages[j][0]}</a>'
+                                                      for j, label in ((k - 1, "previous:"), (k + 1, "next:")) if 0 <= j < len(pages) and pages[j][0] != "index"]
+        nav = f"<nav style='font-family:sans-serif;padding:0.5em 1em;border-bottom:1px solid #ccc'>{' | '.join(links)}</nav>"
+        if stem == "index": nav += f"<div style='font-family:sans-serif;margin:1em'><h2>Lessons</h2><ul>{lessons}</ul></div>"
+        (out / f"{stem}.html").write_text(re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + nav, _offline(html), count=1))
+    if not any(stem == "index" for stem, *_ in pages):  # a wheel ships the lessons, not the front page
+        (out / "index.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>sre2l</title></head><body "
+                                        f"style='max-width:60em;margin:auto;font-family:sans-serif'><h1>sre2l lessons</h1>"
+                                        f"<ul>{lessons}</ul></body></html>\n")
+    check_site(out)
     return out / "index.html"
 
 # %% ../nbs/06_cli.ipynb #273a26a5
@@ -331,6 +407,13 @@ def _site_parser(verbs, argv):
     p.add_argument("--from", dest="executed", default=None, metavar="DIR",
                    help="folder of executed stage notebooks (default: those `sre2l demo` wrote)")
     p.add_argument("--to", default="_docs", help="output folder (default: %(default)s)")
+
+def _readme(args) -> int: print(write_readme()); return 0
+
+def _readme_parser(verbs, argv):
+    _verb(verbs, "readme", _readme, argv, "write the README's top part from nbs/index.ipynb (in the repository)",
+          "Replace README.md down to its marker line by the markdown cells of nbs/index.ipynb and the Markdown its "
+          "code cells display (execute the notebook first to refresh the demo's table).")
 
 # %% ../nbs/06_cli.ipynb #130e4e16
 def _fetch(args) -> int:
@@ -364,7 +447,8 @@ def build_parser(argv: list | None = None) -> argparse.ArgumentParser:  # the ar
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {sre2l.__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for add in (_stage_parsers, _demo_parser, _interop_parsers, _tool_parsers, _reproduce_parser, _site_parser, _fetch_parser):
+    for add in (_stage_parsers, _demo_parser, _interop_parsers, _tool_parsers, _reproduce_parser, _site_parser, _readme_parser,
+                _fetch_parser):
         add(verbs, argv)
     return parser
 

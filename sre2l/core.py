@@ -164,6 +164,7 @@ class RelabelConfig:
     order: Literal["kit", "official"] = "kit"  # a seeded permutation per epoch, or the official sampler's
     order_seed: int = 42  # seed of the 'official' sampler (the official --fkd-seed)
     prune_ratio: float = 0.0  # LPLD: store only the first (1 - r) share of the batches; 40x is 0.975
+    pruning_rule: Literal["exact", "lpld"] = "exact"  # batch count and pool: the kit's, or LPLD's (drop_last, int())
     logits: Literal["fp16", "topk"] = "fp16"  # every class in fp16, or top-k values (fp16) and indices
     topk: int = 10  # classes kept per crop with logits='topk'
 
@@ -205,6 +206,7 @@ class RunConfig:
     preset: str = "digits"  # the preset these values came from
     seed: int = 0  # master seed of recover, relabel and validate; every work unit derives its own from it
     device: str = "auto"  # 'auto', 'cpu', 'cuda' or 'cuda:N'
+    tracker: Literal["none", "tensorboard", "wandb"] = "none"  # also send per-epoch rows and loss curves there
     data: DataConfig = field(default_factory=DataConfig)
     squeeze: SqueezeConfig = field(default_factory=SqueezeConfig)
     recover: RecoverConfig = field(default_factory=RecoverConfig)
@@ -402,6 +404,7 @@ def notebook_overrides(namespace: dict, before: set,
 # %% ../nbs/00_core.ipynb #0dfae581
 STAGES = ("squeeze", "recover", "relabel", "validate")
 _WHERE_AND_HOW_FAST = ("root", "workers", "cache_bytes")  # data keys that change where and how fast, not what
+_ADDED_LATER = {("relabel", "pruning_rule"): "exact"}  # fields added after stores existed: hashed only when not default
 
 def config_dict(cfg: RunConfig) -> dict:
     "The configuration as plain JSON-ready data."
@@ -436,6 +439,8 @@ def stage_config(cfg: RunConfig, stage: str) -> dict:
     keep = {"data": {k: v for k, v in data["data"].items() if k not in _WHERE_AND_HOW_FAST}}
     if stage != "squeeze": keep["seed"] = data["seed"]  # the teacher has its own squeeze.seed
     for name in STAGES[: STAGES.index(stage) + 1]: keep[name] = data[name]
+    for (name, key), default in _ADDED_LATER.items():  # so a new field leaves finished stages' hashes as they were
+        if name in keep and keep[name].get(key) == default: del keep[name][key]
     return keep
 
 # %% ../nbs/00_core.ipynb #77e646ae
@@ -469,18 +474,23 @@ def pick_device(device: str = "auto",  # 'auto', 'cpu', 'cuda' or 'cuda:N'
 import logging
 log = logging.getLogger("sre2l")
 
-class _Stderr(logging.StreamHandler):
-    "A handler writing to whatever sys.stderr is when a line is logged (notebooks and tests replace it)."
+def _in_kernel() -> bool:
+    "Whether this process is a Jupyter kernel (JupyterLab, papermill)."
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return getattr(shell, "kernel", None) is not None
+
+class _LogStream(logging.StreamHandler):
+    "Writes to the current sys.stderr, or in a Jupyter kernel to sys.stdout (normal output, not an error block)."
     def __init__(self): super().__init__(sys.stderr)
     @property
-    def stream(self): return sys.stderr
+    def stream(self): return sys.stdout if _in_kernel() else sys.stderr
     @stream.setter
-    def stream(self, value): pass  # always the current sys.stderr: never a closed, replaced one
+    def stream(self, value): pass  # always the current stream: never a closed, replaced one
 
 def setup_logging(level=logging.INFO):
-    "Send the kit's log lines to stderr, once."
-    if not any(isinstance(h, _Stderr) for h in log.handlers):
-        handler = _Stderr()
+    "Send the kit's log lines to stderr (in a notebook: to its normal output), once."
+    if not any(isinstance(h, _LogStream) for h in log.handlers):
+        handler = _LogStream()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
     log.setLevel(level)

@@ -17,7 +17,7 @@ def use_style():
     plt.rcParams.update(STYLE)
 
 # %% auto #0
-__all__ = ['STYLE', 'use_style', 'image_grid', 'show_images', 'plot_curves', 'plot_bars']
+__all__ = ['STYLE', 'use_style', 'image_grid', 'show_images', 'save_gif', 'plot_curves', 'plot_bars']
 
 # %% ../nbs/00c_plots.ipynb #40f72751
 def image_grid(images: torch.Tensor,  # uint8 [N, C, H, W]
@@ -44,6 +44,20 @@ def show_images(images: torch.Tensor,  # uint8 [N, C, H, W]
     ax.set_axis_off(); ax.grid(False)
     if title: ax.set_title(title)
     return ax.figure
+
+# %% ../nbs/00c_plots.ipynb #9fa21c33
+def save_gif(frames: list,  # uint8 [H, W] or [H, W, C] arrays, all one size
+             path,  # the .gif file to write (atomically)
+             ms_per_frame: int = 150,  # display time of each frame but the last
+             hold_last_ms: int = 1500):  # display time of the last frame
+    "Write frames as a looping animated GIF."
+    from PIL import Image
+    from sre2l.runs import atomic_write
+    images = [Image.fromarray(f[..., 0] if f.ndim == 3 and f.shape[-1] == 1 else f) for f in frames]
+    with atomic_write(path) as f:
+        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], loop=0,
+                       duration=[ms_per_frame] * (len(images) - 1) + [hold_last_ms])
+    return path
 
 # %% ../nbs/00c_plots.ipynb #ebfc2078
 def plot_curves(curves: dict,  # {label: sequence of values} or {label: (xs, ys)}

@@ -107,13 +107,13 @@ def _lpld_in1k():
     cfg = _sre2l_in1k(); cfg.preset = "lpld_in1k"
     return _with(cfg, squeeze__class_bn="ema", squeeze__augment="rrc", squeeze__flip=True, squeeze__batch_size=256,
                  recover__bn_target="class", recover__batch_mode="within-class", recover__batch_size=50,
-                 relabel__batch_size=128)
+                 relabel__batch_size=128, relabel__pruning_rule="lpld")
 
 @register_preset("lpld_tiny", source="he-y/soft-label-pruning-for-dataset-distillation tiny_forward, tiny_recover.sh, LPLD_tiny_[4k].yaml")
 def _lpld_tiny():
     cfg = _sre2l_tiny(); cfg.preset = "lpld_tiny"
     return _with(cfg, squeeze__class_bn="ema", recover__bn_target="class", recover__batch_mode="within-class",
-                 recover__r_bn=0.05, recover__batch_size=100, relabel__batch_size=64,
+                 recover__r_bn=0.05, recover__batch_size=100, relabel__batch_size=64, relabel__pruning_rule="lpld",
                  validate__labels="stored")  # LPLD trains from (pruned) stored labels
 
 @register_preset("lpld_in21k", source="he-y/soft-label-pruning-for-dataset-distillation in21k_recover.sh, LPLD_in21k_[2k].yaml "
@@ -125,6 +125,7 @@ def _lpld_in21k():
                  recover__ipc=10, recover__iterations=2000, recover__lr=0.05, recover__r_bn=0.25,
                  recover__bn_target="class", recover__batch_mode="within-class", recover__batch_size=10,
                  relabel__batch_size=32, relabel__mix="none", relabel__flip=False, relabel__cutout=True,
+                 relabel__pruning_rule="lpld",
                  validate__lr=2e-3)
 
 @register_preset("prism_in1k", source="Brian-Moser/prism recover/data_synthesis.py, relabel_r18.sh, train_FKD_parallel.py "

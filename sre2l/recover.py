@@ -23,14 +23,41 @@ from .runs import (progress, open_stage, write_manifest, save_json, load_json, s
 from .data import (DatasetSpec, data_spec, open_split, cached, ipc_subset, distilled_path, read_distilled,
                         read_image, write_image, sample_crop_boxes, crop_resize, normalize)
 from .models import bn_layers, load_class_bn, load_teacher, load_named_teacher
-from .train import evaluate, to_device, batches
+from .train import evaluate, to_device, batches, open_tracker, Tracker
 
 # %% auto #0
-__all__ = ['MAX_CURVE_POINTS', 'DRAW_CHUNK', 'WorkUnit', 'work_units', 'unit_iterations', 'unit_stats', 'trace_bn_inputs',
-           'has_bn', 'MatchingLoss', 'draw_augmentation', 'stack_draws', 'augment_units', 'bn_targets',
-           'initial_images', 'draw_bn_teachers', 'valid_range', 'to_uint8', 'group_loss', 'draw_steps', 'recover_group',
-           'group_units', 'write_record', 'record_holds', 'unit_name', 'check_teacher', 'GroupRunner', 'run_recover',
-           'import_distilled', 'recovered_vs_real', 'trajectory', 'explorer']
+__all__ = ['MAX_CURVE_POINTS', 'DRAW_CHUNK', 'recover_plain', 'WorkUnit', 'work_units', 'unit_iterations', 'unit_stats',
+           'trace_bn_inputs', 'has_bn', 'MatchingLoss', 'draw_augmentation', 'stack_draws', 'augment_units',
+           'bn_targets', 'initial_images', 'draw_bn_teachers', 'valid_range', 'to_uint8', 'group_loss', 'draw_steps',
+           'recover_group', 'group_units', 'write_record', 'record_holds', 'unit_name', 'check_teacher', 'GroupRunner',
+           'track_curves', 'run_recover', 'import_distilled', 'recovered_vs_real', 'trajectory', 'trajectory_gif',
+           'explorer']
+
+# %% ../nbs/02_recover.ipynb #d0e5c97d
+def recover_plain(teacher: nn.Module,  # frozen teacher in eval mode
+                  labels: torch.Tensor,  # class of each image [n]
+                  x: torch.Tensor,  # starting images, normalised [n, C, H, W]
+                  draws: list,  # per step: (crop box (top, left, height, width) or None, flip, (dy, dx))
+                  spec: DatasetSpec, rc: RecoverConfig) -> torch.Tensor:
+    "SRe2L's recover loop written plainly: hooks, torch.var_mean, Adam, clamp; the final images, normalised."
+    import torchvision.transforms.functional as TF
+    layers, seen = [m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)], []
+    hooks = [m.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0])) for m in layers]
+    mean, std = (torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in (spec.mean, spec.std))
+    x, size = x.clone().requires_grad_(True), x.shape[-1]
+    optimizer = torch.optim.Adam([x], lr=rc.lr, betas=(0.5, 0.9), eps=1e-8)
+    for step, (box, flip, shift) in enumerate(draws):
+        optimizer.param_groups[0]["lr"] = 0.5 * (1 + math.cos(math.pi * step / len(draws))) * rc.lr
+        view = x if box is None else TF.resized_crop(x, *[int(v) for v in box], [size, size], antialias=False)
+        view = torch.roll(view.flip(-1) if flip else view, [int(s) for s in shift], (2, 3))
+        seen.clear(); ce = F.cross_entropy(teacher(view), labels)
+        stats = [torch.var_mean(h, dim=(0, 2, 3), unbiased=False) for h in seen]
+        bn = sum((rc.first_bn_multiplier if k == 0 else 1.0) * ((var - layer.running_var).norm() + (mu - layer.running_mean).norm())
+                 for k, (layer, (var, mu)) in enumerate(zip(layers, stats)))
+        optimizer.zero_grad(); (ce + rc.r_bn * bn).backward(); optimizer.step()
+        with torch.no_grad(): x.clamp_(-mean / std, (1 - mean) / std)  # pixels a real image can have
+    for hook in hooks: hook.remove()
+    return x.detach()
 
 # %% ../nbs/02_recover.ipynb #c92edfef
 @dataclass
@@ -254,7 +281,7 @@ def recover_group(teacher: nn.Module,  # frozen teacher in eval mode (logits and
     snapshots = []
     if matching is None: matching = MatchingLoss(teacher, rc.first_bn_multiplier, rc.precision)
     extras = [MatchingLoss(m, rc.first_bn_multiplier, rc.precision) for m in bn_models if has_bn(m)]
-    for step in range(iterations):
+    for step in progress(range(iterations), desc=f"recover steps, {units} unit{'s' * (units > 1)}", leave=False):
         # the augmentation of the next DRAW_CHUNK steps, drawn in the same order as step by step and moved to the
         # device at once: no host-to-device copy (and so no wait for the GPU) inside the steps
         if step % DRAW_CHUNK == 0: boxes, flips, shifts = draw_steps(gens, rc, spec.resolution, min(DRAW_CHUNK, iterations - step), device)
@@ -400,6 +427,17 @@ def _preflight_images(cfg: RunConfig, spec: DatasetSpec, out: Path):
     preflight(out, images * per_image + units * (curve + 100 * max(1, rc.batch_size)), images + 2 * units,
               f"the {images} images of recover.ipc={rc.ipc}", "free some space, or lower recover.ipc")
 
+# %% ../nbs/02_recover.ipynb #9466f6f2
+def track_curves(tracker, loss_dir: Path):
+    "Send recover's loss curves: the mean over units of the CE and BN terms at each recorded iteration."
+    if tracker.kind == "none": return
+    sums = {}  # iteration -> [CE sum, BN sum, units]; units may differ in length (PRISM's cyclic budget)
+    for file in sorted(Path(loss_dir).glob("*.json")):
+        curve = load_json(file)
+        for k, (ce, bn) in enumerate(zip(curve["ce"], curve["bn"])):
+            total = sums.setdefault(k * curve["every"], [0.0, 0.0, 0]); total[0] += ce; total[1] += bn; total[2] += 1
+    for step in sorted(sums): ce, bn, units = sums[step]; tracker.log({"ce": ce / units, "bn": bn / units, "units": units}, step)
+
 # %% ../nbs/02_recover.ipynb #4866ff67
 def run_recover(cfg: RunConfig, run_dir,
                 shard: tuple | None = None) -> dict:  # (index, count) of this process; default from torchrun's env
@@ -409,6 +447,7 @@ def run_recover(cfg: RunConfig, run_dir,
     if done is not None: return done
     rc = cfg.recover
     shard = check_shard(shard or shard_from_env())
+    tracker = open_tracker(cfg, run_dir, "recover") if shard[0] == 0 else Tracker()  # one process sends the curves
     seed_everything(cfg.seed)
     device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), data_spec(cfg.data)
     out = run_dir / "recover"; image_dir, loss_dir = out / "images", out / "losses"
@@ -423,7 +462,10 @@ def run_recover(cfg: RunConfig, run_dir,
     missing = sum(not record_holds(out, unit_name(u), u.files(image_dir, rc.image_format), store) for u in units)
     if missing:
         log.info("recover: shard %d/%d finished; %d units are left to other shards", shard[0], shard[1], missing)
+        tracker.close()
         return {"stage": "recover", "complete": False, "units_left": missing, "timings": {"seconds": seconds}}
+    if loss_dir.is_dir(): track_curves(tracker, loss_dir)
+    tracker.close()
     distilled = read_distilled(image_dir, rc.ipc, spec.channels, spec.num_classes, workers=cfg.data.workers)
     teacher_acc = evaluate(teacher, to_device(distilled, device), spec, device)["top1"]
     log.info("recover: %d images, teacher top-1 on them %.1f%%", len(distilled), teacher_acc)
@@ -504,6 +546,28 @@ def trajectory(run_dir, unit_file: str | None = None):
                       title=f"{what}: one row every {meta['every']} steps, top to bottom")
     return fig
 
+# %% ../nbs/02_recover.ipynb #2497128f
+def trajectory_gif(run_dir, path, unit_file: str | None = None,
+                   scale: int = 4):  # each pixel drawn as scale x scale (small images stay visible)
+    "An animated GIF of one unit's snapshots, noise to the saved images, each frame labelled with its step."
+    import numpy as np
+    from PIL import Image, ImageDraw
+    from sre2l.runs import resolve_run_dir, load_metadata, load_tensors
+    from sre2l.plots import image_grid, save_gif
+    folder = resolve_run_dir(run_dir) / "recover" / "snapshots"
+    files = sorted(folder.glob("*.safetensors")) if folder.exists() else []
+    if not files: return None
+    file = folder / unit_file if unit_file else files[0]
+    snaps, every = load_tensors(file)["images"], load_metadata(file)["every"]
+    frames = []
+    for k, snap in enumerate(snaps):
+        grid = Image.fromarray(image_grid(snap, nrow=len(snap)).squeeze(-1)).convert("RGB")
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+        frame = Image.new("RGB", (grid.width, grid.height + 14), "white"); frame.paste(grid, (0, 14))
+        ImageDraw.Draw(frame).text((2, 1), "saved images" if k == len(snaps) - 1 else f"step {k * every}", fill="black")
+        frames.append(np.asarray(frame))
+    return save_gif(frames, path)
+
 # %% ../nbs/02_recover.ipynb #43c2b8ac
 def explorer(run_dir, cfg: RunConfig):
     "An ipywidgets viewer of recovered images: class, IPC index and (with snapshots) optimisation step."
@@ -516,17 +580,24 @@ def explorer(run_dir, cfg: RunConfig):
     units = {tuple(m): u for u in work_units(spec.num_classes, cfg.recover.ipc, cfg.recover.batch_size, cfg.recover.batch_mode)
              for m in u.members}
     train = open_split(cfg.data, "train")
-    def show(cls=0, ipc_id=0, step=-1):
+    snap_file = lambda unit: root / "snapshots" / f"unit_{'_'.join(map(str, unit.key[1:]))}.safetensors"
+    first = snap_file(next(iter(units.values())))
+    count = len(load_tensors(first)["images"]) if first.exists() else 0  # snapshots a unit has (0: none kept)
+    every = cfg.recover.snapshot_every
+    def show(cls=0, ipc_id=0, snapshot=count - 1):
         unit = units[(cls, ipc_id)]
-        snap_file = root / "snapshots" / f"unit_{'_'.join(map(str, unit.key[1:]))}.safetensors"
-        if snap_file.exists() and step >= 0:
-            snaps = load_tensors(snap_file)["images"]
-            image = snaps[min(step, len(snaps) - 1), unit.members.index((cls, ipc_id))][None]
-        else: image = read_image(distilled_path(root / "images", cls, ipc_id, cfg.recover.image_format), 0, spec.channels)[None]
+        if count and snap_file(unit).exists() and snapshot < count - 1:  # the last snapshot is the saved image
+            image = load_tensors(snap_file(unit))["images"][snapshot, unit.members.index((cls, ipc_id))][None]
+            what = f"step {snapshot * every}"
+        else:
+            image = read_image(distilled_path(root / "images", cls, ipc_id, cfg.recover.image_format), 0, spec.channels)[None]
+            what = "the saved image"
         real = train.batch(torch.nonzero(train.labels == cls).flatten()[:8])
         fig, axes = plt.subplots(1, 2, figsize=(9, 3), gridspec_kw={"width_ratios": [1, 3]})
-        show_images(image, nrow=1, ax=axes[0], title=f"class {cls}, ipc {ipc_id}")
+        show_images(image, nrow=1, ax=axes[0], title=f"class {cls}, IPC {ipc_id}: {what}")
         show_images(real, nrow=4, ax=axes[1], title="real images of the class"); plt.show()
-    return widgets.interactive(show, cls=widgets.IntSlider(0, 0, spec.num_classes - 1, description="class"),
-                               ipc_id=widgets.IntSlider(0, 0, cfg.recover.ipc - 1, description="IPC index"),
-                               step=widgets.IntSlider(-1, -1, 100, description="snapshot"))
+    sliders = {"cls": widgets.IntSlider(0, 0, spec.num_classes - 1, description="class"),
+               "ipc_id": widgets.IntSlider(0, 0, cfg.recover.ipc - 1, description="IPC index")}
+    if count > 1:  # a step slider only where snapshots exist; it spans exactly those
+        sliders["snapshot"] = widgets.IntSlider(count - 1, 0, count - 1, description="snapshot")
+    return widgets.interactive(show, **sliders)

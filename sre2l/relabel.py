@@ -28,29 +28,39 @@ from .regions import run_regions, teacher_view, check_view
 from .replay import BatchPlan, FORMAT_VERSION, draw_epoch, epoch_complete, epoch_file, load_epoch, official_order, replay_batch, save_epoch, teacher_probs
 
 # %% auto #0
-__all__ = ['combine_logits', 'kept_batches', 'prune_ratio_for', 'teacher_logits', 'store_bytes', 'official_store_bytes',
-           'store_facts', 'run_relabel', 'store_summary', 'label_bytes', 'read_official_batch',
+__all__ = ['combine_logits', 'batches_per_epoch', 'kept_batches', 'prune_ratio_for', 'teacher_logits', 'store_bytes',
+           'official_store_bytes', 'store_facts', 'run_relabel', 'store_summary', 'label_bytes', 'read_official_batch',
            'import_official_labels', 'export_official_labels', 'crop_overlay', 'label_histograms', 'storage_table']
 
 # %% ../nbs/03_relabel.ipynb #0b608098
 def combine_logits(logits: list, rule: str = "frobenius-mean", primary_weight: float = 0.5) -> torch.Tensor:
     "Combine candidate teachers' logits [B, C] (primary first) with one of PRISM's rules."
-    if len(logits) == 1: return logits[0]
     z = torch.stack([l.float() for l in logits])  # [K, B, C]
     if rule == "frobenius-mean":
+        if len(logits) == 1: return logits[0]  # one teacher is its own mean scale
         norms = torch.linalg.vector_norm(z.flatten(1), dim=1)  # [K]
         return (z * (norms.mean() / norms)[:, None, None]).mean(0)
     if rule == "weighted-rownorm":
-        mixed = primary_weight * z[0] + (1 - primary_weight) / (len(z) - 1) * z[1:].sum(0)
+        mixed = z[0] if len(z) == 1 else primary_weight * z[0] + (1 - primary_weight) / (len(z) - 1) * z[1:].sum(0)
         rows = torch.linalg.vector_norm(mixed, dim=1, keepdim=True)
         return mixed * rows.mean() / rows
     raise ConfigError(f"relabel.ensemble must be 'frobenius-mean' or 'weighted-rownorm', got {rule!r}")
 
 # %% ../nbs/03_relabel.ipynb #1351c061
-def kept_batches(num_images: int, batch_size: int, epochs: int, prune_ratio: float = 0.0) -> int:
-    "How many stored batches a pruned relabel generates: floor((1 - r) x epochs x batches per epoch)."
+def batches_per_epoch(num_images: int, batch_size: int, prune_ratio: float = 0.0, rule: str = "exact") -> int:
+    "Stored batches per epoch: every image (ceil), or LPLD's drop_last when it prunes (floor)."
+    if rule == "exact" or prune_ratio == 0: return math.ceil(num_images / batch_size)
+    if num_images < batch_size:
+        raise Sre2lError(f"relabel.pruning_rule=lpld drops the partial last batch, and {num_images} images make no "
+                         f"full batch of {batch_size}; lower relabel.batch_size or use relabel.pruning_rule=exact")
+    return num_images // batch_size
+
+# %% ../nbs/03_relabel.ipynb #5e67ee5b
+def kept_batches(num_images: int, batch_size: int, epochs: int, prune_ratio: float = 0.0, rule: str = "exact") -> int:
+    "How many stored batches a pruned relabel generates, by the kit's rule or LPLD's (see above)."
     if not 0 <= prune_ratio < 1: raise ConfigError(f"relabel.prune_ratio must be in [0, 1), got {prune_ratio}")
-    total = epochs * math.ceil(num_images / batch_size)
+    total = epochs * batches_per_epoch(num_images, batch_size, prune_ratio, rule)
+    if rule == "lpld": return max(1, int(total * (1 - prune_ratio)))  # LPLD's int(): 23.999... keeps 23
     return max(1, math.floor(round((1 - prune_ratio) * total, 6)))
 
 def prune_ratio_for(compression: float) -> float:
@@ -84,11 +94,11 @@ def _epoch_parts(num_images: int, num_classes: int, batch_size: int, keep: int, 
     augmentation = images * (8 + 16 + 1 + 8 + (28 if cutout else 0)) + keep * (4 + 16)
     return {"labels": labels, "augmentation": augmentation, "format": total - labels - augmentation}
 
-def store_bytes(num_images: int, num_classes: int, epochs: int, batch_size: int,
-                prune_ratio: float = 0.0, topk: int = 0, cutout: bool = False) -> dict:
+def store_bytes(num_images: int, num_classes: int, epochs: int, batch_size: int, prune_ratio: float = 0.0,
+                topk: int = 0, cutout: bool = False, rule: str = "exact") -> dict:  # rule: relabel.pruning_rule
     "Predicted bytes of the kit's label store, by part (labels, augmentation, format) and in total."
-    per_epoch = math.ceil(num_images / batch_size)
-    kept = kept_batches(num_images, batch_size, epochs, prune_ratio)
+    per_epoch = batches_per_epoch(num_images, batch_size, prune_ratio, rule)
+    kept = kept_batches(num_images, batch_size, epochs, prune_ratio, rule)
     full, rest = divmod(kept, per_epoch)
     parts = dict.fromkeys(("labels", "augmentation", "format"), 0)
     def add(count, keep, epoch):  # `count` epochs of `keep` batches whose numbers have as many digits as `epoch`
@@ -101,7 +111,7 @@ def store_bytes(num_images: int, num_classes: int, epochs: int, batch_size: int,
 
 # %% ../nbs/03_relabel.ipynb #d9ffd19b
 def official_store_bytes(num_images: int, num_classes: int, epochs: int, batch_size: int,
-                         mix: bool = True, prune_ratio: float = 0.0) -> int:
+                         mix: bool = True, prune_ratio: float = 0.0, rule: str = "exact") -> int:
     "Predicted bytes of the official epoch_*/batch_*.tar layout (torch.save of each batch's list)."
     def file_bytes(n):
         content = [torch.zeros(n, 4), torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.long) if mix else None,
@@ -109,20 +119,21 @@ def official_store_bytes(num_images: int, num_classes: int, epochs: int, batch_s
         with tempfile.TemporaryDirectory() as folder:
             torch.save(content, Path(folder) / "batch_0.tar")
             return (Path(folder) / "batch_0.tar").stat().st_size
-    per_epoch = math.ceil(num_images / batch_size)
-    last = num_images - (per_epoch - 1) * batch_size
-    full, rest = divmod(kept_batches(num_images, batch_size, epochs, prune_ratio), per_epoch)
+    per_epoch = batches_per_epoch(num_images, batch_size, prune_ratio, rule)
+    last = min(batch_size, num_images - (per_epoch - 1) * batch_size)  # LPLD's pruned epochs have no partial batch
+    full, rest = divmod(kept_batches(num_images, batch_size, epochs, prune_ratio, rule), per_epoch)
     epoch = (per_epoch - 1) * file_bytes(batch_size) + file_bytes(last)
     return full * epoch + rest * file_bytes(batch_size)
 
 # %% ../nbs/03_relabel.ipynb #a831a0c0
 def store_facts(cfg: RunConfig, spec: DatasetSpec, num_images: int, image_dir, stored_batches: int, **extra) -> dict:
     "The manifest facts of a label store."
-    rl, per_epoch = cfg.relabel, math.ceil(num_images / cfg.relabel.batch_size)
+    rl = cfg.relabel
+    per_epoch = batches_per_epoch(num_images, rl.batch_size, rl.prune_ratio, rl.pruning_rule)
     return {"format": FORMAT_VERSION, "images": num_images, "image_list_sha256": image_list_hash(image_dir),
             "batch_size": rl.batch_size, "epochs": rl.epochs, "input_size": spec.resolution,
             "batches_per_epoch": per_epoch, "stored_batches": stored_batches, "complete_epochs": stored_batches // per_epoch,
-            "prune_ratio": rl.prune_ratio, "seed": cfg.seed, "order": rl.order,
+            "prune_ratio": rl.prune_ratio, "pruning_rule": rl.pruning_rule, "seed": cfg.seed, "order": rl.order,
             "crop_scale": [rl.crop_scale_min, rl.crop_scale_max], "flip": rl.flip,
             "cutout": rl.cutout_size if rl.cutout else None,
             "mix": {"type": rl.mix, "cutmix_alpha": rl.cutmix_alpha, "mixup_alpha": rl.mixup_alpha},
@@ -181,12 +192,12 @@ def _run_fkd_mix(cfg: RunConfig, run_dir: Path, teacher, spec, device, shard: tu
     label = lambda plan: combine_logits([teacher_logits(t, replay_batch(images, plan, spec, view["size"], device,
                                                                        (view["mean"], view["std"])))
                                          for t in [teacher, *candidates]], rl.ensemble, rl.primary_weight)
-    per_epoch = math.ceil(len(images) / rl.batch_size)
-    kept = kept_batches(len(images), rl.batch_size, rl.epochs, rl.prune_ratio)
+    per_epoch = batches_per_epoch(len(images), rl.batch_size, rl.prune_ratio, rl.pruning_rule)
+    kept = kept_batches(len(images), rl.batch_size, rl.epochs, rl.prune_ratio, rl.pruning_rule)
     stored_epochs = math.ceil(kept / per_epoch)
     start, label_dir, store = time.perf_counter(), out / "labels", hash_json(stage_config(cfg, "relabel"))
     predicted = store_bytes(len(images), spec.num_classes, rl.epochs, rl.batch_size, rl.prune_ratio,
-                            rl.topk if rl.logits == "topk" else 0, rl.cutout)
+                            rl.topk if rl.logits == "topk" else 0, rl.cutout, rl.pruning_rule)
     existing = sum(f.stat().st_size for f in label_dir.glob("epoch_*.safetensors")) if label_dir.is_dir() else 0
     preflight(out, max(0, predicted["total"] - existing), stored_epochs, "the label store", "free some space, prune "
               "labels (relabel.prune_ratio) or store top-k logits (relabel.logits=topk)")  # before any loop or write
@@ -195,7 +206,7 @@ def _run_fkd_mix(cfg: RunConfig, run_dir: Path, teacher, spec, device, shard: tu
     log.info("relabel: %d of %d epochs to generate (%d of %d batches kept)", len(todo), stored_epochs, kept, rl.epochs * per_epoch)
     topk = rl.topk if rl.logits == "topk" else 0
     for epoch in progress(todo, status=out / "progress.json", desc="relabel epochs"):
-        plans = draw_epoch(len(images), epoch, rl, spec.resolution, cfg.seed)[: kept - epoch * per_epoch]
+        plans = draw_epoch(len(images), epoch, rl, spec.resolution, cfg.seed)[:per_epoch][: kept - epoch * per_epoch]
         if shard[1] > 1: _label_epoch_share(plans, epoch, label_dir, label, topk, shard, store); continue
         ticket = out / "claims" / f"epoch_{epoch:04d}.claim"
         held = claim(ticket)
@@ -348,6 +359,8 @@ def crop_overlay(run_dir, cfg: RunConfig, image: int = 0,  # index in the distil
                                    ls="--" if plan.flips[i] else "-"))
             ax.text(1, 1 + side + 1.5 * (e + 1) * side / 12, text, color=colour, fontsize=8, va="top")
     ax.set_ylim(side * (1 + (epochs + 1) / 8) + 2, 0)
+    ax.figure.text(0.5, 0.01, "eK: the crop stored in epoch K, its top classes and their probabilities (dashed: flipped)",
+                   ha="center", fontsize=7)
     return ax.figure
 
 # %% ../nbs/03_relabel.ipynb #6e0da7dc

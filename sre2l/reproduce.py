@@ -33,8 +33,8 @@ from .tables import Cell, TableSpec, get_table, pruned
 __all__ = ['H100', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'WAIT_SECONDS', 'CellRun', 'stage_key', 'plan_table', 'Rates', 'model_cost',
            'split_sizes', 'stage_work', 'predict_cost', 'calibrate', 'rates_file', 'load_rates', 'duration', 'finished',
            'plan_report', 'find_stages', 'link_stages', 'reproduce', 'pruning_table', 'pruning_curve', 'gather',
-           'summarise', 'render_markdown', 'render_latex', 'render_csv', 'images_figure', 'pruning_figure',
-           'storage_figure', 'write_report']
+           'summarise', 'rank', 'render_rankings', 'render_markdown', 'render_latex', 'render_csv', 'images_figure',
+           'pruning_figure', 'storage_figure', 'write_report']
 
 # %% ../nbs/05_reproduce.ipynb #a6ce977f
 @dataclass
@@ -185,7 +185,7 @@ def _validate_work(w: _Shape) -> dict:
 def _kept(images: int, l) -> int:
     "Stored batches of a relabel store (the kit's pruning rule)."
     from sre2l.relabel import kept_batches
-    return kept_batches(images, l.batch_size, l.epochs, l.prune_ratio)
+    return kept_batches(images, l.batch_size, l.epochs, l.prune_ratio, l.pruning_rule)
 
 def stage_work(cfg: RunConfig, rates: Rates) -> dict:
     "{stage: {'compute': s, 'decode': s}} of one run on the machine `rates` describes (stages it does not need: 0)."
@@ -208,7 +208,7 @@ def predict_cost(cfg: RunConfig, rates: Rates | None = None) -> dict:
         labelled = split_sizes(cfg)[0] if l.images == "train" else images
         label_bytes = region_store_bytes(labelled, l.num_crops, l.label_type, l.shard_images)
     else: label_bytes = store_bytes(images, spec.num_classes, l.epochs, l.batch_size, l.prune_ratio,
-                                    l.topk if l.logits == "topk" else 0)["total"]
+                                    l.topk if l.logits == "topk" else 0, l.cutout, l.pruning_rule)["total"]
     per_image = spec.resolution ** 2 * spec.channels * (0.25 if r.image_format == "jpg" else 0.8)
     label_bytes = label_bytes if "relabel" in stages_needed(cfg) else 0
     return {"seconds": {k: combine(w["compute"], w["decode"]) for k, w in work.items()},
@@ -578,6 +578,7 @@ def gather(runs: list[CellRun], failed: dict | None = None) -> list[dict]:
         if relabel: row["label_bytes"] = label_bytes(relabel)
         if validate:
             row["top1"] = validate["metrics"]["test_top1"]
+            row["best_top1"] = validate["metrics"].get("best_test_top1", row["top1"])  # DD-Ranking's accuracy
             if "test_top5" in validate["metrics"]: row["top5"] = validate["metrics"]["test_top5"]
             if "seconds_per_epoch" in validate["timings"]: row["seconds_per_epoch"] = validate["timings"]["seconds_per_epoch"]
         else:
@@ -605,6 +606,37 @@ def summarise(spec: TableSpec, rows: list[dict]) -> list[dict]:
                  "seconds_per_epoch": statistics.mean(s) if (s := [r["seconds_per_epoch"] for r in mine if "seconds_per_epoch" in r]) else None}
         out.append(entry)
     return out
+
+# %% ../nbs/05_reproduce.ipynb #893c7e07
+def rank(spec: TableSpec, rows: list[dict]) -> list[dict]:
+    "DD-Ranking's IOR, HLR (points) and LRS of each `spec.rankings` cell: per seed from best test top-1, then mean, std."
+    from sre2l.validate import dd_ranking_scores
+    best = {(r["row"], r["column"], r["seed"]): r["best_top1"] for r in rows if "best_top1" in r}
+    out = []
+    for ranking in spec.rankings:
+        per_seed = []
+        for seed in spec.seeds:
+            got = [best.get((*getattr(ranking, k), seed)) for k in ("cell", "random", "hard", "full")]
+            if None not in got: per_seed.append(dd_ranking_scores(got[0], got[1], got[2], got[3]))
+        entry = {"row": ranking.cell[0], "column": ranking.cell[1], "seeds": len(per_seed)}
+        for key in ("IOR", "HLR", "LRS"):
+            values = [s[key] for s in per_seed]
+            entry[key] = statistics.mean(values) if values else None
+            entry[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else None  # DD-Ranking: population std
+        out.append(entry)
+    return out
+
+def render_rankings(scores: list[dict]) -> str:
+    "The DD-Ranking scores as a Markdown table, with what they are."
+    if not scores: return ""
+    cell = lambda e, k, d: _number(e[k], e[f"{k}_std"], d) if e[k] is not None else "not run"
+    lines = ["### DD-Ranking scores", "", "From each student's best test top-1 (DD-Ranking's accuracy): IOR = distilled minus "
+             "random real subset, same protocol; HLR = whole training split minus distilled images, both with hard labels "
+             "(points; lower is better); LRS = (e^a - e^-1)/(e - e^-1) with a = (IOR - HLR)/200, from fractions. Mean +- "
+             "population std over seeds.", "", "| row | column | IOR | HLR | LRS | seeds |", "|---|---|---|---|---|---|"]
+    lines += [f"| {e['row']} | {e['column']} | {cell(e, 'IOR', 2)} | {cell(e, 'HLR', 2)} | {cell(e, 'LRS', 3)} | {e['seeds']} |"
+              for e in scores]
+    return "\n".join(lines) + "\n"
 
 # %% ../nbs/05_reproduce.ipynb #d627fd30
 def _number(value, std=None, digits=2) -> str:
@@ -732,7 +764,10 @@ def storage_figure(summary: list[dict]):
     ax.bar(x - 0.2 * paper, [e["label_bytes"] or 0 for e in entries], 0.4, label="kit store (measured)")
     if paper:
         ax.bar(x + 0.2, [(e["paper_label_gb"] or 0) * 1e9 for e in entries], 0.4, label="paper")
-    ax.set_yscale("log"); ax.set_ylabel("label bytes"); ax.legend(fontsize=8)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    ax.set_yscale("log"); ax.set_ylabel("label storage"); ax.legend(fontsize=8)
+    ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 10 kB, 20 kB, 50 kB, 100 kB, ...
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v))); ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks(x); ax.set_xticklabels([f"{e['row']}\n{e['column']}" for e in entries], rotation=60, ha="right", fontsize=6)
     fig.tight_layout()
     return fig
@@ -756,11 +791,13 @@ def write_report(spec: TableSpec, runs: list[CellRun], out_dir="figures/tables",
         pictures.append(f"![{name}]({name}.png)")
     done = sum(e["measured"] is not None for e in summary)
     note = f"{done} of {len(summary)} cells measured; seeds {', '.join(map(str, sorted({r.seed for r in runs})))}."
-    texts = {f"{spec.name}.md": render_markdown(spec, summary, note) + ("\n" + "\n\n".join(pictures) + "\n" if pictures else ""),
+    scores = rank(spec, rows)
+    texts = {f"{spec.name}.md": render_markdown(spec, summary, note) + ("\n" + render_rankings(scores) if scores else "")
+             + ("\n" + "\n\n".join(pictures) + "\n" if pictures else ""),
              f"{spec.name}.tex": render_latex(spec, summary), f"{spec.name}.csv": render_csv(summary)}
     for name, text in texts.items():
         with atomic_write(out / name, "w") as f: f.write(text)
-    report = {"table": spec.name, "title": spec.title, "cells": summary, "runs": rows,
+    report = {"table": spec.name, "title": spec.title, "cells": summary, "runs": rows, "rankings": scores,
               "failed": dict(sorted((failed or {}).items())), "measured": done}
     save_json(out / "results.json", report)
     report["folder"] = str(out)

@@ -16,7 +16,8 @@ from .core import RunConfig, log, pick_device, generator, seed_everything
 from .runs import progress, open_stage, write_manifest, save_json
 from .data import ImageSet, DatasetSpec, data_spec, open_split, cached
 from .models import create_model, load_checkpoint, save_model, ClassBNStats, save_class_bn, model_input
-from .train import make_batches, to_device, augment, epoch_factor, param_groups, make_optimizer, evaluate, write_history
+from .train import (make_batches, to_device, augment, epoch_factor, param_groups, make_optimizer, evaluate,
+                         write_history, open_tracker)
 
 # %% auto #0
 __all__ = ['train_classifier', 'collect_class_bn', 'teacher_spec', 'run_squeeze']
@@ -25,7 +26,8 @@ __all__ = ['train_classifier', 'collect_class_bn', 'teacher_spec', 'run_squeeze'
 def train_classifier(model: nn.Module, train: ImageSet, spec: DatasetSpec, cfg, device, seed: int = 0,
                      test: ImageSet | None = None, label: str = "squeeze",
                      workers: int = -1,  # processes decoding a training set on disk
-                     status=None) -> list[dict]:  # progress.json to keep up to date (see sre2l.runs.progress)
+                     status=None,  # progress.json to keep up to date (see sre2l.runs.progress)
+                     tracker=None) -> list[dict]:  # a `Tracker` that gets each epoch's row
     "Train with cross-entropy using the recipe in `cfg` (a SqueezeConfig); returns per-epoch history."
     groups = param_groups(model, cfg.weight_decay, decay_all=True)
     optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
@@ -44,6 +46,7 @@ def train_classifier(model: nn.Module, train: ImageSet, spec: DatasetSpec, cfg, 
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total.item() / max(steps, 1)}
         if test is not None and epoch == cfg.epochs - 1: row.update({f"test_{k}": v for k, v in evaluate(model, test, spec, device).items()})
         history.append(row)
+        if tracker is not None: tracker.log(row, epoch)
     return history
 
 # %% ../nbs/01_squeeze.ipynb #91373e33
@@ -73,6 +76,7 @@ def run_squeeze(cfg: RunConfig, run_dir) -> dict:
     run_dir, done = open_stage(run_dir, "squeeze", cfg)
     if done is not None: return done
     sc, dc = cfg.squeeze, cfg.data
+    tracker = open_tracker(cfg, run_dir, "squeeze")  # a missing package or key is refused before any work
     seed_everything(sc.seed)
     device, spec, out = pick_device(cfg.device), data_spec(dc), run_dir / "squeeze"
     test = to_device(cached(open_split(dc, "test"), dc.cache_bytes, dc.workers), device)
@@ -84,7 +88,7 @@ def run_squeeze(cfg: RunConfig, run_dir) -> dict:
     train = to_device(cached(open_split(dc, "train"), dc.cache_bytes, dc.workers), device) \
         if needs_train or sc.class_bn != "none" else None
     if needs_train: history = train_classifier(model, train, spec, sc, device, sc.seed, workers=dc.workers,
-                                               status=out / "progress.json")
+                                               status=out / "progress.json", tracker=tracker)
     timings["train_seconds"] = time.perf_counter() - start
     model.eval().requires_grad_(False)
     metrics = {f"test_{k}": v for k, v in evaluate(model, test, spec, device, workers=dc.workers).items()}
@@ -99,6 +103,7 @@ def run_squeeze(cfg: RunConfig, run_dir) -> dict:
     save_json(out / "metrics.json", metrics)
     if history: write_history(out / "history.csv", history); artifacts.append("history.csv")
     timings["total_seconds"] = time.perf_counter() - began
+    tracker.close()
     return write_manifest(out, "squeeze", cfg, artifacts, timings=timings,
                           extra={"metrics": metrics, "dataset": {"name": spec.name, "mean": spec.mean, "std": spec.std,
                                                                  "num_classes": spec.num_classes, "resolution": spec.resolution},

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .core import Registry
 
 # %% auto #0
-__all__ = ['TABLES', 'Cell', 'TableSpec', 'register_table', 'list_tables', 'get_table', 'pruned']
+__all__ = ['TABLES', 'Cell', 'Ranking', 'TableSpec', 'register_table', 'list_tables', 'get_table', 'pruned']
 
 # %% ../nbs/05b_tables.ipynb #29883b55
 @dataclass(frozen=True)
@@ -31,6 +31,14 @@ class Cell:
         "A folder-safe name made of the row and column."
         return re.sub(r"[^a-z0-9]+", "-", f"{self.row} {self.column}".lower()).strip("-")
 
+@dataclass(frozen=True)
+class Ranking:
+    "DD-Ranking's scores of one distilled cell, from the cells of its table that hold the other students."
+    cell: tuple  # (row, column): the distilled set under the method's own protocol
+    random: tuple  # (row, column): a random real subset of the same size, the same protocol
+    hard: tuple  # (row, column): the distilled images with hard labels and cross-entropy
+    full: tuple  # (row, column): the whole training split with hard labels
+
 @dataclass
 class TableSpec:
     "A paper table: its cells, the seeds each cell runs with, and what it reproduces."
@@ -41,6 +49,7 @@ class TableSpec:
     about: str = ""  # one paragraph: what the table shows and what differs from the paper
     imagefolder: dict | None = None  # make_imagefolder settings of the folder the cells read, made if missing
     speed: bool = False  # also report the students' seconds per epoch (for tables that compare the cost of labels)
+    rankings: tuple = ()  # `Ranking`s: DD-Ranking's IOR, HLR and LRS of distilled cells, written under the table
 
 TABLES = Registry("table")  # {name: function returning its TableSpec}
 
@@ -78,6 +87,21 @@ def _fashion_cells(ipcs, extra=(), budgets=(1, 10, 40)) -> list:
                  (*extra, f"recover.ipc={ipc}", *changes, *pruned(budget)), source="kit table (no paper value)")
             for ipc in ipcs for method, (preset, changes) in methods.items() for budget in budgets]
 
+def _fashion_rankings(ipcs, extra=(), budgets=(1, 10, 40), full_epochs: int = 10) -> tuple[list, tuple]:
+    "DD-Ranking's extra students (hard labels on each image set, one on the whole split) and the rankings they give."
+    methods = {"random real": ("fashion-mnist", ("recover.method=real",)), "SRe2L": ("fashion-mnist", ()),
+               "LPLD (class BN)": ("lpld_fashion-mnist", ())}
+    hard = ("validate.labels=hard", "validate.loss=ce")
+    cells = [Cell(f"IPC {ipc}, {method}", "hard labels", preset, (*extra, f"recover.ipc={ipc}", *changes, *hard),
+                  source="kit table (no paper value)") for ipc in ipcs for method, (preset, changes) in methods.items()]
+    cells.append(Cell("whole training split", "hard labels", "fashion-mnist",
+                      (*extra, "validate.images=train", *hard, f"validate.epochs={full_epochs}", f"validate.eval_every={full_epochs}"),
+                      source="kit table (no paper value)"))
+    column = lambda b: f"{b}x labels" if b > 1 else "full labels"
+    rankings = tuple(Ranking((f"IPC {ipc}, {m}", column(b)), (f"IPC {ipc}, random real", column(b)), (f"IPC {ipc}, {m}", "hard labels"),
+                             ("whole training split", "hard labels")) for ipc in ipcs for m in ("SRe2L", "LPLD (class BN)") for b in budgets)
+    return cells, rankings
+
 @register_table("lesson")
 def _lesson():
     tiny = ("squeeze.epochs=10", "recover.ipc=5", "recover.iterations=100", "relabel.epochs=20", "validate.epochs=20",
@@ -98,17 +122,23 @@ def _demo_table():
 @register_table("fashion_mnist_ci")
 def _fashion_mnist_ci():
     small = ("squeeze.epochs=1", "recover.iterations=100", "relabel.epochs=20", "validate.epochs=20", "validate.eval_every=20")
+    extra, rankings = _fashion_rankings([10], small, budgets=(1, 40), full_epochs=1)
     return TableSpec("fashion_mnist_ci", "Fashion-MNIST, CI size: random real vs SRe2L vs LPLD, full vs 40x labels",
-                     _fashion_cells([10], small, budgets=(1, 40)),
-                     about="The Fashion-MNIST table with one teacher epoch, 100 recovery steps and 20 student epochs, "
-                           "so that CI can run it; see `fashion_mnist` for the real one.")
+                     _fashion_cells([10], small, budgets=(1, 40)) + extra, rankings=rankings,
+                     about="The Fashion-MNIST table with one teacher epoch, 100 recovery steps and 20 student epochs "
+                           "(one pass for the whole-split student of DD-Ranking's HLR), so that CI can run it; see "
+                           "`fashion_mnist` for the real one.")
 
 @register_table("fashion_mnist")
 def _fashion_mnist_table():
+    extra, rankings = _fashion_rankings([10, 50], ("validate.eval_every=100",))
     return TableSpec("fashion_mnist", "Fashion-MNIST: random real vs SRe2L vs LPLD class-BN images, full vs 10x vs 40x labels",
-                     _fashion_cells([10, 50], ("validate.eval_every=100",)), seeds=(0, 1, 2),
+                     _fashion_cells([10, 50], ("validate.eval_every=100",)) + extra, seeds=(0, 1, 2), rankings=rankings,
                      about="ConvNet teacher and student (the fashion-mnist presets), 100 student epochs, 3 seeds; "
-                           "`sre2l reproduce fashion_mnist` runs it on a CPU in about 1.5 hours.")
+                           "`sre2l reproduce fashion_mnist` runs it on a CPU in about 1.5 hours, plus the students of "
+                           "DD-Ranking's scores: hard labels on each image set, and 10 passes over the whole training "
+                           "split. Students are tested once, after their last epoch, so DD-Ranking's best test top-1 is "
+                           "the final one; DD-Ranking's learning-rate grid is not run.")
 
 def _rehearsal(classes: int, per_class: tuple, ipc: int, epochs: dict, iterations: int) -> list:
     "The sre2l_in1k and lpld_in1k recipes on an imagenet-shape folder, full and 40x labels, with scaled-down lengths."
@@ -118,14 +148,16 @@ def _rehearsal(classes: int, per_class: tuple, ipc: int, epochs: dict, iteration
               f"recover.ipc={ipc}", f"recover.iterations={iterations}", f"relabel.epochs={epochs['labels']}",
               f"validate.epochs={epochs['student']}", f"validate.eval_every={epochs['eval_every']}")
     recipes = {"SRe2L: global BN, cross-class batches": ("sre2l_in1k", ()),
-               "LPLD: class BN, one class per batch": ("lpld_in1k", (f"recover.batch_size={ipc}",))}
+               "LPLD: class BN, one class per batch": ("lpld_in1k", (f"recover.batch_size={ipc}",  # LPLD's pruning drops a
+                                                                     f"relabel.batch_size={min(128, classes * ipc)}"))}  # partial batch
     return [Cell(name, f"{c}x labels" if c > 1 else "full labels", preset, (*common, *extra, *pruned(c)),
                  source="kit rehearsal on an ImageNet-shaped folder (no paper value)")
             for name, (preset, extra) in recipes.items() for c in (1, 40)]
 
 _REHEARSAL = ("The shapes of the sre2l_in1k and lpld_in1k recipes on a folder the kit writes (`make-imagefolder`): a "
               "torchvision ResNet-18 teacher trained briefly on it, 224 px, recover with 100 classes per batch (SRe2L) "
-              "and one class per batch on class-BN statistics (LPLD), relabel with CutMix (batch 1024 and LPLD's 128) "
+              "and one class per batch on class-BN statistics (LPLD), relabel with CutMix (batch 1024 and LPLD's 128, or the "
+              "whole set where it is smaller, since LPLD's pruning drops a partial batch) "
               "and a 40x-pruned store, ResNet-18 students tested with resize 256 / centre crop 224. Teacher epochs, "
               "recovery iterations, stored epochs and student epochs are scaled down ({}); the numbers show that every "
               "path runs at ImageNet's shape, not what the recipes reach.")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import dataclasses
 import os
 import time
@@ -24,14 +25,15 @@ from .runs import (progress, open_stage, require_stage, write_manifest, save_jso
 from .data import (ImageSet, FileLoader, data_spec, open_split, cached, read_distilled, image_list_hash,
                         sample_crop_boxes, normalize)
 from .models import create_model, save_model, load_teacher
-from .train import evaluate, epoch_factor, param_groups, make_optimizer, write_history, to_device, place_images
+from .train import (evaluate, epoch_factor, param_groups, make_optimizer, write_history, to_device, place_images,
+                         open_tracker)
 from .replay import load_epoch, epoch_file, replay_batch, teacher_probs, BatchPlan, draw_epoch, cutmix_box
 from .regions import RegionStore, recover_labels, resample_crops, teacher_view
 
 # %% auto #0
 __all__ = ['LOSSES', 'kd_loss', 'keep_top_logits', 'student_loss', 'pool_schedule', 'check_store', 'save_training_state',
            'load_training_state', 'store_batches', 'online_batches', 'train_student', 'region_batches', 'split_crops',
-           'mix_batch', 'split_batches', 'batch_source', 'run_validate']
+           'mix_batch', 'split_batches', 'batch_source', 'run_validate', 'dd_ranking_map', 'dd_ranking_scores']
 
 # %% ../nbs/04_validate.ipynb #16295401
 def kd_loss(student_logits: torch.Tensor, target,  # stored fp16 logits, or (top-k values, indices)
@@ -76,8 +78,10 @@ def pool_schedule(manifest: dict, vc, seed: int) -> list[list[tuple[int, int]]]:
         return [[k for k in keys if k[0] == p] for p in picks]
     if vc.pool_granularity != "batch":
         raise ConfigError(f"validate.pool_granularity must be 'epoch' or 'batch', got {vc.pool_granularity!r}")
-    def full(b):  # LPLD: a partial last batch of its epoch is replaced by the batch before it
-        return b - 1 if not last_full and b % per_epoch == per_epoch - 1 and per_epoch > 1 else b
+    always = manifest.get("pruning_rule") == "lpld"  # LPLD's trainer replaces every last batch, full or not
+    def full(b):  # the last batch of its stored epoch is replaced by the batch before it
+        last = b % per_epoch == per_epoch - 1 and per_epoch > 1
+        return b - 1 if last and (always or not last_full) else b
     if vc.pool_metric == "order": return [[keys[full((e * per_epoch + i) % stored)] for i in range(per_epoch)] for e in range(vc.epochs)]
     if vc.pool_metric != "random": raise ConfigError(f"validate.pool_metric must be 'order' or 'random', got {vc.pool_metric!r}")
     return [[keys[full(int(b))] for b in torch.randint(stored, (per_epoch,), generator=generator(seed, "label-pool", e))]
@@ -188,7 +192,8 @@ def train_student(student: nn.Module,
                   test=None,  # real test split, evaluated every vc.eval_every epochs
                   checkpoint=None,  # checkpoint file: resumed from when present, written every vc.checkpoint_every epochs
                   checkpoint_key: str = "",  # configuration hash a checkpoint must carry to be resumed
-                  status=None) -> list[dict]:  # progress.json to keep up to date (see sre2l.runs.progress)
+                  status=None,  # progress.json to keep up to date (see sre2l.runs.progress)
+                  tracker=None) -> list[dict]:  # a `Tracker` that gets each epoch's row
     "Train `student` on a batch source; returns per-epoch history. Under torch.distributed each rank takes its slice."
     if vc.channels_last: student.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(vc.optimizer, param_groups(student, vc.weight_decay, vc.decay_bn_bias), vc.lr, vc.momentum)
@@ -211,6 +216,7 @@ def train_student(student: nn.Module,
         if test is not None and rank == 0 and ((epoch + 1) % vc.eval_every == 0 or epoch == vc.epochs - 1):
             row.update({f"test_{k}": v for k, v in evaluate(student, test, spec, device, vc.eval_batch_size).items()})
         history.append(row)
+        if tracker is not None: tracker.log(row, epoch)
         if checkpoint is not None and rank == 0 and vc.checkpoint_every > 0 and (epoch + 1) % vc.checkpoint_every == 0 \
                 and epoch + 1 < vc.epochs:
             save_training_state(checkpoint, checkpoint_key, epoch + 1, student, optimizer, history)
@@ -325,6 +331,7 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     run_dir, done = open_stage(run_dir, "validate", cfg)
     if done is not None: return done
     vc, out = cfg.validate, run_dir / "validate"
+    tracker = open_tracker(cfg, run_dir, "validate")  # rank 0 only; refused before any work when it cannot start
     seed_everything(cfg.seed)
     rank, world = shard_from_env()
     device, spec = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), data_spec(cfg.data)
@@ -337,8 +344,9 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
                  small_input=vc.small_input)
     student, start = create_model(**build).to(device), time.perf_counter()
     history = train_student(student, batches, vc, device, spec, test, out / "checkpoint.pt",
-                            hash_json(stage_config(cfg, "validate")), out / "progress.json")
+                            hash_json(stage_config(cfg, "validate")), out / "progress.json", tracker)
     seconds = time.perf_counter() - start
+    tracker.close()
     if rank > 0: dist.barrier(); return {"stage": "validate", "rank": rank}  # rank 0 writes the results
     epoch_seconds = [s for r in history if (s := r.pop("seconds", None)) is not None]  # timings: run records, not results
     tested = [r for r in history if "test_top1" in r]
@@ -356,3 +364,20 @@ def run_validate(cfg: RunConfig, run_dir) -> dict:
     (out / "checkpoint.pt").unlink(missing_ok=True)  # the finished student replaces it
     if world > 1: dist.barrier()
     return manifest
+
+# %% ../nbs/04_validate.ipynb #cbc1183b
+def dd_ranking_map(x: float) -> float:
+    "DD-Ranking's map of a fractional gap to a score: (e^x - e^-1) / (e - e^-1); -1 -> 0, 0 -> 0.27, 1 -> 1."
+    return (math.exp(x) - math.exp(-1)) / (math.e - math.exp(-1))
+
+def dd_ranking_scores(distilled: float, random: float,  # top-1 (%) of the method's own protocol on each image set
+                      distilled_hard: float, full_hard: float,  # top-1 (%) with hard labels: distilled set, full data
+                      aug: tuple | None = None,  # (distilled, random) top-1 (%) with the training augmentation, for ARS
+                      no_aug: tuple | None = None,  # (distilled, random) top-1 (%) without it
+                      w: float = 0.5, gamma: float = 0.5) -> dict:
+    "One run's IOR and HLR (points) and LRS (and ARS when given both pairs), computed from fractions."
+    ior, hlr = distilled - random, full_hard - distilled_hard
+    scores = {"IOR": ior, "HLR": hlr, "LRS": dd_ranking_map((w * ior - (1 - w) * hlr) / 100)}
+    if aug and no_aug:
+        scores["ARS"] = dd_ranking_map((gamma * (aug[0] - aug[1]) + (1 - gamma) * (no_aug[0] - no_aug[1])) / 100)
+    return scores

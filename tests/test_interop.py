@@ -51,7 +51,8 @@ def test_imported_batches_replay_to_the_official_logits(imported):
         assert sorted(torch.cat([p.indices for p, _ in stored]).tolist()) == list(range(100))
         for plan, logits in stored[:2]:
             with torch.no_grad(): fresh = teacher(replay_batch(images, plan, spec, 224))
-            assert (fresh - logits.float()).abs().max() < 0.02  # fp16 storage, PIL vs grid-sample interpolation
+            scale = logits.float().std()  # the bound is relative: the difference grows with the logits' scale
+            assert (fresh - logits.float()).abs().max() < 0.01 * scale  # fp16 storage, PIL vs grid-sample resizing
             wrong = plan.__class__(plan.indices.roll(1), *list(plan.__dict__.values())[1:])
             with torch.no_grad(): assert (teacher(replay_batch(images, wrong, spec, 224)) - logits.float()).abs().max() > 0.1
 

@@ -268,3 +268,62 @@ def test_gpu_runs_agree_within_the_documented_tolerance(tmp_path):
     assert (a - b).abs().max().item() <= GPU_PIXEL_TOLERANCE
     one, three = (read_manifest(tmp_path / n / "relabel")["artifacts"] for n in ("one", "three"))
     assert {k: v["sha256"] for k, v in one.items()} == {k: v["sha256"] for k, v in three.items()}
+
+
+def lpld_relabel_loop(n: int, b: int, e: int, r: float) -> tuple[int, int]:
+    "(batches its trainer can read, batches written) by LPLD's generate_soft_label_pruning.py loop, step by step."
+    per_epoch = n // b if r > 0 else -(-n // b)  # its DataLoader drops the partial last batch when pruning
+    total = int(e * per_epoch * (1 - r))  # its total_steps
+    written = counter = 0
+    for _epoch in range(total // per_epoch + 1):
+        for _batch in range(per_epoch):
+            written += 1; counter += 1
+            if counter == total: break
+    return total, written
+
+
+@pytest.mark.parametrize("n, b, e, r, lpld, exact", [
+    (50, 8, 40, 0.9, 23, 28), (50_000, 128, 300, 0.9, 11_699, 11_730), (50_000, 128, 300, 0.975, 2_925, 2_932),
+    (10_000, 64, 100, 0.975, 390, 392), (1_000, 128, 300, 0.975, 52, 60), (104_500, 32, 300, 0.975, 24_487, 24_495),
+    (500, 100, 20, 0.95, 5, 5), (100, 10, 100, 0.975, 25, 25), (30, 8, 3, 0.5, 4, 6), (50, 8, 40, 0.0, 280, 280)])
+def test_lpld_rule_keeps_the_batches_lpld_keeps(n, b, e, r, lpld, exact):
+    from sre2l.relabel import kept_batches, batches_per_epoch
+    readable, written = lpld_relabel_loop(n, b, e, r)
+    assert kept_batches(n, b, e, r, "lpld") == readable == lpld and kept_batches(n, b, e, r) == exact
+    per_epoch = batches_per_epoch(n, b, r, "lpld")
+    assert written == readable + (per_epoch if readable % per_epoch == 0 else 0)  # LPLD's unread extra epoch
+
+
+def test_lpld_pool_never_replays_an_epochs_last_batch():
+    from sre2l.core import ValidateConfig
+    from sre2l.validate import pool_schedule
+    vc = ValidateConfig(epochs=200, pool_granularity="batch", pool_metric="random")
+    facts = {"batches_per_epoch": 6, "stored_batches": 23, "complete_epochs": 3, "images": 48, "batch_size": 8}
+    lpld = pool_schedule({**facts, "pruning_rule": "lpld"}, vc, 0)
+    exact = pool_schedule({**facts, "pruning_rule": "exact"}, vc, 0)
+    assert all(len(epoch) == 6 for epoch in lpld)
+    assert {k for epoch in lpld for k in k_if_last(epoch)} == set()
+    assert {k for epoch in exact for k in k_if_last(epoch)} == {(0, 5), (1, 5), (2, 5)}  # full: replayed as stored
+    assert pool_schedule({**facts, "images": 47}, vc, 0) == lpld  # exact rule, partial last batch: replaced too
+
+
+def k_if_last(epoch):
+    return [k for k in epoch if k[1] == 5]
+
+
+def test_lpld_store_keeps_full_batches_and_is_predicted(first_run, tmp_path):
+    from sre2l.validate import run_validate
+    overrides = ["squeeze.epochs=2", "recover.ipc=3", "recover.iterations=8", "recover.batch_size=4",
+                 "relabel.epochs=3", "relabel.batch_size=8", "relabel.prune_ratio=0.5", "relabel.pruning_rule=lpld",
+                 "validate.epochs=2", "validate.pool_granularity=batch", "validate.pool_metric=random", "device=cpu"]
+    lpld_cfg = make_config("digits", overrides)
+    for stage in ("squeeze", "recover"): shutil.copytree(first_run / stage, tmp_path / stage)
+    manifest = run_relabel(lpld_cfg, tmp_path)  # 30 images in batches of 8: 3 full batches an epoch, int(9 x 0.5) = 4
+    assert (manifest["batches_per_epoch"], manifest["stored_batches"], manifest["pruning_rule"]) == (3, 4, "lpld")
+    assert manifest["storage"]["predicted"]["total"] == manifest["storage"]["measured"]
+    stored = [load_epoch(epoch_file(tmp_path / "relabel" / "labels", e)) for e in range(2)]
+    assert [len(epoch) for epoch in stored] == [3, 1] and all(len(p.indices) == 8 for epoch in stored for p, _ in epoch)
+    full = load_epoch(epoch_file(first_run / "relabel" / "labels", 0))  # the exact rule's epoch 0: the same first batches
+    assert all(torch.equal(p.indices, q.indices) and torch.equal(a, b) for (p, a), (q, b) in zip(stored[0], full))
+    metrics = run_validate(lpld_cfg, tmp_path)["metrics"]
+    assert metrics["epochs"] == 2 and 0 <= metrics["test_top1"] <= 100
