@@ -372,7 +372,11 @@ def link_stages(run: CellRun, reuse: dict | None = None):
             except FileExistsError: pass  # another process on this table made it a moment ago
         link = run.folder / stage
         if link.is_symlink() and link.resolve() == shared.resolve(): continue
-        if link.exists() or link.is_symlink():
+        first_hop = Path(os.path.normpath(run.folder / os.readlink(link))) if link.is_symlink() else None
+        if first_hop is not None and first_hop.parent == Path(os.path.normpath(stages_dir)):  # the cell's settings changed
+            log.info("reproduce: %s/%s now links %s (its settings changed)", run.folder.name, stage, key)
+            link.unlink()  # a link the engine made to its own stages; the old stage stays under its key
+        elif link.exists() or link.is_symlink():
             raise Sre2lError(f"{link} exists and is not the link to {shared}; move it away, or use another --run-dir")
         try: link.symlink_to(os.path.relpath(shared, run.folder), target_is_directory=True)
         except FileExistsError:
