@@ -293,6 +293,7 @@ def demo_summary(folder=None) -> str:  # the demo's table folder (default: figur
     "The demo's table (final-epoch test top-1 of each student) and its teacher's accuracy, as Markdown."
     from sre2l.runs import find_project_root
     folder = Path(folder) if folder else (find_project_root() or Path.cwd()) / "figures" / "tables" / "demo"
+    if not (folder / "demo.md").is_file(): return f"(no demo table in {folder} yet: `sre2l demo` makes it)"
     table = [l for l in (folder / "demo.md").read_text().splitlines() if l.startswith("|")]
     teacher = folder / "teacher.json"
     line = (f"\n\nThe teacher (trained on the full training set) reaches {json.loads(teacher.read_text())['test_top1']:.2f}% "
@@ -348,14 +349,25 @@ def _rebase(markdown: str, prefix: str) -> str:
     "Relative links and image paths of a notebook's markdown, re-based for a page in another folder."
     return re.sub(r'(\]\(|src=")(?!https?:|#|data:|/|mailto:)', lambda m: m.group(1) + prefix, markdown)
 
+def _page_links(html: str) -> list[tuple[str, str, str]]:
+    "(tag, attribute, value) of every src and href of a page's tags (not of text that merely looks like one)."
+    from html.parser import HTMLParser
+    found = []
+    class Links(HTMLParser):
+        def handle_starttag(self, tag, attrs): found.extend((tag, k, v) for k, v in attrs if k in ("src", "href") and v)
+    Links().feed(html)
+    return found
+
 def check_site(folder) -> int:
     "Refuse pages that load anything remote or link to a missing local file; the number of local links checked."
     broken, checked = [], 0
     for page in sorted(Path(folder).glob("*.html")):
-        html = page.read_text()
-        broken += [f"{page.name}: loads {u}" for u in re.findall(r'<(?:script|link|img)[^>]*\b(?:src|href)="(https?://[^"]+)"', html)]
-        for target in re.findall(r'\b(?:src|href)="([^"#?]+)[^"]*"', html):
-            if re.match(r"(https?|data|mailto):", target): continue
+        for tag, _, value in _page_links(page.read_text()):
+            if re.match(r"https?:", value):
+                if tag != "a": broken.append(f"{page.name}: loads {value}")  # a link may leave; a load may not
+                continue
+            target = re.split(r"[#?]", value)[0]
+            if not target or re.match(r"(data|mailto|javascript):", value): continue
             checked += 1
             if not (page.parent / target).exists(): broken.append(f"{page.name}: {target} does not exist")
     if broken: raise Sre2lError(f"the site in {folder} has {len(broken)} broken links: " + "; ".join(broken[:5]))

@@ -483,7 +483,9 @@ class _LogStream(logging.StreamHandler):
     "Writes to the current sys.stderr, or in a Jupyter kernel to sys.stdout (normal output, not an error block)."
     def __init__(self): super().__init__(sys.stderr)
     @property
-    def stream(self): return sys.stdout if _in_kernel() else sys.stderr
+    def stream(self):  # looked up on every line; only `sys` (a notebook run in one shell may drop other names)
+        shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+        return sys.stdout if getattr(shell, "kernel", None) is not None else sys.stderr
     @stream.setter
     def stream(self, value): pass  # always the current stream: never a closed, replaced one
 

@@ -24,7 +24,7 @@ def repo_copy(tmp_path):
     "A copy of the notebooks, package and settings in a temporary folder (nothing in the checkout changes)."
     target = tmp_path / "repo"
     target.mkdir()
-    for name in ("nbs", "sre2l"):
+    for name in ("nbs", "sre2l", "figures"):  # figures: the index notebook and the site show the committed demo
         shutil.copytree(ROOT / name, target / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
     for name in ("settings.ini", "setup.py", "README.md"):
         shutil.copy(ROOT / name, target / name)

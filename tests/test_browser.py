@@ -37,14 +37,17 @@ def lab(repo_copy, tmp_path):
     env.pop("SRE2L_HEADLESS", None)  # the explorer is the point
     server = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
                                "--ServerApp.token=", "--ServerApp.password=", "--LabApp.expose_app_in_browser=True",
-                               f"--ServerApp.root_dir={repo_copy}", "--ServerApp.open_browser=False"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               f"--ServerApp.root_dir={repo_copy}", "--ServerApp.open_browser=False",
+                               "--allow-root"],  # CI containers run as root
+                              env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"))
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(HANG):
+            assert server.poll() is None, (tmp_path / "lab.log").read_text()[-3000:]  # it stopped: say why
             try:
                 urllib.request.urlopen(f"{url}/api", timeout=5); break
             except OSError: time.sleep(1)
+        else: raise AssertionError("JupyterLab did not answer: " + (tmp_path / "lab.log").read_text()[-3000:])
         yield url
     finally:
         server.terminate(); server.wait(timeout=60)
