@@ -481,11 +481,12 @@ def _in_kernel() -> bool:
 
 class _LogStream(logging.StreamHandler):
     "Writes to the current sys.stderr, or in a Jupyter kernel to sys.stdout (normal output, not an error block)."
+    _sys = sys  # held by the class: a shell that ran this as a notebook may clear its names before logging's exit flush
     def __init__(self): super().__init__(sys.stderr)
     @property
-    def stream(self):  # looked up on every line; only `sys` (a notebook run in one shell may drop other names)
-        shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
-        return sys.stdout if getattr(shell, "kernel", None) is not None else sys.stderr
+    def stream(self):
+        shell = getattr(self._sys.modules.get("IPython"), "get_ipython", lambda: None)()
+        return self._sys.stdout if getattr(shell, "kernel", None) is not None else self._sys.stderr
     @stream.setter
     def stream(self, value): pass  # always the current stream: never a closed, replaced one
 

@@ -33,7 +33,7 @@ from .tables import Cell, TableSpec, get_table, pruned
 __all__ = ['H100', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'WAIT_SECONDS', 'CellRun', 'stage_key', 'plan_table', 'Rates', 'model_cost',
            'split_sizes', 'stage_work', 'predict_cost', 'calibrate', 'rates_file', 'load_rates', 'duration', 'finished',
            'plan_report', 'find_stages', 'link_stages', 'reproduce', 'pruning_table', 'pruning_curve', 'gather',
-           'summarise', 'rank', 'render_rankings', 'render_markdown', 'render_latex', 'render_csv', 'images_figure',
+           'summarise', 'render_markdown', 'render_latex', 'render_csv', 'rank', 'render_rankings', 'images_figure',
            'pruning_figure', 'storage_figure', 'write_report']
 
 # %% ../nbs/05_reproduce.ipynb #a6ce977f
@@ -611,37 +611,6 @@ def summarise(spec: TableSpec, rows: list[dict]) -> list[dict]:
         out.append(entry)
     return out
 
-# %% ../nbs/05_reproduce.ipynb #893c7e07
-def rank(spec: TableSpec, rows: list[dict]) -> list[dict]:
-    "DD-Ranking's IOR, HLR (points) and LRS of each `spec.rankings` cell: per seed from best test top-1, then mean, std."
-    from sre2l.validate import dd_ranking_scores
-    best = {(r["row"], r["column"], r["seed"]): r["best_top1"] for r in rows if "best_top1" in r}
-    out = []
-    for ranking in spec.rankings:
-        per_seed = []
-        for seed in spec.seeds:
-            got = [best.get((*getattr(ranking, k), seed)) for k in ("cell", "random", "hard", "full")]
-            if None not in got: per_seed.append(dd_ranking_scores(got[0], got[1], got[2], got[3]))
-        entry = {"row": ranking.cell[0], "column": ranking.cell[1], "seeds": len(per_seed)}
-        for key in ("IOR", "HLR", "LRS"):
-            values = [s[key] for s in per_seed]
-            entry[key] = statistics.mean(values) if values else None
-            entry[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else None  # DD-Ranking: population std
-        out.append(entry)
-    return out
-
-def render_rankings(scores: list[dict]) -> str:
-    "The DD-Ranking scores as a Markdown table, with what they are."
-    if not scores: return ""
-    cell = lambda e, k, d: _number(e[k], e[f"{k}_std"], d) if e[k] is not None else "not run"
-    lines = ["### DD-Ranking scores", "", "From each student's best test top-1 (DD-Ranking's accuracy): IOR = distilled minus "
-             "random real subset, same protocol; HLR = whole training split minus distilled images, both with hard labels "
-             "(points; lower is better); LRS = (e^a - e^-1)/(e - e^-1) with a = (IOR - HLR)/200, from fractions. Mean +- "
-             "population std over seeds.", "", "| row | column | IOR | HLR | LRS | seeds |", "|---|---|---|---|---|---|"]
-    lines += [f"| {e['row']} | {e['column']} | {cell(e, 'IOR', 2)} | {cell(e, 'HLR', 2)} | {cell(e, 'LRS', 3)} | {e['seeds']} |"
-              for e in scores]
-    return "\n".join(lines) + "\n"
-
 # %% ../nbs/05_reproduce.ipynb #d627fd30
 def _number(value, std=None, digits=2) -> str:
     "'12.34 +- 0.56', '12.34' or '-'."
@@ -703,6 +672,37 @@ def render_csv(summary: list[dict]) -> str:
     writer.writeheader()
     for e in summary: writer.writerow({k: (";".join(map(str, e[k])) if isinstance(e.get(k), list) else e.get(k)) for k in keys})
     return buffer.getvalue()
+
+# %% ../nbs/05_reproduce.ipynb #893c7e07
+def rank(spec: TableSpec, rows: list[dict]) -> list[dict]:
+    "DD-Ranking's IOR, HLR (points) and LRS of each `spec.rankings` cell: per seed from best test top-1, then mean, std."
+    from sre2l.validate import dd_ranking_scores
+    best = {(r["row"], r["column"], r["seed"]): r["best_top1"] for r in rows if "best_top1" in r}
+    out = []
+    for ranking in spec.rankings:
+        per_seed = []
+        for seed in spec.seeds:
+            got = [best.get((*getattr(ranking, k), seed)) for k in ("cell", "random", "hard", "full")]
+            if None not in got: per_seed.append(dd_ranking_scores(got[0], got[1], got[2], got[3]))
+        entry = {"row": ranking.cell[0], "column": ranking.cell[1], "seeds": len(per_seed)}
+        for key in ("IOR", "HLR", "LRS"):
+            values = [s[key] for s in per_seed]
+            entry[key] = statistics.mean(values) if values else None
+            entry[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else None  # DD-Ranking: population std
+        out.append(entry)
+    return out
+
+def render_rankings(scores: list[dict]) -> str:
+    "The DD-Ranking scores as a Markdown table, with what they are."
+    if not scores: return ""
+    cell = lambda e, k, d: _number(e[k], e[f"{k}_std"], d) if e[k] is not None else "not run"
+    lines = ["### DD-Ranking scores", "", "From each student's best test top-1 (DD-Ranking's accuracy): IOR = distilled minus "
+             "random real subset, same protocol; HLR = whole training split minus distilled images, both with hard labels "
+             "(points; lower is better); LRS = (e^a - e^-1)/(e - e^-1) with a = (IOR - HLR)/200, from fractions. Mean +- "
+             "population std over seeds.", "", "| row | column | IOR | HLR | LRS | seeds |", "|---|---|---|---|---|---|"]
+    lines += [f"| {e['row']} | {e['column']} | {cell(e, 'IOR', 2)} | {cell(e, 'HLR', 2)} | {cell(e, 'LRS', 3)} | {e['seeds']} |"
+              for e in scores]
+    return "\n".join(lines) + "\n"
 
 # %% ../nbs/05_reproduce.ipynb #c49d5d4c
 def images_figure(runs: list[CellRun], classes: int = 10, columns: int = 10):
