@@ -474,19 +474,17 @@ def pick_device(device: str = "auto",  # 'auto', 'cpu', 'cuda' or 'cuda:N'
 import logging
 log = logging.getLogger("sre2l")
 
-def _in_kernel() -> bool:
-    "Whether this process is a Jupyter kernel (JupyterLab, papermill)."
-    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
-    return getattr(shell, "kernel", None) is not None
-
 class _LogStream(logging.StreamHandler):
     "Writes to the current sys.stderr, or in a Jupyter kernel to sys.stdout (normal output, not an error block)."
     _sys = sys  # held by the class: a shell that ran this as a notebook may clear its names before logging's exit flush
     def __init__(self): super().__init__(sys.stderr)
+    @classmethod
+    def in_kernel(cls) -> bool:
+        "Whether this process is a Jupyter kernel (JupyterLab, papermill)."
+        shell = getattr(cls._sys.modules.get("IPython"), "get_ipython", lambda: None)()
+        return getattr(shell, "kernel", None) is not None
     @property
-    def stream(self):
-        shell = getattr(self._sys.modules.get("IPython"), "get_ipython", lambda: None)()
-        return self._sys.stdout if getattr(shell, "kernel", None) is not None else self._sys.stderr
+    def stream(self): return self._sys.stdout if self.in_kernel() else self._sys.stderr
     @stream.setter
     def stream(self, value): pass  # always the current stream: never a closed, replaced one
 

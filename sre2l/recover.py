@@ -30,8 +30,8 @@ __all__ = ['MAX_CURVE_POINTS', 'DRAW_CHUNK', 'recover_plain', 'WorkUnit', 'work_
            'trace_bn_inputs', 'has_bn', 'MatchingLoss', 'draw_augmentation', 'stack_draws', 'augment_units',
            'bn_targets', 'initial_images', 'draw_bn_teachers', 'valid_range', 'to_uint8', 'group_loss', 'draw_steps',
            'recover_group', 'group_units', 'write_record', 'record_holds', 'unit_name', 'check_teacher', 'GroupRunner',
-           'track_curves', 'run_recover', 'import_distilled', 'recovered_vs_real', 'trajectory', 'trajectory_gif',
-           'explorer']
+           'track_curves', 'run_recover', 'import_distilled', 'recovered_vs_real', 'unit_snapshots', 'trajectory',
+           'trajectory_gif', 'explorer']
 
 # %% ../nbs/02_recover.ipynb #d0e5c97d
 def recover_plain(teacher: nn.Module,  # frozen teacher in eval mode
@@ -528,16 +528,21 @@ def recovered_vs_real(run_dir, cfg: RunConfig, classes: int = 10, ipc: int = 10)
     return fig
 
 # %% ../nbs/02_recover.ipynb #514100bd
-def trajectory(run_dir, unit_file: str | None = None):
-    "Figure: snapshots of one unit's images during optimisation (rows = steps)."
-    from sre2l.runs import resolve_run_dir, load_metadata
-    from sre2l.plots import show_images
-    from sre2l.runs import load_tensors
+def unit_snapshots(run_dir, unit_file: str | None = None) -> tuple | None:
+    "(snapshots uint8 [S, n, C, H, W], metadata) of one unit (default: the first), or None when none were kept."
+    from sre2l.runs import resolve_run_dir, load_metadata, load_tensors
     folder = resolve_run_dir(run_dir) / "recover" / "snapshots"
     files = sorted(folder.glob("*.safetensors")) if folder.exists() else []
     if not files: return None
     file = folder / unit_file if unit_file else files[0]
-    snaps, meta = load_tensors(file)["images"], load_metadata(file)
+    return load_tensors(file)["images"], load_metadata(file)
+
+def trajectory(run_dir, unit_file: str | None = None):
+    "Figure: snapshots of one unit's images during optimisation (rows = steps)."
+    from sre2l.plots import show_images
+    found = unit_snapshots(run_dir, unit_file)
+    if found is None: return None
+    snaps, meta = found
     members = meta["members"]
     classes = sorted({c for c, _ in members}); ipcs = sorted({k for _, k in members})
     what = (f"classes {classes[0]}-{classes[-1]}, IPC index {ipcs[0]}" if len(ipcs) == 1
@@ -552,13 +557,10 @@ def trajectory_gif(run_dir, path, unit_file: str | None = None,
     "An animated GIF of one unit's snapshots, noise to the saved images, each frame labelled with its step."
     import numpy as np
     from PIL import Image, ImageDraw
-    from sre2l.runs import resolve_run_dir, load_metadata, load_tensors
     from sre2l.plots import image_grid, save_gif
-    folder = resolve_run_dir(run_dir) / "recover" / "snapshots"
-    files = sorted(folder.glob("*.safetensors")) if folder.exists() else []
-    if not files: return None
-    file = folder / unit_file if unit_file else files[0]
-    snaps, every = load_tensors(file)["images"], load_metadata(file)["every"]
+    found = unit_snapshots(run_dir, unit_file)
+    if found is None: return None
+    snaps, every = found[0], found[1]["every"]
     frames = []
     for k, snap in enumerate(snaps):
         grid = Image.fromarray(image_grid(snap, nrow=len(snap)).squeeze(-1)).convert("RGB")
@@ -582,12 +584,13 @@ def explorer(run_dir, cfg: RunConfig):
     train = open_split(cfg.data, "train")
     snap_file = lambda unit: root / "snapshots" / f"unit_{'_'.join(map(str, unit.key[1:]))}.safetensors"
     first = snap_file(next(iter(units.values())))
-    count = len(load_tensors(first)["images"]) if first.exists() else 0  # snapshots a unit has (0: none kept)
+    count = len(load_tensors(first)["images"]) if first.exists() else 0  # snapshots of the first unit (0: none kept)
     every = cfg.recover.snapshot_every
     def show(cls=0, ipc_id=0, snapshot=count - 1):
         unit = units[(cls, ipc_id)]
-        if count and snap_file(unit).exists() and snapshot < count - 1:  # the last snapshot is the saved image
-            image = load_tensors(snap_file(unit))["images"][snapshot, unit.members.index((cls, ipc_id))][None]
+        snaps = load_tensors(snap_file(unit))["images"] if count and snap_file(unit).exists() else ()
+        if snapshot < len(snaps) - 1:  # the last snapshot is the saved image; units may have fewer (PRISM's budgets)
+            image = snaps[snapshot, unit.members.index((cls, ipc_id))][None]
             what = f"step {snapshot * every}"
         else:
             image = read_image(distilled_path(root / "images", cls, ipc_id, cfg.recover.image_format), 0, spec.channels)[None]

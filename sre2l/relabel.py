@@ -206,7 +206,7 @@ def _run_fkd_mix(cfg: RunConfig, run_dir: Path, teacher, spec, device, shard: tu
     log.info("relabel: %d of %d epochs to generate (%d of %d batches kept)", len(todo), stored_epochs, kept, rl.epochs * per_epoch)
     topk = rl.topk if rl.logits == "topk" else 0
     for epoch in progress(todo, status=out / "progress.json", desc="relabel epochs"):
-        plans = draw_epoch(len(images), epoch, rl, spec.resolution, cfg.seed)[:per_epoch][: kept - epoch * per_epoch]
+        plans = draw_epoch(len(images), epoch, rl, spec.resolution, cfg.seed)[: min(per_epoch, kept - epoch * per_epoch)]
         if shard[1] > 1: _label_epoch_share(plans, epoch, label_dir, label, topk, shard, store); continue
         ticket = out / "claims" / f"epoch_{epoch:04d}.claim"
         held = claim(ticket)

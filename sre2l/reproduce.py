@@ -27,7 +27,7 @@ from .core import (RunConfig, Sre2lError, ConfigError, STAGES, stages_needed, st
 from .presets import make_config
 from .runs import notebook_dir, STAGE_NOTEBOOKS, read_manifest, resolve_run_dir, find_project_root, save_json, load_json, claim, atomic_write
 
-from .tables import Cell, TableSpec, get_table, pruned
+from .tables import Cell, TableSpec, get_table, pruned, budget_label
 
 # %% auto #0
 __all__ = ['H100', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'WAIT_SECONDS', 'CellRun', 'stage_key', 'plan_table', 'Rates', 'model_cost',
@@ -557,7 +557,7 @@ def pruning_table(preset: str,  # preset of every point
     "LPLD's label-pruning curve as a table: one cell per (image set, prune ratio), named after its settings."
     images = {"recovered": ()} | ({"random real": ("recover.method=real",)} if baseline else {})
     budget = lambda r: round(1 / (1 - r))
-    cells = [Cell(name, f"{budget(r)}x labels" if r else "full labels", preset, (*overrides, *changes, *pruned(budget(r))),
+    cells = [Cell(name, budget_label(budget(r)), preset, (*overrides, *changes, *pruned(budget(r))),
                   source="kit curve (no paper value)") for name, changes in images.items() for r in ratios]
     key = hash_json([preset, list(overrides), list(ratios), baseline, seed])
     return TableSpec(f"pruning-{key}", f"Label pruning: {preset}, {len(ratios)} label budgets", cells, seeds=(seed,))
@@ -675,13 +675,13 @@ def render_csv(summary: list[dict]) -> str:
 
 # %% ../nbs/05_reproduce.ipynb #893c7e07
 def rank(spec: TableSpec, rows: list[dict]) -> list[dict]:
-    "DD-Ranking's IOR, HLR (points) and LRS of each `spec.rankings` cell: per seed from best test top-1, then mean, std."
+    "DD-Ranking's IOR, HLR (points) and LRS of each `spec.rankings` cell: per seed run, from best test top-1; mean, std."
     from sre2l.validate import dd_ranking_scores
     best = {(r["row"], r["column"], r["seed"]): r["best_top1"] for r in rows if "best_top1" in r}
     out = []
     for ranking in spec.rankings:
         per_seed = []
-        for seed in spec.seeds:
+        for seed in sorted({r["seed"] for r in rows}):  # the seeds that ran (--seeds may differ from the spec's)
             got = [best.get((*getattr(ranking, k), seed)) for k in ("cell", "random", "hard", "full")]
             if None not in got: per_seed.append(dd_ranking_scores(got[0], got[1], got[2], got[3]))
         entry = {"row": ranking.cell[0], "column": ranking.cell[1], "seeds": len(per_seed)}

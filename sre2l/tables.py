@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .core import Registry
 
 # %% auto #0
-__all__ = ['TABLES', 'Cell', 'Ranking', 'TableSpec', 'register_table', 'list_tables', 'get_table', 'pruned']
+__all__ = ['TABLES', 'Cell', 'Ranking', 'TableSpec', 'register_table', 'list_tables', 'get_table', 'pruned', 'budget_label']
 
 # %% ../nbs/05b_tables.ipynb #29883b55
 @dataclass(frozen=True)
@@ -73,32 +73,34 @@ def pruned(compression: int) -> tuple:
 
 assert pruned(40)[0] == "relabel.prune_ratio=0.975" and pruned(1) == ()
 
+def budget_label(compression: int) -> str:
+    "A table column for a label budget: 'full labels', or '40x labels'."
+    return f"{compression}x labels" if compression > 1 else "full labels"
+
 # %% ../nbs/05b_tables.ipynb #72828687
 _SRE2L = ("SRe2L (Yin, Xing, Shen, NeurIPS 2023, arXiv 2306.13092): main results, the official README's results "
           "figure (VILA-Lab/SRe2L, img/results.png)")
 _LPLD = ("LPLD (Xiao, He, 'Are Large-scale Soft Labels Necessary for Large-scale Dataset Distillation?', "
          "NeurIPS 2024, arXiv 2410.15919): the official README's table 'Previous soft labels vs ours'")
 
+_FASHION_METHODS = {"random real": ("fashion-mnist", ("recover.method=real",)), "SRe2L": ("fashion-mnist", ()),
+                    "LPLD (class BN)": ("lpld_fashion-mnist", ())}  # image sets of the Fashion-MNIST tables: (preset, changes)
+
 def _fashion_cells(ipcs, extra=(), budgets=(1, 10, 40)) -> list:
     "Random real vs SRe2L vs LPLD class-BN images at each label budget (1 = full), for each IPC."
-    methods = {"random real": ("fashion-mnist", ("recover.method=real",)), "SRe2L": ("fashion-mnist", ()),
-               "LPLD (class BN)": ("lpld_fashion-mnist", ())}
-    return [Cell(f"IPC {ipc}, {method}", f"{budget}x labels" if budget > 1 else "full labels", preset,
+    return [Cell(f"IPC {ipc}, {method}", budget_label(budget), preset,
                  (*extra, f"recover.ipc={ipc}", *changes, *pruned(budget)), source="kit table (no paper value)")
-            for ipc in ipcs for method, (preset, changes) in methods.items() for budget in budgets]
+            for ipc in ipcs for method, (preset, changes) in _FASHION_METHODS.items() for budget in budgets]
 
 def _fashion_rankings(ipcs, extra=(), budgets=(1, 10, 40), full_epochs: int = 10) -> tuple[list, tuple]:
     "DD-Ranking's extra students (hard labels on each image set, one on the whole split) and the rankings they give."
-    methods = {"random real": ("fashion-mnist", ("recover.method=real",)), "SRe2L": ("fashion-mnist", ()),
-               "LPLD (class BN)": ("lpld_fashion-mnist", ())}
     hard = ("validate.labels=hard", "validate.loss=ce")
     cells = [Cell(f"IPC {ipc}, {method}", "hard labels", preset, (*extra, f"recover.ipc={ipc}", *changes, *hard),
-                  source="kit table (no paper value)") for ipc in ipcs for method, (preset, changes) in methods.items()]
+                  source="kit table (no paper value)") for ipc in ipcs for method, (preset, changes) in _FASHION_METHODS.items()]
     cells.append(Cell("whole training split", "hard labels", "fashion-mnist",
                       (*extra, "validate.images=train", *hard, f"validate.epochs={full_epochs}", f"validate.eval_every={full_epochs}"),
                       source="kit table (no paper value)"))
-    column = lambda b: f"{b}x labels" if b > 1 else "full labels"
-    rankings = tuple(Ranking((f"IPC {ipc}, {m}", column(b)), (f"IPC {ipc}, random real", column(b)), (f"IPC {ipc}, {m}", "hard labels"),
+    rankings = tuple(Ranking((f"IPC {ipc}, {m}", budget_label(b)), (f"IPC {ipc}, random real", budget_label(b)), (f"IPC {ipc}, {m}", "hard labels"),
                              ("whole training split", "hard labels")) for ipc in ipcs for m in ("SRe2L", "LPLD (class BN)") for b in budgets)
     return cells, rankings
 
@@ -107,13 +109,13 @@ def _lesson():
     tiny = ("squeeze.epochs=10", "recover.ipc=5", "recover.iterations=100", "relabel.epochs=20", "validate.epochs=20",
             "validate.eval_every=20")
     return TableSpec("lesson", "Lesson: one distilled digits set (IPC 5) at full and 40x-pruned labels, cut to run in a few minutes on a CPU",
-                     [Cell("digits, IPC 5", f"{c}x labels" if c > 1 else "full labels", "digits", (*tiny, *pruned(c)),
+                     [Cell("digits, IPC 5", budget_label(c), "digits", (*tiny, *pruned(c)),
                            source="kit lesson (no paper value)") for c in (1, 40)],
                      about="Settings cut so that the notebook runs anywhere in a few minutes; the numbers only show the mechanism.")
 
 @register_table("demo")
 def _demo_table():
-    cells = [Cell(f"digits IPC 10, {images}", f"{c}x labels" if c > 1 else "full labels", "digits",
+    cells = [Cell(f"digits IPC 10, {images}", budget_label(c), "digits",
                   (*changes, *pruned(c)), source="kit demo (no paper value)")
              for images, changes in (("SRe2L", ()), ("random real", ("recover.method=real",))) for c in (1, 40)]
     return TableSpec("demo", "Demo: digits, SRe2L-recovered vs random real images, full vs 40x-pruned labels", cells,
@@ -150,7 +152,7 @@ def _rehearsal(classes: int, per_class: tuple, ipc: int, epochs: dict, iteration
     recipes = {"SRe2L: global BN, cross-class batches": ("sre2l_in1k", ()),
                "LPLD: class BN, one class per batch": ("lpld_in1k", (f"recover.batch_size={ipc}",  # LPLD's pruning drops a
                                                                      f"relabel.batch_size={min(128, classes * ipc)}"))}  # partial batch
-    return [Cell(name, f"{c}x labels" if c > 1 else "full labels", preset, (*common, *extra, *pruned(c)),
+    return [Cell(name, budget_label(c), preset, (*common, *extra, *pruned(c)),
                  source="kit rehearsal on an ImageNet-shaped folder (no paper value)")
             for name, (preset, extra) in recipes.items() for c in (1, 40)]
 
@@ -236,7 +238,7 @@ def _lpld_labels():
 
 @register_table("lpld_pruning")
 def _lpld_pruning():
-    cells = [Cell("ImageNet-1K, IPC 50", f"{c}x labels" if c > 1 else "full labels", "lpld_in1k", ("recover.ipc=50", *pruned(c)),
+    cells = [Cell("ImageNet-1K, IPC 50", budget_label(c), "lpld_in1k", ("recover.ipc=50", *pruned(c)),
                   46.7 if c == 40 else None,
                   source=_LPLD if c == 40 else "not in the reference notes (LPLD paper Table 3, arXiv 2410.15919)")
              for c in (1, 10, 20, 30, 40)]
