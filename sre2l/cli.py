@@ -374,16 +374,18 @@ def check_site(folder) -> int:
     return checked
 
 # %% ../nbs/06_cli.ipynb #6a1f0c12
-def build_site(executed=None,  # folder of executed stage notebooks (default: the demo's, see `demo_notebooks`)
+def build_site(executed=None,  # a folder of executed stage notebooks to show instead (e.g. the demo's, `demo_notebooks`)
                out="_docs") -> Path:  # where the HTML goes
-    "Render the index and every lesson to static HTML that works offline (stage lessons with the demo's outputs)."
+    "Render the index and every lesson, with their committed outputs, to static HTML that works offline."
     from nbconvert import HTMLExporter
     from sre2l.runs import find_project_root
     import nbformat
-    executed = resolve_run_dir(executed) if executed else demo_notebooks()
     out, source, root = resolve_run_dir(out), notebook_dir(), find_project_root() or Path.cwd()
+    executed = resolve_run_dir(executed) if executed else source
     missing = [nb for nb in STAGE_NOTEBOOKS.values() if not (executed / nb).is_file()]
     if missing: raise Sre2lError(f"{executed} lacks the executed {', '.join(missing)}; run `sre2l demo` first")
+    bare = [nb for nb in STAGE_NOTEBOOKS.values() if not any(c.get("outputs") for c in nbformat.read(executed / nb, 4).cells)]
+    if bare: raise Sre2lError(f"{', '.join(bare)} in {executed} have no outputs: run `sre2l lessons` (or `sre2l demo`)")
     out.mkdir(parents=True, exist_ok=True)
     exporter, pages = HTMLExporter(template_name="lab"), []
     for notebook in [source / "index.ipynb"] * (source / "index.ipynb").is_file() + sorted(source.glob("[0-9]*.ipynb")):
@@ -394,7 +396,7 @@ def build_site(executed=None,  # folder of executed stage notebooks (default: th
             if cell.cell_type == "markdown": cell.source = math_to_mathml(_rebase(cell.source, base))
         title = next((c.source.splitlines()[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown"), notebook.stem)
         pages.append((notebook.stem, title, path != notebook, exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})[0]))
-    lessons = "".join(f'<li><a href="{stem}.html">{stem}: {title}</a>{" (with the demo&#39;s outputs)" if ran else ""}</li>'
+    lessons = "".join(f'<li><a href="{stem}.html">{stem}: {title}</a>{" (outputs from " + str(executed) + ")" if ran else ""}</li>'
                       for stem, title, ran, _ in pages if stem != "index")
     for k, (stem, title, _, html) in enumerate(pages):
         links = ['<a href="index.html">index</a>'] + [f'<a href="{pages[j][0]}.html">{label} {pages[j][0]}</a>'
@@ -413,11 +415,12 @@ def build_site(executed=None,  # folder of executed stage notebooks (default: th
 def _site(args) -> int: print(build_site(args.executed, args.to)); return 0
 
 def _site_parser(verbs, argv):
-    p = _verb(verbs, "site", _site, argv, "render the lessons (with the demo's outputs) to static HTML in _docs/",
-              "Render every notebook to HTML with nbconvert, the stage notebooks from the demo's executed copies "
-              "(run `sre2l demo` first), plus an index page; works offline.")
+    p = _verb(verbs, "site", _site, argv, "render the lessons with their outputs to static HTML in _docs/",
+              "Render every notebook to HTML with nbconvert, with the outputs committed in it (`sre2l lessons` "
+              "refreshes them), plus an index page; works offline. --from shows the stage notebooks of another run "
+              "instead, e.g. the demo's executed copies.")
     p.add_argument("--from", dest="executed", default=None, metavar="DIR",
-                   help="folder of executed stage notebooks (default: those `sre2l demo` wrote)")
+                   help="folder of executed stage notebooks to show instead (default: the committed notebooks)")
     p.add_argument("--to", default="_docs", help="output folder (default: %(default)s)")
 
 def _readme(args) -> int: print(write_readme()); return 0
@@ -426,6 +429,24 @@ def _readme_parser(verbs, argv):
     _verb(verbs, "readme", _readme, argv, "write the README's top part from nbs/index.ipynb (in the repository)",
           "Replace README.md down to its marker line by the markdown cells of nbs/index.ipynb and the Markdown its "
           "code cells display (execute the notebook first to refresh the demo's table).")
+
+def _lessons(args) -> int:
+    from sre2l.lessons import check_lessons, refresh_lessons
+    if not args.check:
+        for path in refresh_lessons(): print(path)
+        return 0
+    stale = check_lessons()
+    for name, lines in stale.items(): print("\n".join(f"{name}: {line}" for line in lines))
+    if stale: raise Sre2lError(f"{len(stale)} notebooks have stale outputs ({', '.join(stale)}): run `sre2l lessons`")
+    print("every notebook's committed outputs are fresh"); return 0
+
+def _lessons_parser(verbs, argv):
+    p = _verb(verbs, "lessons", _lessons, argv, "re-execute the notebooks and commit their outputs (or --check them)",
+              "Execute every notebook of nbs/ in order, in a fresh temporary copy of the repository (no run folders), "
+              "each in its own python3 kernel, and write them with their outputs into nbs/, then nbdev_clean them. "
+              "With --check, write nothing: list every cell whose committed outputs differ from a fresh run (timings, "
+              "clocks and paths aside; numbers exactly only on the kind of CPU that wrote them) and exit 2 if any do.")
+    p.add_argument("--check", action="store_true", help="compare with a fresh run instead of writing (exit 2 when stale)")
 
 # %% ../nbs/06_cli.ipynb #130e4e16
 def _fetch(args) -> int:
@@ -460,7 +481,7 @@ def build_parser(argv: list | None = None) -> argparse.ArgumentParser:  # the ar
     parser.add_argument("--version", action="version", version=f"%(prog)s {sre2l.__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for add in (_stage_parsers, _demo_parser, _interop_parsers, _tool_parsers, _reproduce_parser, _site_parser, _readme_parser,
-                _fetch_parser):
+                _lessons_parser, _fetch_parser):
         add(verbs, argv)
     return parser
 

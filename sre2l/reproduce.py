@@ -33,8 +33,8 @@ from .tables import Cell, TableSpec, get_table, pruned, budget_label
 __all__ = ['H100', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'WAIT_SECONDS', 'CellRun', 'stage_key', 'plan_table', 'Rates', 'model_cost',
            'split_sizes', 'stage_work', 'predict_cost', 'calibrate', 'rates_file', 'load_rates', 'duration', 'finished',
            'plan_report', 'find_stages', 'link_stages', 'reproduce', 'pruning_table', 'pruning_curve', 'gather',
-           'summarise', 'render_markdown', 'render_latex', 'render_csv', 'rank', 'render_rankings', 'images_figure',
-           'pruning_figure', 'storage_figure', 'write_report']
+           'summarise', 'render_markdown', 'render_latex', 'render_csv', 'best_of', 'rank', 'render_rankings',
+           'images_figure', 'pruning_figure', 'storage_figure', 'write_report']
 
 # %% ../nbs/05_reproduce.ipynb #a6ce977f
 @dataclass
@@ -674,34 +674,55 @@ def render_csv(summary: list[dict]) -> str:
     return buffer.getvalue()
 
 # %% ../nbs/05_reproduce.ipynb #893c7e07
+def best_of(best: dict,  # {(row, column, seed): best test top-1}
+            refs: tuple,  # one (row, column), or several (a learning-rate grid)
+            seed: int) -> float | None:
+    "The best top-1 of `refs` at `seed` (DD-Ranking keeps the best of its grid); None until all of them ran."
+    refs = (refs,) if isinstance(refs[0], str) else refs
+    got = [best.get((*ref, seed)) for ref in refs]
+    return None if None in got else max(got)
+
+# %% ../nbs/05_reproduce.ipynb #e55a2758
+def _mean_std(per_seed: list[dict], keys=("IOR", "HLR", "LRS", "ARS")) -> dict:
+    "Mean and population std (DD-Ranking's) of each score over seeds; None where no seed has it."
+    entry = {}
+    for key in keys:
+        values = [s[key] for s in per_seed if key in s]
+        entry[key] = statistics.mean(values) if values else None
+        entry[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else None
+    return entry
+
+# %% ../nbs/05_reproduce.ipynb #69fdf502
 def rank(spec: TableSpec, rows: list[dict]) -> list[dict]:
-    "DD-Ranking's IOR, HLR (points) and LRS of each `spec.rankings` cell: per seed run, from best test top-1; mean, std."
+    "DD-Ranking's IOR, HLR, LRS (and ARS) of each `spec.rankings` cell, per seed run from best test top-1; mean, std."
     from sre2l.validate import dd_ranking_scores
     best = {(r["row"], r["column"], r["seed"]): r["best_top1"] for r in rows if "best_top1" in r}
     out = []
     for ranking in spec.rankings:
         per_seed = []
         for seed in sorted({r["seed"] for r in rows}):  # the seeds that ran (--seeds may differ from the spec's)
-            got = [best.get((*getattr(ranking, k), seed)) for k in ("cell", "random", "hard", "full")]
-            if None not in got: per_seed.append(dd_ranking_scores(got[0], got[1], got[2], got[3]))
-        entry = {"row": ranking.cell[0], "column": ranking.cell[1], "seeds": len(per_seed)}
-        for key in ("IOR", "HLR", "LRS"):
-            values = [s[key] for s in per_seed]
-            entry[key] = statistics.mean(values) if values else None
-            entry[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else None  # DD-Ranking: population std
-        out.append(entry)
+            got = [best_of(best, getattr(ranking, k), seed) for k in ("cell", "random", "hard", "full")]
+            plain = [best_of(best, ref, seed) for ref in ranking.no_aug]
+            if None in got: continue
+            ars = {"aug": got[:2], "no_aug": plain} if plain and None not in plain else {}
+            per_seed.append(dd_ranking_scores(*got, **ars))
+        keys = ("IOR", "HLR", "LRS", "ARS") if ranking.no_aug else ("IOR", "HLR", "LRS")
+        out.append({"row": ranking.cell[0], "column": ranking.cell[1], "seeds": len(per_seed), **_mean_std(per_seed, keys)})
     return out
 
+# %% ../nbs/05_reproduce.ipynb #596fa3ad
 def render_rankings(scores: list[dict]) -> str:
     "The DD-Ranking scores as a Markdown table, with what they are."
     if not scores: return ""
-    cell = lambda e, k, d: _number(e[k], e[f"{k}_std"], d) if e[k] is not None else "not run"
-    lines = ["### DD-Ranking scores", "", "From each student's best test top-1 (DD-Ranking's accuracy): IOR = distilled minus "
-             "random real subset, same protocol; HLR = whole training split minus distilled images, both with hard labels "
-             "(points; lower is better); LRS = (e^a - e^-1)/(e - e^-1) with a = (IOR - HLR)/200, from fractions. Mean +- "
-             "population std over seeds.", "", "| row | column | IOR | HLR | LRS | seeds |", "|---|---|---|---|---|---|"]
-    lines += [f"| {e['row']} | {e['column']} | {cell(e, 'IOR', 2)} | {cell(e, 'HLR', 2)} | {cell(e, 'LRS', 3)} | {e['seeds']} |"
-              for e in scores]
+    cell = lambda e, k, d: "-" if k not in e else _number(e[k], e[f"{k}_std"], d) if e[k] is not None else "not run"
+    lines = ["### DD-Ranking scores", "", "From each student's best test top-1 (DD-Ranking's accuracy; the best of its "
+             "learning-rate grid where the table runs one): IOR = distilled minus random real subset, same protocol; HLR = "
+             "whole training split minus distilled images, both with hard labels (points; lower is better); LRS = "
+             "(e^a - e^-1)/(e - e^-1) with a = (IOR - HLR)/200; ARS = the same map of the mean of the distilled-minus-random "
+             "gaps with and without augmentation, /100. LRS and ARS are computed from fractions. Mean +- population std "
+             "over seeds.", "", "| row | column | IOR | HLR | LRS | ARS | seeds |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {e['row']} | {e['column']} | {cell(e, 'IOR', 2)} | {cell(e, 'HLR', 2)} | {cell(e, 'LRS', 3)} | "
+              f"{cell(e, 'ARS', 3)} | {e['seeds']} |" for e in scores]
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/05_reproduce.ipynb #c49d5d4c

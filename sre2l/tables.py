@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from .core import Registry
 
 # %% auto #0
-__all__ = ['TABLES', 'Cell', 'Ranking', 'TableSpec', 'register_table', 'list_tables', 'get_table', 'pruned', 'budget_label']
+__all__ = ['TABLES', 'DD_RANKING_LRS', 'Cell', 'Ranking', 'TableSpec', 'register_table', 'list_tables', 'get_table', 'pruned',
+           'budget_label']
 
 # %% ../nbs/05b_tables.ipynb #29883b55
 @dataclass(frozen=True)
@@ -35,9 +36,10 @@ class Cell:
 class Ranking:
     "DD-Ranking's scores of one distilled cell, from the cells of its table that hold the other students."
     cell: tuple  # (row, column): the distilled set under the method's own protocol
-    random: tuple  # (row, column): a random real subset of the same size, the same protocol
-    hard: tuple  # (row, column): the distilled images with hard labels and cross-entropy
+    random: tuple  # (row, column) of a random real subset of the same size, same protocol; or several: the best counts
+    hard: tuple  # (row, column) of the distilled images with hard labels and cross-entropy; or several, as `random`
     full: tuple  # (row, column): the whole training split with hard labels
+    no_aug: tuple = ()  # for ARS: (distilled set, random subset) without augmentation, each as `random`
 
 @dataclass
 class TableSpec:
@@ -49,7 +51,7 @@ class TableSpec:
     about: str = ""  # one paragraph: what the table shows and what differs from the paper
     imagefolder: dict | None = None  # make_imagefolder settings of the folder the cells read, made if missing
     speed: bool = False  # also report the students' seconds per epoch (for tables that compare the cost of labels)
-    rankings: tuple = ()  # `Ranking`s: DD-Ranking's IOR, HLR and LRS of distilled cells, written under the table
+    rankings: tuple = ()  # `Ranking`s: DD-Ranking's IOR, HLR, LRS (and ARS) of distilled cells, under the table
 
 TABLES = Registry("table")  # {name: function returning its TableSpec}
 
@@ -92,16 +94,30 @@ def _fashion_cells(ipcs, extra=(), budgets=(1, 10, 40)) -> list:
                  (*extra, f"recover.ipc={ipc}", *changes, *pruned(budget)), source="kit table (no paper value)")
             for ipc in ipcs for method, (preset, changes) in _FASHION_METHODS.items() for budget in budgets]
 
-def _fashion_rankings(ipcs, extra=(), budgets=(1, 10, 40), full_epochs: int = 10) -> tuple[list, tuple]:
-    "DD-Ranking's extra students (hard labels on each image set, one on the whole split) and the rankings they give."
-    hard = ("validate.labels=hard", "validate.loss=ce")
-    cells = [Cell(f"IPC {ipc}, {method}", "hard labels", preset, (*extra, f"recover.ipc={ipc}", *changes, *hard),
-                  source="kit table (no paper value)") for ipc in ipcs for method, (preset, changes) in _FASHION_METHODS.items()]
-    cells.append(Cell("whole training split", "hard labels", "fashion-mnist",
-                      (*extra, "validate.images=train", *hard, f"validate.epochs={full_epochs}", f"validate.eval_every={full_epochs}"),
-                      source="kit table (no paper value)"))
-    rankings = tuple(Ranking((f"IPC {ipc}, {m}", budget_label(b)), (f"IPC {ipc}, random real", budget_label(b)), (f"IPC {ipc}, {m}", "hard labels"),
-                             ("whole training split", "hard labels")) for ipc in ipcs for m in ("SRe2L", "LPLD (class BN)") for b in budgets)
+DD_RANKING_LRS = (0.001, 0.005, 0.01, 0.05, 0.1)  # DD-Ranking's learning-rate grid (random subsets, hard labels)
+_NO_AUG = ("relabel.crop_scale_min=1", "relabel.crop_scale_max=1", "relabel.flip=false", "relabel.mix=none")
+
+def _fashion_rankings(ipcs, extra=(), budgets=(1, 10, 40), full_epochs: int = 10, lr_grid=()) -> tuple[list, tuple]:
+    "DD-Ranking's extra students and the rankings they give; `lr_grid` trains random and hard-label ones at each lr."
+    hard, kit = ("validate.labels=hard", "validate.loss=ce"), "kit table (no paper value)"
+    grid = [(f", lr {lr:g}", (f"validate.lr={lr}",)) for lr in lr_grid] or [("", ())]
+    cells = [Cell("whole training split", "hard labels", "fashion-mnist", (*extra, "validate.images=train", *hard,
+                  f"validate.epochs={full_epochs}", f"validate.eval_every={full_epochs}"), source=kit)]
+    for ipc in ipcs:
+        for method, (preset, changes) in _FASHION_METHODS.items():
+            base, real = (*extra, f"recover.ipc={ipc}", *changes), method == "random real"
+            cells += [Cell(f"IPC {ipc}, {method}{tag}", "no augmentation", preset, (*base, *_NO_AUG, *lr), source=kit)
+                      for tag, lr in (grid if real else [("", ())])]  # ARS: the distilled set keeps its own lr
+            cells += [Cell(f"IPC {ipc}, {method}{tag}", "hard labels", preset, (*base, *hard, *lr), source=kit)
+                      for tag, lr in grid if not real]
+            if real and lr_grid:
+                cells += [Cell(f"IPC {ipc}, {method}{tag}", budget_label(b), preset, (*base, *pruned(b), *lr), source=kit)
+                          for tag, lr in grid for b in budgets]
+    pick = lambda row, column: tuple((f"{row}{tag}", column) for tag, _ in grid)
+    rankings = tuple(Ranking((f"IPC {ipc}, {m}", budget_label(b)), pick(f"IPC {ipc}, random real", budget_label(b)),
+                             pick(f"IPC {ipc}, {m}", "hard labels"), ("whole training split", "hard labels"),
+                             no_aug=((f"IPC {ipc}, {m}", "no augmentation"), pick(f"IPC {ipc}, random real", "no augmentation"))
+                             if b == 1 else ()) for ipc in ipcs for m in ("SRe2L", "LPLD (class BN)") for b in budgets)
     return cells, rankings
 
 @register_table("lesson")
@@ -124,12 +140,13 @@ def _demo_table():
 @register_table("fashion_mnist_ci")
 def _fashion_mnist_ci():
     small = ("squeeze.epochs=1", "recover.iterations=100", "relabel.epochs=20", "validate.epochs=20", "validate.eval_every=20")
-    extra, rankings = _fashion_rankings([10], small, budgets=(1, 40), full_epochs=1)
+    extra, rankings = _fashion_rankings([10], small, budgets=(1,), full_epochs=1, lr_grid=DD_RANKING_LRS)
     return TableSpec("fashion_mnist_ci", "Fashion-MNIST, CI size: random real vs SRe2L vs LPLD, full vs 40x labels",
                      _fashion_cells([10], small, budgets=(1, 40)) + extra, rankings=rankings,
                      about="The Fashion-MNIST table with one teacher epoch, 100 recovery steps and 20 student epochs "
                            "(one pass for the whole-split student of DD-Ranking's HLR), so that CI can run it; see "
-                           "`fashion_mnist` for the real one.")
+                           "`fashion_mnist` for the real one. DD-Ranking's students are scored at full labels only, "
+                           "with its learning-rate grid (0.001 to 0.1) for the random subsets and the hard-label students.")
 
 @register_table("fashion_mnist")
 def _fashion_mnist_table():
@@ -138,9 +155,11 @@ def _fashion_mnist_table():
                      _fashion_cells([10, 50], ("validate.eval_every=100",)) + extra, seeds=(0, 1, 2), rankings=rankings,
                      about="ConvNet teacher and student (the fashion-mnist presets), 100 student epochs, 3 seeds; "
                            "`sre2l reproduce fashion_mnist` runs it on a CPU in about 1.5 hours, plus the students of "
-                           "DD-Ranking's scores: hard labels on each image set, and 10 passes over the whole training "
-                           "split. Students are tested once, after their last epoch, so DD-Ranking's best test top-1 is "
-                           "the final one; DD-Ranking's learning-rate grid is not run.")
+                           "DD-Ranking's scores: hard labels on each distilled set, each set relabelled without "
+                           "augmentation (ARS), and 10 passes over the whole training split. Students are tested once, "
+                           "after their last epoch, so DD-Ranking's best test top-1 is the final one. DD-Ranking's "
+                           "learning-rate grid is not run here (it would add 5 students per random and hard-label cell); "
+                           "`fashion_mnist_ci` runs it.")
 
 def _rehearsal(classes: int, per_class: tuple, ipc: int, epochs: dict, iterations: int) -> list:
     "The sre2l_in1k and lpld_in1k recipes on an imagenet-shape folder, full and 40x labels, with scaled-down lengths."
