@@ -34,6 +34,7 @@ def field_comments(cls) -> dict:
         if match: out[match.group(1)] = match.group(2).strip()
     return out
 
+# %% ../nbs/06_cli.ipynb #08dc5808
 def config_help(cfg: RunConfig | None = None,
                 sections: tuple | None = None) -> str:  # sections to list besides the top-level keys (None: all)
     "One line per configuration key: name, value in `cfg`, meaning, allowed values."
@@ -74,6 +75,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError: pass
     raise argparse.ArgumentTypeError(f"--shard expects I/N with 0 <= I < N, got {text!r}")
 
+# %% ../nbs/06_cli.ipynb #364dadba
 def _common(p: argparse.ArgumentParser, run_dir_default: str = "runs/default"):
     p.add_argument("--preset", default="digits", help="named settings (see `sre2l presets`); default: %(default)s")
     p.add_argument("--run-dir", default=run_dir_default,
@@ -81,6 +83,7 @@ def _common(p: argparse.ArgumentParser, run_dir_default: str = "runs/default"):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change one setting, e.g. --set recover.ipc=50 (repeatable; keys listed below)")
 
+# %% ../nbs/06_cli.ipynb #5f1e88cf
 def _verb(verbs, name: str, func, argv, help: str, description: str = "", keys: bool = False):
     "Add one verb's parser, with its handler `func` and (`keys`) the configuration keys as its epilog."
     p = verbs.add_parser(name, help=help, description=description or help, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -103,6 +106,7 @@ def _run_stage(args) -> int:
     print(json.dumps({k: manifest[k] for k in ("stage", "config_hash", "timings", "metrics") if k in manifest}, indent=2))
     return 0
 
+# %% ../nbs/06_cli.ipynb #851b669c
 def _stage_parsers(verbs, argv):
     for verb in STAGE_VERBS:
         p = _verb(verbs, verb, _run_stage, argv, _STAGE_HELP[verb], keys=True)
@@ -120,6 +124,7 @@ def _import_images(args) -> int:
           f"recover already complete in {resolve_run_dir(args.run_dir) / 'recover'} ({result['images']} images); nothing imported")
     return 0
 
+# %% ../nbs/06_cli.ipynb #9f64a220
 def _import_labels(args) -> int:  # SRe2L's epoch_*/batch_*.tar, or FKD's <class>/<stem>.tar of a split
     from sre2l.relabel import import_official_labels
     from sre2l.regions import import_fkd_labels
@@ -130,6 +135,7 @@ def _import_labels(args) -> int:  # SRe2L's epoch_*/batch_*.tar, or FKD's <class
           f"relabel already complete in {resolve_run_dir(args.run_dir) / 'relabel'}; nothing imported")
     return 0
 
+# %% ../nbs/06_cli.ipynb #4ed9c80f
 def _export_labels(args) -> int:
     from sre2l.runs import read_manifest
     from sre2l.relabel import export_official_labels
@@ -162,12 +168,15 @@ def _make_imagefolder(args) -> int:
     print(f"{folder}: {record['classes']} classes, {record['train_per_class']} train and {record['val_per_class']} val images per class")
     return 0
 
+# %% ../nbs/06_cli.ipynb #491e9039
 def _status(args) -> int: print(status_table(run_status(args.run_dir))); return 0
 
+# %% ../nbs/06_cli.ipynb #47dc4886
 def _presets(args) -> int:
     for name in list_presets(): print(f"{name:18} {PRESET_SOURCES[name]}")
     return 0
 
+# %% ../nbs/06_cli.ipynb #aa25f161
 def _config(args) -> int: print(json.dumps(config_dict(make_config(args.preset, args.overrides)), indent=2)); return 0
 
 # %% ../nbs/06_cli.ipynb #4f212cbb
@@ -279,6 +288,7 @@ def _demo(args) -> int:
     print(f"tables and figures: {report['folder']}")
     return 1 if report["failed"] else 0
 
+# %% ../nbs/06_cli.ipynb #10de5ae2
 def _demo_parser(verbs, argv):
     p = _verb(verbs, "demo", _demo, argv, "run the demo table (digits: recovered vs random real images, full vs 40x labels)",
               "Run the `demo` table through `sre2l reproduce` (the four stage notebooks with papermill, stages shared "
@@ -312,6 +322,7 @@ def readme_from_index(index) -> str:  # the index notebook (a path)
             if "text/markdown" in output.get("data", {}): parts.append("".join(output["data"]["text/markdown"]).strip())
     return "\n\n".join(parts) + "\n\n" + README_MARKER + "\n"
 
+# %% ../nbs/06_cli.ipynb #d7dac482
 def write_readme(project=None) -> Path:  # the repository (default: the one around the working folder)
     "Replace the README's top part (down to the marker) by the index notebook's text."
     from sre2l.runs import find_project_root, atomic_write
@@ -345,10 +356,12 @@ def _offline(html: str) -> str:
     html = re.sub(r'<script type="text/x-mathjax-config">.*?</script>', "", html, flags=re.S)
     return re.sub(r'<script[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>', "", html)
 
+# %% ../nbs/06_cli.ipynb #89dd88c3
 def _rebase(markdown: str, prefix: str) -> str:
     "Relative links and image paths of a notebook's markdown, re-based for a page in another folder."
     return re.sub(r'(\]\(|src=")(?!https?:|#|data:|/|mailto:)', lambda m: m.group(1) + prefix, markdown)
 
+# %% ../nbs/06_cli.ipynb #df3c6b67
 def _page_links(html: str) -> list[tuple[str, str, str]]:
     "(tag, attribute, value) of every src and href of a page's tags (not of text that merely looks like one)."
     from html.parser import HTMLParser
@@ -358,6 +371,7 @@ def _page_links(html: str) -> list[tuple[str, str, str]]:
     Links().feed(html)
     return found
 
+# %% ../nbs/06_cli.ipynb #e8f92664
 def check_site(folder) -> int:
     "Refuse pages that load anything remote or link to a missing local file; the number of local links checked."
     broken, checked = [], 0
@@ -414,6 +428,7 @@ def build_site(executed=None,  # a folder of executed stage notebooks to show in
 # %% ../nbs/06_cli.ipynb #273a26a5
 def _site(args) -> int: print(build_site(args.executed, args.to)); return 0
 
+# %% ../nbs/06_cli.ipynb #2808154f
 def _site_parser(verbs, argv):
     p = _verb(verbs, "site", _site, argv, "render the lessons with their outputs to static HTML in _docs/",
               "Render every notebook to HTML with nbconvert, with the outputs committed in it (`sre2l lessons` "
@@ -423,13 +438,16 @@ def _site_parser(verbs, argv):
                    help="folder of executed stage notebooks to show instead (default: the committed notebooks)")
     p.add_argument("--to", default="_docs", help="output folder (default: %(default)s)")
 
+# %% ../nbs/06_cli.ipynb #449ab497
 def _readme(args) -> int: print(write_readme()); return 0
 
+# %% ../nbs/06_cli.ipynb #21d4fe88
 def _readme_parser(verbs, argv):
     _verb(verbs, "readme", _readme, argv, "write the README's top part from nbs/index.ipynb (in the repository)",
           "Replace README.md down to its marker line by the markdown cells of nbs/index.ipynb and the Markdown its "
           "code cells display (execute the notebook first to refresh the demo's table).")
 
+# %% ../nbs/06_cli.ipynb #b85f5dba
 def _lessons(args) -> int:
     from sre2l.lessons import check_lessons, refresh_lessons
     if not args.check:
@@ -440,6 +458,7 @@ def _lessons(args) -> int:
     if stale: raise Sre2lError(f"{len(stale)} notebooks have stale outputs ({', '.join(stale)}): run `sre2l lessons`")
     print("every notebook's committed outputs are fresh"); return 0
 
+# %% ../nbs/06_cli.ipynb #947c28df
 def _lessons_parser(verbs, argv):
     p = _verb(verbs, "lessons", _lessons, argv, "re-execute the notebooks and commit their outputs (or --check them)",
               "Execute every notebook of nbs/ in order, in a fresh temporary copy of the repository (no run folders), "
@@ -457,6 +476,7 @@ def _fetch(args) -> int:
     print(json.dumps(fetch(args.name, args.run_dir, args.source, args.sha256, args.data_dir, args.trust_pickle, args.overrides), indent=2))
     return 0
 
+# %% ../nbs/06_cli.ipynb #9d6a72c4
 def _fetch_parser(verbs, argv):
     from sre2l.fetch import list_artifacts
     p = _verb(verbs, "fetch", _fetch, argv, "download, verify, unpack and import a released SRe2L image set or FKD label archive",
@@ -505,6 +525,7 @@ def _duration(seconds) -> str:
     "Seconds as h:mm:ss."
     seconds = int(round(seconds)); return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
+# %% ../nbs/06_cli.ipynb #3c40d62f
 def status_table(states: list[dict]) -> str:
     "One line per stage folder: finished (its time), started (done/total, rate, time left, last report) or not started."
     lines = []

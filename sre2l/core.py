@@ -29,9 +29,11 @@ __all__ = ['Precision', 'LABEL_TYPES', 'LIMITS', 'NAME_CHECKS', 'STAGES', 'log',
 class Sre2lError(Exception):
     "A problem with the user's input or files, reported as one clear message."
 
+# %% ../nbs/00_core.ipynb #24767258
 class ConfigError(Sre2lError):
     "An unknown preset or key, or a value of the wrong type."
 
+# %% ../nbs/00_core.ipynb #f77e04e5
 class DamagedFile(Sre2lError, ValueError):
     "A file the kit wrote (JSON, a manifest) that is no longer what it wrote."
 
@@ -224,6 +226,7 @@ def _field_names(obj) -> list[str]:
         out += [f"{f.name}.{n}" for n in _field_names(value)] if is_dataclass(value) else [f.name]
     return out
 
+# %% ../nbs/00_core.ipynb #ba51590c
 def _convert(text, current, key: str):
     "Convert `text` to the type of `current`."
     if not isinstance(text, str): text_value = text
@@ -298,10 +301,12 @@ def _in_range(value, limit: str) -> bool:
     low, high = (float(v) for v in limit[1:-1].split(","))
     return (low <= value if limit[0] == "[" else low < value) and (value <= high if limit[-1] == "]" else value < high)
 
+# %% ../nbs/00_core.ipynb #81a4132b
 def _choices(cls) -> dict:
     "{field: allowed values} of the fields of a config class annotated Literal[...]."
     return {n: get_args(t) for n, t in get_type_hints(cls).items() if get_origin(t) is Literal}
 
+# %% ../nbs/00_core.ipynb #eea0d548
 def _value_problems(cfg, prefix: str = "") -> list[str]:
     "What is wrong with single values: choices, finiteness, whole numbers, LIMITS ranges."
     problems, choices = [], _choices(type(cfg))
@@ -323,6 +328,7 @@ def _channels_ok(text: str, cfg, positive: bool = False) -> bool:
     except ValueError: return False
     return all(math.isfinite(v) and (v > 0 or not positive) for v in values) and len(values) in (1, 3)
 
+# %% ../nbs/00_core.ipynb #31868efb
 def _rule(cfg) -> list:
     "(broken?, message) of every rule between fields; the data set and model names are looked up lazily."
     r, l, v, s = cfg.recover, cfg.relabel, cfg.validate, cfg.squeeze
@@ -386,6 +392,7 @@ def parameter_names(cfg: RunConfig | None = None) -> dict:
 
 _PLAIN = (bool, int, float, str, list, tuple, dict, type(None))  # what papermill injects; imports are not plain
 
+# %% ../nbs/00_core.ipynb #5e76b134
 def notebook_overrides(namespace: dict, before: set,
                        own=("preset", "run_dir", "overrides")) -> list[str]:  # the parameters cell's own names
     "The --set strings of configuration keys injected into a notebook; any other injected name is refused."
@@ -410,6 +417,7 @@ def config_dict(cfg: RunConfig) -> dict:
     "The configuration as plain JSON-ready data."
     return asdict(cfg)
 
+# %% ../nbs/00_core.ipynb #a0118dc8
 def config_from_dict(data: dict) -> RunConfig:
     "Rebuild a `RunConfig` from `config_dict` output, refusing unknown keys."
     cfg = RunConfig()
@@ -420,10 +428,12 @@ def config_from_dict(data: dict) -> RunConfig:
     walk("", data)
     return check_config(cfg)
 
+# %% ../nbs/00_core.ipynb #04e382bb
 def hash_json(data) -> str:
     "sha256 of canonical JSON, 16 hex digits."
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
+# %% ../nbs/00_core.ipynb #d21cecc4
 def stages_needed(cfg: RunConfig) -> tuple:
     "The stages a cell's student needs: a student of the training split with hard or online labels skips recover and relabel."
     v, l = cfg.validate, cfg.relabel
@@ -432,6 +442,7 @@ def stages_needed(cfg: RunConfig) -> tuple:
     squeeze = recover or relabel or v.labels == "online"
     return tuple(s for s, needed in zip(STAGES, (squeeze, recover, relabel, True)) if needed)
 
+# %% ../nbs/00_core.ipynb #2f37276b
 def stage_config(cfg: RunConfig, stage: str) -> dict:
     "The part of the configuration that `stage` and the stages before it depend on."
     if stage not in STAGES: raise ValueError(f"unknown stage {stage!r}")
@@ -449,11 +460,13 @@ def seed_everything(seed: int):
     import numpy as np, torch
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
 
+# %% ../nbs/00_core.ipynb #bee3b29a
 def unit_seed(seed: int, *keys) -> int:
     "A 63-bit seed derived from the master seed and a work unit's keys."
     digest = hashlib.sha256(json.dumps([seed, *keys], default=str).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
+# %% ../nbs/00_core.ipynb #3d4caa66
 def generator(seed: int, *keys, device="cpu"):  # -> torch.Generator
     "A torch generator seeded for one work unit."
     import torch
@@ -488,6 +501,7 @@ class _LogStream(logging.StreamHandler):
     @stream.setter
     def stream(self, value): pass  # always the current stream: never a closed, replaced one
 
+# %% ../nbs/00_core.ipynb #c6f200a2
 def setup_logging(level=logging.INFO):
     "Send the kit's log lines to stderr (in a notebook: to its normal output), once."
     if not any(isinstance(h, _LogStream) for h in log.handlers):

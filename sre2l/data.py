@@ -97,6 +97,7 @@ def resize_crop(image: torch.Tensor,  # uint8 [C, H, W]
     if not resolution or (tuple(image.shape[-2:]) == (resolution, resolution) and resize <= resolution): return image
     return TF.center_crop(TF.resize(image, max(resize, resolution), antialias=True), resolution)
 
+# %% ../nbs/00a_data.ipynb #c611a757
 def read_image(path, resolution: int = 0, channels: int = 3,
                resize: int = 0,  # shorter side before the centre crop (0 = resolution); ImageNet eval: 256
                exact: bool = False) -> torch.Tensor:  # refuse a file that is not already resolution x resolution
@@ -113,6 +114,7 @@ def default_workers() -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(16, cpus))
 
+# %% ../nbs/00a_data.ipynb #d0ddc7c9
 class OrderBatches(torch.utils.data.Sampler):
     "Index batches of `order`; set a new `order` between passes (persistent worker processes stay up)."
     def __init__(self, order: torch.Tensor, batch_size: int, drop_last: bool = False):
@@ -135,6 +137,7 @@ class FileImages(torch.utils.data.Dataset):
         if not self.raw: return self.data.read(i), self.data.labels[i]
         return Path(self.data.paths[i]).read_bytes(), self.data.labels[i], i  # bytes: no shared-memory handles
 
+# %% ../nbs/00a_data.ipynb #13987290
 def collate_padded(items: list) -> tuple:
     "Images of different sizes as one zero-padded uint8 tensor [B, C, H, W] and their sizes [B, 2]: ((images, sizes), labels)."
     height, width = max(x.shape[-2] for x, _ in items), max(x.shape[-1] for x, _ in items)
@@ -143,6 +146,7 @@ def collate_padded(items: list) -> tuple:
     sizes = torch.tensor([list(x.shape[-2:]) for x, _ in items])
     return (out, sizes), torch.stack([torch.as_tensor(y) for _, y in items])
 
+# %% ../nbs/00a_data.ipynb #cbd4aefb
 def _collate_bytes(items: list) -> tuple:
     "Batch raw files: ((byte tensors, indices), labels)."
     return ([b for b, _, _ in items], [i for _, _, i in items]), torch.stack([y for _, y, _ in items])
@@ -224,6 +228,7 @@ def decode_all(data: ImageSet,
         out[start: start + len(images)] = images; start += len(images)
     return replace(data, images=out, paths=None)
 
+# %% ../nbs/00a_data.ipynb #11e23425
 def cached(data: ImageSet,
            budget: int,  # bytes of uint8 pixels the decoded set may take (data.cache_bytes)
            workers: int = -1) -> ImageSet:
@@ -253,10 +258,12 @@ class DatasetSpec:
 
 DATASETS = Registry("data set", DataError)  # {name: DatasetSpec}
 
+# %% ../nbs/00a_data.ipynb #f1d67190
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     "Add a data set to the registry."
     return DATASETS.add(spec.name, spec)
 
+# %% ../nbs/00a_data.ipynb #d8eefa87
 def list_datasets() -> list[str]:
     "Names of all registered data sets."
     return DATASETS.names()
@@ -272,6 +279,7 @@ def get_dataset(name: str,  # registered data-set name
                         f"for folders made by `sre2l make-imagefolder` (leave it 0)")
     return replace(spec, num_classes=num_classes)
 
+# %% ../nbs/00a_data.ipynb #2bd1a396
 def load_split(name: str,  # registered data-set name
                split: str = "train",  # 'train' or 'test'
                root: str = "",  # data folder ('' = the registry's default places)
@@ -298,13 +306,16 @@ def default_roots(name: str, root: str = "") -> list[Path]:
     base = find_project_root() or Path.cwd()
     return [base / Path(root).expanduser()] if root else [base / "data" / name]
 
+# %% ../nbs/00a_data.ipynb #e376c3c6
 def _missing(name: str, searched: list, where: str):
     return DataError(f"data set {name!r} not found (looked in: {', '.join(map(str, searched))}). {where}")
 
+# %% ../nbs/00a_data.ipynb #f35d8cee
 def data_spec(dc) -> DatasetSpec:
     "The spec of the data set a `DataConfig` names (its class count applied)."
     return get_dataset(dc.name, dc.num_classes)
 
+# %% ../nbs/00a_data.ipynb #0bd9882f
 def open_split(dc, split: str) -> ImageSet:
     "One split of the data set a `DataConfig` names, from its root."
     return load_split(dc.name, split, dc.root, dc.download, dc.num_classes)
@@ -338,6 +349,7 @@ def read_idx(path) -> np.ndarray:
     if body.size != math.prod(shape): raise DataError(f"{path} is truncated: {body.size} bytes for shape {shape}")
     return body.reshape(shape)
 
+# %% ../nbs/00a_data.ipynb #22bc5230
 def _find_idx(folder: Path, stem: str):
     for candidate in (folder / stem, folder / f"{stem}.gz", folder / "FashionMNIST" / "raw" / stem):
         if candidate.is_file(): return candidate
@@ -408,6 +420,7 @@ def _same_classes(folder: Path, other: Path, classes: list):
         raise DataError(f"{folder} and {other} have different class folders ({len(classes)} vs {len(theirs)}; "
                         f"in one only: {', '.join(only[:5])}{' ...' if len(only) > 5 else ''})")
 
+# %% ../nbs/00a_data.ipynb #041ea01f
 def _folder_loader(name: str):
     def load(spec, split, root, download):
         base = default_roots(name, root)[0]
@@ -462,6 +475,7 @@ def distilled_path(root, cls: int, ipc_id: int, ext: str = "jpg") -> Path:
     "Path of one distilled image in the official naming."
     return Path(root) / f"new{cls:03d}" / f"class{cls:03d}_id{ipc_id:03d}.{ext}"
 
+# %% ../nbs/00a_data.ipynb #e36b152e
 def read_distilled(root,  # folder holding new{cls}/ sub-folders
                    ipc: int | None = None,  # keep the first `ipc` files of each class (sorted by id)
                    channels: int = 3,  # 1 or 3
@@ -505,6 +519,7 @@ def image_list_hash(source) -> str:
     else: text = "\n".join(sorted(str(p.relative_to(source)) for p in Path(source).rglob("class*_id*.*")))
     return hashlib.sha256(text.encode()).hexdigest()
 
+# %% ../nbs/00a_data.ipynb #4d0db977
 def write_image(path, image: torch.Tensor,  # uint8 [C, H, W]
                 quality: int = 75):  # JPEG quality (ignored for PNG)
     "Save one uint8 image atomically; the format follows the suffix (.jpg or .png)."
@@ -574,10 +589,12 @@ def crop_resize(images: torch.Tensor,  # float [N, C, H, W]
     grid = torch.stack([grid_x, grid_y], -1)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
+# %% ../nbs/00a_data.ipynb #25e28c0e
 def flip_where(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     "Horizontally flip the images whose flag is set."
     return torch.where(flips.to(images.device).view(-1, 1, 1, 1), images.flip(-1), images)
 
+# %% ../nbs/00a_data.ipynb #08348139
 def normalize(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
     "uint8 images -> float, scaled to [0, 1] and standardised per channel."
     mean = torch.as_tensor(mean, device=images_uint8.device).view(1, -1, 1, 1)

@@ -37,6 +37,7 @@ class Artifact:
 
 ARTIFACTS = Registry("published file")  # {name: Artifact}
 
+# %% ../nbs/05a_fetch.ipynb #95775cc2
 def register_artifact(artifact: Artifact) -> Artifact:
     "Add a released file to the registry."
     return ARTIFACTS.add(artifact.name, artifact, artifact.about)
@@ -54,10 +55,12 @@ for _mix in ("mixup", "cutmix"):
                                ("recover.ipc=50", "recover.iterations=4000", f"relabel.mix={_mix}", "relabel.order=official"),
                                f"FKD-mix soft labels ({_mix}, fp16) of sre2l_in1k_rn18_4k_ipc50, 300 epochs"))
 
+# %% ../nbs/05a_fetch.ipynb #21815abd
 def list_artifacts() -> list[str]:
     "Names of every registered released file."
     return ARTIFACTS.names()
 
+# %% ../nbs/05a_fetch.ipynb #82263b96
 def get_artifact(name: str) -> Artifact:
     "The `Artifact` called `name`, or a clear error naming the close ones."
     return ARTIFACTS.lookup(name)
@@ -70,6 +73,7 @@ def _hub():
                                          "(or download the file yourself and pass it with --from)") from None
     return huggingface_hub
 
+# %% ../nbs/05a_fetch.ipynb #595b16b3
 def hub_checksum(artifact: Artifact) -> str:
     "The sha256 the Hub publishes for the artifact's file (its LFS object id)."
     try: info = _hub().HfApi().get_paths_info(artifact.repo, [artifact.filename], repo_type="dataset")
@@ -82,6 +86,7 @@ def hub_checksum(artifact: Artifact) -> str:
     if not sha: raise Sre2lError(f"the Hub gives no sha256 for {artifact.repo}/{artifact.filename}; pass --sha256 HEX")
     return sha
 
+# %% ../nbs/05a_fetch.ipynb #24c4f661
 def download(artifact: Artifact, cache_dir=None) -> Path:
     "Download the artifact's file from the Hub (resumable, cached) and return its path."
     try: return Path(_hub().hf_hub_download(artifact.repo, artifact.filename, repo_type="dataset", cache_dir=cache_dir))
@@ -90,6 +95,7 @@ def download(artifact: Artifact, cache_dir=None) -> Path:
         raise Sre2lError(f"download of {artifact.repo}/{artifact.filename} failed ({type(e).__name__}: {e}); "
                          "download it another way and pass it with --from FILE") from None
 
+# %% ../nbs/05a_fetch.ipynb #8bbe4610
 def verify(path, expected: str, what: str) -> str:
     "Check a file's sha256 against `expected`; return it, or refuse naming both."
     actual = sha256_file(path)
@@ -114,6 +120,7 @@ def safe_members(archive) -> list:
             raise Sre2lError(f"archive member {name!r} is a {kind}; refusing the archive (released sets hold plain files)")
     return [name for name, _ in items]
 
+# %% ../nbs/05a_fetch.ipynb #a7faf8e6
 def unpack(archive_path, target) -> Path:
     "Extract a .zip or .tar(.gz) into `target` (all or nothing); return `target`."
     archive_path, target = Path(archive_path), Path(target)
@@ -133,6 +140,7 @@ def unpack(archive_path, target) -> Path:
         shutil.rmtree(temporary, ignore_errors=True); raise
     return target
 
+# %% ../nbs/05a_fetch.ipynb #f0680699
 def find_layout(folder, kind: str) -> Path:
     "The folder inside an unpacked archive that holds the official layout (new000/... or epoch_0/...)."
     marker = "new000" if kind == "images" else "epoch_0"

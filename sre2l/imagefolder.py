@@ -81,6 +81,7 @@ def _colour_mode(number: int) -> str:
     "ImageNet's colour modes: about one image in fifty greyscale, one in four hundred CMYK (by running number)."
     return "L" if number % 50 == 7 else "CMYK" if number % 400 == 21 else "RGB"
 
+# %% ../nbs/00e_imagefolder.ipynb #ef360401
 def _write_class(root: str, c: int, name: str, counts: dict, seed: int, first_number: dict) -> int:
     "Write one class's images of every split; the number written (existing files are kept)."
     from PIL import Image

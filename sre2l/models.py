@@ -53,6 +53,7 @@ def register_model(pattern: str):
     "Decorator registering a model builder under a name or regular expression."
     return MODELS.register(pattern)
 
+# %% ../nbs/00b_models.ipynb #6a713dc2
 @register_model(r"convnet(-d(?P<depth>\d+))?(-w(?P<width>\d+))?(-(?P<pooling>avg|max|none))?")
 def _convnet(num_classes, in_channels, resolution, small_input, weights, depth=None, width=None, pooling=None):
     if weights: raise Sre2lError("ConvNet has no pretrained weights; leave weights empty")
@@ -67,12 +68,14 @@ def small_input_stem(model: nn.Module, in_channels: int = 3) -> nn.Module:
     model.maxpool = nn.Identity()
     return model
 
+# %% ../nbs/00b_models.ipynb #9fe00a12
 def _set_in_channels(model: nn.Module, in_channels: int) -> nn.Module:
     "Give a stem convolution another number of input channels (keeping kernel, stride and padding)."
     conv = model.conv1
     model.conv1 = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
     return model
 
+# %% ../nbs/00b_models.ipynb #00725554
 def _torchvision_names() -> set:
     import torchvision
     return set(torchvision.models.list_models(module=torchvision.models))
@@ -91,6 +94,7 @@ def _build_torchvision(name, num_classes, in_channels, resolution, small_input, 
     if small_input: return small_input_stem(model, in_channels)
     return _set_in_channels(model, in_channels) if in_channels != 3 else model
 
+# %% ../nbs/00b_models.ipynb #263fab49
 def _build_timm(name, num_classes, in_channels, resolution, small_input, weights):
     import timm
     if weights not in ("", "pretrained"): raise Sre2lError(f"timm models take weights='pretrained' or '', got {weights!r}")
@@ -103,6 +107,7 @@ def list_models(pattern: str = "*") -> list[str]:
     names = ["convnet", "convnet-d{depth}-w{width}[-avg|-max|-none]", *sorted(_torchvision_names())]
     return [n for n in names if fnmatch.fnmatch(n, pattern)]
 
+# %% ../nbs/00b_models.ipynb #0d93b09f
 def model_input(name: str, weights: str = "") -> dict | None:
     "The input size and normalisation a model's pretrained weights expect ({'size', 'mean', 'std', 'source'}), or None."
     if name.startswith("timm:") and weights == "pretrained":
@@ -118,6 +123,7 @@ def model_input(name: str, weights: str = "") -> dict | None:
                 "source": f"torchvision {weights}"}
     return None
 
+# %% ../nbs/00b_models.ipynb #bb845b02
 def check_model_name(name: str) -> str:
     "`name` when the factory can build it (timm and file: names are checked when built); else a clear error."
     if name.startswith(("timm:", "file:")) and len(name) > 5: return name
@@ -126,6 +132,7 @@ def check_model_name(name: str) -> str:
     raise Sre2lError(f"unknown model {name!r}; " + (f"did you mean {', '.join(close)}?" if close else
                      "see sre2l.models.list_models() (timm models as 'timm:<name>')"))
 
+# %% ../nbs/00b_models.ipynb #270d13c9
 def create_model(name: str,  # registry name, e.g. 'convnet-d3-w64', 'resnet18', 'timm:resnet18'
                  num_classes: int = 1000,  # output classes
                  in_channels: int = 3,  # image channels
@@ -164,12 +171,14 @@ def clean_state_dict(state: dict) -> dict:
         out[k] = v
     return out
 
+# %% ../nbs/00b_models.ipynb #9b951b38
 def _file_kind(path: Path) -> str:
     "'safetensors', 'torch' (zip or legacy pickle) or 'other', from the file's first bytes."
     with open(path, "rb") as f: head = f.read(9)
     if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 10**8: return "safetensors"
     return "torch" if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" else "other"
 
+# %% ../nbs/00b_models.ipynb #ea91b776
 def _refusal(path: Path, error: Exception) -> Sre2lError:
     "Why torch's weights-only loader refused a file, in the kit's words (never advising weights_only=False)."
     text = str(error)
@@ -180,6 +189,7 @@ def _refusal(path: Path, error: Exception) -> Sre2lError:
                           f"unpickled, and the kit loads only tensors; save model.state_dict() with torch.save, or as .safetensors")
     return Sre2lError(f"{path} is a damaged torch checkpoint ({text.strip().splitlines()[-1][:160] if text.strip() else type(error).__name__})")
 
+# %% ../nbs/00b_models.ipynb #94619ae0
 def read_state_dict(path) -> dict:
     "A state dict from .safetensors or a torch checkpoint, never unpickling arbitrary objects."
     path = Path(path)
@@ -205,6 +215,7 @@ def _numpy_globals(arrays: bool) -> list:
                            (core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
     return allowed
 
+# %% ../nbs/00b_models.ipynb #00dabe52
 def read_pickled_labels(path, trust_pickle: bool, what: str, arrays: bool = False):
     "A torch.save pickle of labels (official FKD-mix batches, FKD region files), read weights-only, numpy allowed."
     if not trust_pickle:
@@ -217,6 +228,7 @@ def read_pickled_labels(path, trust_pickle: bool, what: str, arrays: bool = Fals
         raise Sre2lError(f"{path} is not {what} the kit can read without running code "
                          f"({str(error).strip().splitlines()[-1][:160]})") from None
 
+# %% ../nbs/00b_models.ipynb #99a5fba3
 def load_checkpoint(model: nn.Module, path) -> nn.Module:
     "Load weights into `model`, naming missing and unexpected keys, or the shapes, when they do not fit."
     state = read_state_dict(path)
@@ -239,12 +251,14 @@ def load_checkpoint(model: nn.Module, path) -> nn.Module:
                          f"unexpected {result.unexpected_keys[:5]}")
     return model
 
+# %% ../nbs/00b_models.ipynb #8e58f3c3
 def save_model(model: nn.Module, path, spec: dict):
     "Save weights as safetensors and the model's build arguments as JSON beside them."
     path = Path(path)
     save_tensors(path, model.state_dict())
     save_json(path.with_suffix(".json"), spec)
 
+# %% ../nbs/00b_models.ipynb #89bb7aa2
 def load_model(path) -> nn.Module:
     "Rebuild a model saved with `save_model`."
     spec = load_json(Path(path).with_suffix(".json"))
@@ -256,6 +270,7 @@ def load_teacher(run_dir, cfg, device) -> nn.Module:
     require_stage(run_dir, "squeeze", cfg)
     return load_model(Path(run_dir) / "squeeze" / "teacher.safetensors").to(device).eval().requires_grad_(False)
 
+# %% ../nbs/00b_models.ipynb #354bd710
 def load_named_teacher(name: str,  # registry name, or file:<path to a model saved with save_model>
                        weights: str,  # torchvision weights enum or 'pretrained' (timm); '' = random
                        spec, device) -> nn.Module:  # spec: the data set's DatasetSpec (classes, channels, size)
@@ -347,6 +362,7 @@ def save_class_bn(path, stats: dict, mode: str):
     for name, (mean, var) in stats.items(): tensors[f"{name}.mean"], tensors[f"{name}.var"] = mean, var
     save_tensors(path, tensors, {"mode": mode, "layers": list(stats)})
 
+# %% ../nbs/00b_models.ipynb #ac7b1430
 def load_class_bn(path) -> dict:
     "Read statistics written by `save_class_bn`: {layer: (mean, var)}."
     tensors, layers = load_tensors(path), load_metadata(path).get("layers", [])

@@ -31,6 +31,7 @@ def image_grid(images: torch.Tensor,  # uint8 [N, C, H, W]
         canvas[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + col * (w + 1): 1 + col * (w + 1) + w] = images[i]
     return canvas.permute(1, 2, 0).numpy()
 
+# %% ../nbs/00c_plots.ipynb #6ef8f22a
 def show_images(images: torch.Tensor,  # uint8 [N, C, H, W]
                 nrow: int = 10,  # images per row
                 title: str = "",  # axes title
@@ -76,6 +77,7 @@ def plot_curves(curves: dict,  # {label: sequence of values} or {label: (xs, ys)
     if len(curves) > 1: ax.legend()
     return ax.figure
 
+# %% ../nbs/00c_plots.ipynb #9bdc3600
 def plot_bars(values: dict,  # {label: value}
               ylabel: str = "", title: str = "", ax=None):
     "Bar chart of named values, each bar labelled with its value."

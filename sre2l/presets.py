@@ -17,6 +17,7 @@ def register_preset(name: str,  # preset name used by `--preset`
     "Decorator registering a function that returns a `RunConfig`."
     return PRESETS.register(name, source)
 
+# %% ../nbs/00f_presets.ipynb #7a5feb24
 def list_presets() -> list[str]:
     "Names of every registered preset."
     return PRESETS.names()
@@ -28,6 +29,7 @@ def _with(cfg: RunConfig, **changes) -> RunConfig:
         set_value(cfg, key.replace("__", "."), value)
     return cfg
 
+# %% ../nbs/00f_presets.ipynb #26580eda
 @register_preset("digits", source="kit demo: scikit-learn digits at 16 px, CPU in seconds")
 def _digits():
     return _with(RunConfig(preset="digits"),
@@ -38,6 +40,7 @@ def _digits():
                  relabel__epochs=100, relabel__batch_size=50, relabel__crop_scale_min=0.5, relabel__flip=False,
                  validate__epochs=100, validate__lr=3e-3, validate__eval_every=20)
 
+# %% ../nbs/00f_presets.ipynb #5d712e67
 @register_preset("fashion-mnist", source="kit recipe: Fashion-MNIST 28 px, ConvNet teacher and student on CPU")
 def _fashion_mnist():
     return _with(RunConfig(preset="fashion-mnist"), data__name="fashion-mnist",
@@ -55,6 +58,7 @@ def _lpld_digits():
     cfg = _digits(); cfg.preset = "lpld_digits"
     return _with(cfg, squeeze__class_bn="ema", recover__bn_target="class", recover__batch_mode="within-class")
 
+# %% ../nbs/00f_presets.ipynb #53837f2e
 @register_preset("lpld_fashion-mnist", source="kit recipe: LPLD class-wise BN recovery on Fashion-MNIST")
 def _lpld_fashion_mnist():
     cfg = _fashion_mnist(); cfg.preset = "lpld_fashion-mnist"
@@ -72,6 +76,7 @@ def _sre2l_in1k():
                  validate__model="resnet18", validate__small_input=False, validate__epochs=300,
                  validate__lr=1e-3, validate__temperature=20.0, validate__eval_batch_size=256)
 
+# %% ../nbs/00f_presets.ipynb #995630bd
 @register_preset("sre2l_tiny", source="zeyuanyin/tiny-imagenet train_rn18.sh, train_kd.sh; SRe2L recover_tiny.sh "
                  "(the student learns from the teacher online, on each step's crops, as train_kd.sh does)")
 def _sre2l_tiny():
@@ -87,6 +92,7 @@ def _sre2l_tiny():
                  validate__weight_decay=1e-4, validate__decay_bn_bias=True, validate__warmup_epochs=5,
                  validate__kl_t2=True, validate__eval_every=1, validate__labels="online")
 
+# %% ../nbs/00f_presets.ipynb #efe2ce06
 @register_preset("sre2l_cifar100", source="VILA-Lab/SRe2L small_dataset/squeeze_cifar.sh, recover_cifar.sh, relabel_cifar.sh "
                  "(online KD on Mixup as the script; its RandomCrop(32, padding 4) is replaced by random-resized crops, "
                  "since the kit replays crops as boxes inside the image)")
@@ -109,6 +115,7 @@ def _lpld_in1k():
                  recover__bn_target="class", recover__batch_mode="within-class", recover__batch_size=50,
                  relabel__batch_size=128, relabel__pruning_rule="lpld")
 
+# %% ../nbs/00f_presets.ipynb #1bdf95d3
 @register_preset("lpld_tiny", source="he-y/soft-label-pruning-for-dataset-distillation tiny_forward, tiny_recover.sh, LPLD_tiny_[4k].yaml")
 def _lpld_tiny():
     cfg = _sre2l_tiny(); cfg.preset = "lpld_tiny"
@@ -116,6 +123,7 @@ def _lpld_tiny():
                  recover__r_bn=0.05, recover__batch_size=100, relabel__batch_size=64, relabel__pruning_rule="lpld",
                  validate__labels="stored")  # LPLD trains from (pruned) stored labels
 
+# %% ../nbs/00f_presets.ipynb #8a80b4d9
 @register_preset("lpld_in21k", source="he-y/soft-label-pruning-for-dataset-distillation in21k_recover.sh, LPLD_in21k_[2k].yaml "
                  "(teacher: the user's resnet18_21k checkpoint, --set squeeze.checkpoint=...)")
 def _lpld_in21k():
@@ -128,6 +136,7 @@ def _lpld_in21k():
                  relabel__pruning_rule="lpld",
                  validate__lr=2e-3)
 
+# %% ../nbs/00f_presets.ipynb #73503bec
 @register_preset("prism_in1k", source="Brian-Moser/prism recover/data_synthesis.py, relabel_r18.sh, train_FKD_parallel.py "
                  "(its cosine with a discontinuous tail after 5E/6 is a bug, not reproduced: plain per-epoch cosine)")
 def _prism_in1k():
@@ -150,6 +159,7 @@ def make_config(preset: str = "digits",  # preset name
     for key, value in items: set_value(cfg, key, value)
     return check_config(cfg)
 
+# %% ../nbs/00f_presets.ipynb #eec24dfe
 def _split_override(text: str) -> tuple[str, str]:
     "'key=value' -> (key, value)."
     if "=" not in text: raise ConfigError(f"--set expects key=value, got {text!r}")

@@ -73,6 +73,7 @@ class WorkUnit:
         "The image files this unit writes."
         return [distilled_path(image_dir, c, k, ext) for c, k in self.members]
 
+# %% ../nbs/02_recover.ipynb #2462f452
 def work_units(num_classes: int, ipc: int, batch_size: int, mode: str = "cross-class") -> list[WorkUnit]:
     "All work units of a recover run, in a fixed order."
     if mode == "cross-class":
@@ -114,10 +115,12 @@ class _UnitStats(torch.autograd.Function):
         grad = torch.addcmul(shift.to(x.dtype), x.unflatten(0, (ctx.units, -1)), scale.to(x.dtype))
         return grad.flatten(0, 1), None
 
+# %% ../nbs/02_recover.ipynb #e8db8179
 def unit_stats(x: torch.Tensor, units: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     "(mean [U, C], biased variance [U, C]) of each unit's share of a BN input [U*n, C, H, W], in fp32."
     return _UnitStats.apply(x, units)
 
+# %% ../nbs/02_recover.ipynb #9c459174
 def trace_bn_inputs(model: nn.Module, names: list):
     "A torch.fx copy of `model` returning (logits, [input of each named BN layer]); None when it cannot be traced."
     try: graph_module = torch.fx.symbolic_trace(model)
@@ -133,10 +136,12 @@ def trace_bn_inputs(model: nn.Module, names: list):
     graph_module.recompile()
     return graph_module
 
+# %% ../nbs/02_recover.ipynb #c6b6d2e7
 def has_bn(model: nn.Module) -> bool:
     "Whether a model has BatchNorm2d layers."
     return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
+# %% ../nbs/02_recover.ipynb #61b66f85
 class MatchingLoss(nn.Module):
     "Per-unit cross-entropy [U] and BN-matching loss [U] of a grouped batch through one frozen teacher."
     def __init__(self, teacher: nn.Module,  # frozen, in eval mode
@@ -184,11 +189,13 @@ def draw_augmentation(rc: RecoverConfig, height: int, width: int, gen: torch.Gen
     shift = tuple(torch.randint(low, rc.jitter + 1, (2,), generator=gen).tolist()) if rc.jitter else (0, 0)
     return box, flip, shift
 
+# %% ../nbs/02_recover.ipynb #104ebcc9
 def stack_draws(draws: list, device="cpu") -> tuple:
     "Units' draws [(box, flip, shift)] as tensors (boxes [U, 4] or None, flips [U], shifts [U, 2]) on `device`."
     boxes = None if draws[0][0] is None else torch.stack([d[0] for d in draws]).to(device)
     return boxes, torch.tensor([d[1] for d in draws]).to(device), torch.tensor([d[2] for d in draws]).to(device)
 
+# %% ../nbs/02_recover.ipynb #2db746e3
 def augment_units(x: torch.Tensor, draws, per_unit: int) -> torch.Tensor:
     "Apply each unit's (box, flip, shift), a list of draws or `stack_draws` tensors, to its `per_unit` images in one resample."
     boxes, flips, shifts = stack_draws(draws, x.device) if isinstance(draws, list) else draws
@@ -204,6 +211,7 @@ def bn_targets(group: list, rc: RecoverConfig, class_stats: dict | None, layer_n
     if missing: raise Sre2lError(f"class-BN statistics have no layer {missing[0]!r}; run squeeze again for this teacher")
     return [(class_stats[n][0][classes].to(device), class_stats[n][1][classes].to(device)) for n in layer_names]
 
+# %% ../nbs/02_recover.ipynb #e4981a57
 def initial_images(unit: WorkUnit, rc: RecoverConfig, spec: DatasetSpec,
                    gen: torch.Generator,  # the unit's noise generator (its device is where the noise is drawn)
                    real=None) -> torch.Tensor:
@@ -229,6 +237,7 @@ def valid_range(spec: DatasetSpec, device) -> tuple[torch.Tensor, torch.Tensor]:
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
     return -mean / std, (1 - mean) / std
 
+# %% ../nbs/02_recover.ipynb #3dc8e7c3
 def to_uint8(x: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
     "Normalised images -> uint8, truncating like the official `(x * 255).astype(uint8)`."
     mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
@@ -254,6 +263,7 @@ def draw_steps(gens: list, rc: RecoverConfig, size: int, count: int, device) -> 
     boxes = None if steps[0][0] is None else torch.stack([b for b, _, _ in steps]).to(device)
     return boxes, torch.stack([f for _, f, _ in steps]).to(device), torch.stack([s for _, _, s in steps]).to(device)
 
+# %% ../nbs/02_recover.ipynb #6ebd42da
 def recover_group(teacher: nn.Module,  # frozen teacher in eval mode (logits and BN statistics)
                   group: list,  # work units of equal size
                   spec: DatasetSpec,  # data set (shape, normalisation)
@@ -319,6 +329,7 @@ def write_record(out: Path, name: str, files: list, store: str):
     "Mark a unit (or a chunk of copied images) complete: the sha256 of its files and the configuration hash."
     save_json(out / "units" / f"{name}.json", {"store": store, "files": {str(f.relative_to(out)): sha256_file(f) for f in files}})
 
+# %% ../nbs/02_recover.ipynb #1142b646
 def record_holds(out: Path, name: str, files: list, store: str) -> bool:
     "Whether record `name` is this configuration's, lists every one of `files`, and every file it lists is unchanged."
     try: record = load_json(out / "units" / f"{name}.json")
@@ -327,6 +338,7 @@ def record_holds(out: Path, name: str, files: list, store: str) -> bool:
     return (record.get("store") == store and {str(f.relative_to(out)) for f in files} <= set(listed)
             and all((out / f).is_file() and sha256_file(out / f) == digest for f, digest in listed.items()))
 
+# %% ../nbs/02_recover.ipynb #6735e58f
 def unit_name(unit: WorkUnit) -> str: return "unit_" + "_".join(map(str, unit.key[1:]))
 
 # %% ../nbs/02_recover.ipynb #bdf6af26
@@ -342,6 +354,7 @@ def _real_images(cfg, spec):
     chosen = cached(train.subset(first), cfg.data.cache_bytes, cfg.data.workers)
     return chosen, [[c * ipc + k for k in range(ipc)] for c in range(spec.num_classes)]
 
+# %% ../nbs/02_recover.ipynb #60e8315f
 @dataclass
 class GroupRunner:
     "What every group of one recover run shares, and how one group is recovered and written (its record last)."
@@ -492,6 +505,7 @@ def _official_files(source: Path, num_classes: int) -> dict:
             per_class.setdefault(c, []).append((k, file))
     return per_class
 
+# %% ../nbs/02_recover.ipynb #db0bacc4
 def import_distilled(source,  # folder with new{cls:03d}/class{cls:03d}_id{ipc:03d}.* images
                      cfg: RunConfig, run_dir) -> dict:
     "Copy an official-layout image set into `run_dir/recover/images` and write its manifest."
@@ -537,6 +551,7 @@ def unit_snapshots(run_dir, unit_file: str | None = None) -> tuple | None:
     file = folder / unit_file if unit_file else files[0]
     return load_tensors(file)["images"], load_metadata(file)
 
+# %% ../nbs/02_recover.ipynb #5c28ad7b
 def trajectory(run_dir, unit_file: str | None = None):
     "Figure: snapshots of one unit's images during optimisation (rows = steps)."
     from sre2l.plots import show_images

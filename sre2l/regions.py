@@ -59,6 +59,7 @@ def crop_bytes(label_type: str) -> int:
     kind, k = parse_label_type(label_type)
     return 4 * 4 + 1 + 4 * k + (0 if kind == "hard" else 2 * k)
 
+# %% ../nbs/03a_regions.ipynb #a25bccfb
 def region_store_bytes(images: int, num_crops: int, label_type: str, shard_images: int = 1000) -> int:
     "Predicted bytes of a region store: every crop, the image indices, and each shard file's header."
     shards = math.ceil(images / shard_images)
@@ -79,6 +80,7 @@ def _channels(text: str, fallback) -> tuple:
     "'0.5,0.5,0.5' (or one number) as a tuple; the fallback for ''."
     return tuple(float(v) for v in text.split(",")) if text.strip() else tuple(fallback)
 
+# %% ../nbs/03a_regions.ipynb #61bdec39
 def teacher_view(rl: RelabelConfig, squeeze_manifest: dict, spec: DatasetSpec) -> dict:
     "{size, mean, std, source} the teacher labels crops at: the overrides, else what squeeze recorded, else the data set's."
     recorded = squeeze_manifest.get("teacher_input") or {"size": spec.resolution, "mean": spec.mean, "std": spec.std,
@@ -88,6 +90,7 @@ def teacher_view(rl: RelabelConfig, squeeze_manifest: dict, spec: DatasetSpec) -
     if rl.teacher_input_size or rl.teacher_mean or rl.teacher_std: view["source"] = "relabel settings"
     return view
 
+# %% ../nbs/03a_regions.ipynb #0b2ee26d
 @torch.no_grad()
 def check_view(teacher: nn.Module, view: dict, channels: int, device):
     "Refuse, before any labelling, a teacher that cannot take crops at the view's size and channels."
@@ -112,6 +115,7 @@ def resample_crops(x: torch.Tensor,  # normalised images [B, C, H, W] (zero-padd
     return torch.cat([crop_resize(x[i: i + 1].expand(k, -1, -1, -1), pixels[i * k: (i + 1) * k], size,
                                   flips[i].to(x.device)) for i in range(b)])  # large originals: image after image
 
+# %% ../nbs/03a_regions.ipynb #1daa2787
 @torch.no_grad()
 def label_crops(teacher: nn.Module, images: torch.Tensor,  # uint8 [B, C, H, W] zero-padded originals, on the device
                 sizes: torch.Tensor,  # [B, 2] each image's (height, width)
@@ -133,12 +137,14 @@ def shard_file(out: Path, shard: int) -> Path:
     "The store file of one shard."
     return Path(out) / "regions" / f"shard_{shard:06d}.safetensors"
 
+# %% ../nbs/03a_regions.ipynb #7b2409eb
 def shard_complete(path: Path, facts: dict) -> bool:
     "Whether a shard file is whole (its header covers it) and says it is `facts` (shard, store)."
     try: metadata = load_metadata(path)
     except Sre2lError: return False
     return all(metadata.get(k) == v for k, v in facts.items())
 
+# %% ../nbs/03a_regions.ipynb #1866b9ee
 def write_shard(path: Path, first: int, boxes, flips, indices, values, facts: dict):
     "Write one shard: image indices from `first`, boxes [n, K, 4], flips [n, K], labels; atomically."
     tensors = {"image_index": torch.arange(first, first + len(boxes)), "boxes": boxes.float(), "flips": flips.to(torch.uint8),
@@ -191,6 +197,7 @@ def region_images(cfg: RunConfig, run_dir) -> tuple[ImageSet, str]:
     distilled = read_distilled(image_dir, cfg.recover.ipc, spec.channels, spec.num_classes, workers=cfg.data.workers)
     return distilled, image_list_hash(image_dir)
 
+# %% ../nbs/03a_regions.ipynb #181e1204
 def originals(data: ImageSet, indices: torch.Tensor, batch_size: int, workers: int = -1):
     "Batches ((uint8 originals zero-padded [B, C, H, W], sizes [B, 2]), image indices) of `data`'s images at `indices`."
     if data.images is not None:
@@ -215,6 +222,7 @@ def _reference(rl: RelabelConfig, list_hash: str, images: int) -> RegionStore | 
         raise Sre2lError(f"relabel.reference={rl.reference} has {store.crops} crops per image; this run needs {rl.num_crops}")
     return store
 
+# %% ../nbs/03a_regions.ipynb #8f075f4a
 def _refuse_foreign(out: Path, facts: dict):
     "Refuse shard files of this folder made with other settings or for other images (damaged ones are redone)."
     for path in sorted((out / "regions").glob("shard_*.safetensors")):
@@ -225,6 +233,7 @@ def _refuse_foreign(out: Path, facts: dict):
         raise Sre2lError(f"{path} was made with other settings ({'; '.join(differ) or 'another relabel configuration'}); "
                          f"use another run folder, or delete {out / 'regions'} to label again")
 
+# %% ../nbs/03a_regions.ipynb #21754828
 def _label_shard(teacher, data, shard: int, rl, view, seed: int, out: Path, facts: dict, reference, device, workers):
     "Label one shard's images and write its file."
     first, last = shard * rl.shard_images, min(len(data), (shard + 1) * rl.shard_images)
@@ -324,6 +333,7 @@ def _image_names(data: ImageSet) -> list[tuple[str, str]]:
     if data.paths is not None: return [(Path(p).parent.name, Path(p).name.split(".")[0]) for p in data.paths]
     return [(f"class{int(c):04d}", f"{i:08d}") for i, c in enumerate(data.labels.tolist())]
 
+# %% ../nbs/03a_regions.ipynb #55977983
 def _fkd_labels(indices: torch.Tensor, values, label_type: str):
     "The kit's indices [K, k] and values [K, k] in FKD's label layout (a numpy array)."
     kind, k = parse_label_type(label_type)

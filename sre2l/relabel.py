@@ -63,6 +63,7 @@ def kept_batches(num_images: int, batch_size: int, epochs: int, prune_ratio: flo
     if rule == "lpld": return max(1, int(total * (1 - prune_ratio)))  # LPLD's int(): 23.999... keeps 23
     return max(1, math.floor(round((1 - prune_ratio) * total, 6)))
 
+# %% ../nbs/03_relabel.ipynb #f181b220
 def prune_ratio_for(compression: float) -> float:
     "LPLD's naming: a compression factor (10, 20, 40) as a prune ratio (0.9, 0.95, 0.975)."
     return 1 - 1 / compression
@@ -81,6 +82,7 @@ def _batch_tensors(b: int, n: int, num_classes: int, topk: int, cutout: bool) ->
               "mix_lambda": ("F32", (1,)), "mix_box": ("I32", (4,)), **outputs, **({"cutout": ("F32", (n, 7))} if cutout else {})}
     return {f"b{b:05d}.{k}": v for k, v in fields.items()}
 
+# %% ../nbs/03_relabel.ipynb #b0f44d7d
 @functools.lru_cache(maxsize=64)
 def _epoch_parts(num_images: int, num_classes: int, batch_size: int, keep: int, topk: int, cutout: bool = False,
                  epoch: int = 0) -> dict:  # the epoch number, written in the file's header (its digits count)
@@ -94,6 +96,7 @@ def _epoch_parts(num_images: int, num_classes: int, batch_size: int, keep: int, 
     augmentation = images * (8 + 16 + 1 + 8 + (28 if cutout else 0)) + keep * (4 + 16)
     return {"labels": labels, "augmentation": augmentation, "format": total - labels - augmentation}
 
+# %% ../nbs/03_relabel.ipynb #d6c4d605
 def store_bytes(num_images: int, num_classes: int, epochs: int, batch_size: int, prune_ratio: float = 0.0,
                 topk: int = 0, cutout: bool = False, rule: str = "exact") -> dict:  # rule: relabel.pruning_rule
     "Predicted bytes of the kit's label store, by part (labels, augmentation, format) and in total."
@@ -174,6 +177,7 @@ def store_summary(manifest: dict) -> str:
             f"of labels (predicted {human_bytes(manifest['storage']['predicted']['total'])}; the images take "
             f"{human_bytes(manifest['storage']['images'])})")
 
+# %% ../nbs/03_relabel.ipynb #e0e8b6f1
 def label_bytes(relabel_manifest: dict) -> int:
     "Bytes of a label store's files (FKD-mix epochs or region shards), from its manifest."
     return sum(v["bytes"] for k, v in relabel_manifest["artifacts"].items() if k.startswith(("labels/", "regions/")))
@@ -250,6 +254,7 @@ def _numbered(folder: Path, prefix: str) -> list[Path]:
         raise Sre2lError(f"{folder} has {prefix}* entries {sorted(found)[:10]}, not 0..{len(found) - 1}")
     return [found[i] for i in range(len(found))]
 
+# %% ../nbs/03_relabel.ipynb #38210ad1
 def _official_content(file: Path, trust_pickle: bool) -> list:
     "The six fields of an official batch file, checked: [coords (n, 4), flips (n,), mix index, lambda, box, logits (n, C)]."
     content = read_official_batch(file, trust_pickle)
@@ -261,6 +266,7 @@ def _official_content(file: Path, trust_pickle: bool) -> list:
                                 f"lambda, box, logits (n, C)])")
     return list(content[:6])
 
+# %% ../nbs/03_relabel.ipynb #3be8e48d
 def import_official_labels(label_dir,  # folder holding epoch_0/, epoch_1/, ...
                            cfg: RunConfig, run_dir,  # the run whose recover/images the labels belong to
                            trust_pickle: bool = False) -> dict:  # required: the files are pickles

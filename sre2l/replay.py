@@ -42,6 +42,7 @@ def cutmix_box(size: int, lam: float, rng: np.random.Generator) -> list[int]:
     return [int(np.clip(cr - cut // 2, 0, size)), int(np.clip(cc - cut // 2, 0, size)),
             int(np.clip(cr + cut // 2, 0, size)), int(np.clip(cc + cut // 2, 0, size))]
 
+# %% ../nbs/00h_replay.ipynb #d6867a8c
 class OfficialOrder:
     "The official scripts' image order: one RandomSampler seeded once and carried across epochs; `order(epoch)`."
     def __init__(self, num_images: int, seed: int = 42):
@@ -52,15 +53,18 @@ class OfficialOrder:
         while len(self.orders) <= epoch: self.orders.append(torch.tensor(list(self.sampler)))
         return self.orders[epoch]
 
+# %% ../nbs/00h_replay.ipynb #e4dd18b7
 @functools.lru_cache(maxsize=8)
 def official_orders(num_images: int, seed: int = 42) -> OfficialOrder:
     "The one `OfficialOrder` of a set size and seed, so that epochs are drawn once however often they are asked for."
     return OfficialOrder(num_images, seed)
 
+# %% ../nbs/00h_replay.ipynb #190e868f
 def official_order(num_images: int, epoch: int, seed: int = 42) -> torch.Tensor:
     "Epoch `epoch`'s image order in the official scripts."
     return official_orders(num_images, seed)(epoch)
 
+# %% ../nbs/00h_replay.ipynb #9f3e92f3
 def draw_epoch(num_images: int,  # images in the distilled set
                epoch: int,  # epoch number
                rl: RelabelConfig,  # relabel settings
@@ -133,6 +137,7 @@ class HostStaging:
 
 _HOST_STAGING = HostStaging()  # the buffers gather_batch reuses between calls
 
+# %% ../nbs/00h_replay.ipynb #2e42b619
 def gather_batch(images: torch.Tensor, indices: torch.Tensor, device,
                  staging: HostStaging = _HOST_STAGING) -> torch.Tensor:  # host buffers for a set in host memory
     "images[indices] on `device`: an index where the set is, or a gather on the host and one asynchronous copy."
@@ -176,6 +181,7 @@ def epoch_file(label_dir, epoch: int) -> Path:
     "The store file of one epoch."
     return Path(label_dir) / f"epoch_{epoch:04d}.safetensors"
 
+# %% ../nbs/00h_replay.ipynb #52452095
 def save_epoch(path, plans: list[BatchPlan], logits: list, topk: int = 0,
                facts: dict | None = None):  # what the file is: {'epoch': e, 'store': hash of the relabel configuration}
     "Write one epoch's plans and teacher logits (all of them in fp16, or the top `topk`; stored targets as they are)."
@@ -193,12 +199,14 @@ def save_epoch(path, plans: list[BatchPlan], logits: list, topk: int = 0,
             tensors[f"b{b:05d}.{name}"] = value
     save_tensors(path, tensors, {"batches": len(plans), "format": FORMAT_VERSION, **(facts or {})})
 
+# %% ../nbs/00h_replay.ipynb #2dbd78b9
 def epoch_complete(path, facts: dict) -> bool:
     "Whether `path` is a whole store file (its header covers the file) that says it is `facts` (epoch, store)."
     try: metadata = load_metadata(path)
     except Sre2lError: return False
     return all(metadata.get(k) == v for k, v in facts.items())
 
+# %% ../nbs/00h_replay.ipynb #f2250cf7
 def load_epoch(path) -> list[tuple[BatchPlan, torch.Tensor | tuple]]:
     "Read one epoch: [(plan, fp16 logits or (top-k values, indices))] in batch order."
     tensors = load_tensors(path)

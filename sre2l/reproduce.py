@@ -47,10 +47,12 @@ class CellRun:
     keys: dict  # {stage: 'stage-hash'}
     extra: list = field(default_factory=list)  # settings given for every cell of the table (--set)
 
+# %% ../nbs/05_reproduce.ipynb #b1be0cca
 def stage_key(cfg: RunConfig, stage: str) -> str:
     "The name of a stage's shared folder: the stage and the hash of the configuration it depends on."
     return f"{stage}-{hash_json(stage_config(cfg, stage))}"
 
+# %% ../nbs/05_reproduce.ipynb #8bcfbbd6
 def plan_table(spec: TableSpec,  # the table
                run_dir="runs/reproduce",  # parent of every table's runs
                seeds: tuple | None = None,  # seeds instead of the spec's
@@ -107,6 +109,7 @@ def model_cost(name: str, resolution: int, channels: int = 3, classes: int = 100
     try: return max(1e-4, macs(name, classes, channels, resolution, small_input) / macs("resnet18", 1000, 3, 224, False))
     except Exception: return 1.0  # a model that cannot be built here (timm, a file): counted as a ResNet-18
 
+# %% ../nbs/05_reproduce.ipynb #50adc5e8
 def split_sizes(cfg: RunConfig) -> tuple[int, int]:
     "(training, test) images of the configured data set (an imagenet-shape folder: from its dataset.json)."
     from sre2l.data import data_spec, default_roots
@@ -120,6 +123,7 @@ def _decoding(files: float, pixels: float, rates: Rates) -> float:
     "Seconds the workers take to decode `files` image files of `pixels` pixels each."
     return files * rates.decode * max(0.05, pixels / IMAGENET_PIXELS) / max(rates.workers, 1)
 
+# %% ../nbs/05_reproduce.ipynb #3f482b0e
 @dataclass
 class _Shape:
     "What the work of a run depends on: its sizes and per-image costs on one machine."
@@ -150,6 +154,7 @@ def _squeeze_work(w: _Shape) -> dict:
                         + w.test / rates.forward) * w.teacher,
             "decode": w.decode_files(w.train * (min(passes, 1) if w.fits(w.train) else passes) + w.test)}
 
+# %% ../nbs/05_reproduce.ipynb #76ca5386
 def _recover_work(w: _Shape) -> dict:
     "Optimisation steps (none for a real subset), the teacher's check on the images, the files read."
     r, rates = w.cfg.recover, w.rates
@@ -169,6 +174,7 @@ def _relabel_work(w: _Shape) -> dict:
     return {"compute": (crops * teachers + l.evaluate * w.test) * w.teacher / rates.forward,
             "decode": read + l.evaluate * w.decode_files(w.test)}
 
+# %% ../nbs/05_reproduce.ipynb #1a4cf4c1
 def _validate_work(w: _Shape) -> dict:
     "Student training (with the teacher's forward for online labels) and every test evaluation."
     v, rates = w.cfg.validate, w.rates
@@ -182,11 +188,13 @@ def _validate_work(w: _Shape) -> dict:
     return {"compute": v.epochs * w.images * (w.student + online) / train_rate + evaluations * w.test * w.student / rates.forward,
             "decode": w.decode_distilled() + w.decode_files(w.test * (1 if w.fits(w.test) else evaluations))}
 
+# %% ../nbs/05_reproduce.ipynb #284c09d5
 def _kept(images: int, l) -> int:
     "Stored batches of a relabel store (the kit's pruning rule)."
     from sre2l.relabel import kept_batches
     return kept_batches(images, l.batch_size, l.epochs, l.prune_ratio, l.pruning_rule)
 
+# %% ../nbs/05_reproduce.ipynb #fc5c671f
 def stage_work(cfg: RunConfig, rates: Rates) -> dict:
     "{stage: {'compute': s, 'decode': s}} of one run on the machine `rates` describes (stages it does not need: 0)."
     w, needed = _Shape(cfg, rates), stages_needed(cfg)
@@ -226,6 +234,7 @@ def _per_second(step, items: int, device, repeats: int = 3) -> float:
     sync()
     return items * repeats / (time.perf_counter() - start)
 
+# %% ../nbs/05_reproduce.ipynb #91341e91
 def _decode_seconds(files: int = 16) -> float:
     "Seconds one process takes to decode one ImageNet-sized JPEG and resize it to 256, crop 224."
     import tempfile, numpy as np
@@ -297,6 +306,7 @@ def rates_file() -> Path:
     "Where `--calibrate` saves this machine's rates: runs/rates.json in the project (or the current folder)."
     return (find_project_root() or Path.cwd()) / "runs" / "rates.json"
 
+# %% ../nbs/05_reproduce.ipynb #86814451
 def load_rates(which: str = "auto") -> Rates:
     "Rates by name: 'h100' (built in), a JSON file from `calibrate`, or 'auto' (runs/rates.json if present, else 'h100')."
     if which == "h100" or (which == "auto" and not rates_file().is_file()): return H100
@@ -357,6 +367,7 @@ def find_stages(folders) -> dict:
                 found.setdefault(f"{stage}-{manifest['config_hash']}", manifest_file.parent.resolve())
     return found
 
+# %% ../nbs/05_reproduce.ipynb #93cd79ad
 def link_stages(run: CellRun, reuse: dict | None = None):
     "Make the cell's run folder: config.json and a link per stage to the shared stage folder."
     from sre2l.runs import prepare_run
@@ -387,6 +398,7 @@ def _overrides(run: CellRun) -> list:
     "The cell's --set strings, with its seed."
     return [*run.cell.overrides, *run.extra, f"seed={run.seed}"]
 
+# %% ../nbs/05_reproduce.ipynb #11edcb4c
 def _job_command(stage: str, run: CellRun, torchrun: int = 0, cell_timeout: int = 0) -> tuple[list, Path]:
     "(command, output) of one job: papermill on the stage notebook, or the CLI under torchrun."
     if torchrun:
@@ -430,6 +442,7 @@ def reproduce(table: str | TableSpec,  # table name (see `list_tables()`), or a 
     failed = {} if render_only else _run_jobs(runs, gpus, torchrun, cell_timeout, report_every, inline)
     return write_report(spec, runs, out_dir, failed)
 
+# %% ../nbs/05_reproduce.ipynb #b5ed559d
 def _make_folders(spec: TableSpec, runs: list):
     "Write the ImageNet-shaped folder(s) the table reads, unless they exist (made with the same settings)."
     from sre2l.data import default_roots
@@ -460,6 +473,7 @@ def _progress_line(stage_dir: Path) -> str:
     left = f", about {duration(p['eta_seconds'])} left" if p.get("eta_seconds") is not None else ""
     return f"{p.get('what') or 'units'} {p['done']}/{p.get('total') or '?'}{left}"
 
+# %% ../nbs/05_reproduce.ipynb #16737871
 def _run_job(stage: str, run: CellRun, worker, torchrun: int, cell_timeout: int, report_every: float,
              running: set) -> tuple:  # the job's process is in `running` while it runs
     "Run one job to its end, printing its progress; (exit code, where its notebook and log are)."
@@ -479,6 +493,7 @@ def _run_job(stage: str, run: CellRun, worker, torchrun: int, cell_timeout: int,
         finally: running.discard(process)  # also when the wait itself is interrupted
     return code, (f"notebook {output}, log {logfile}" if not torchrun else f"log {logfile}")
 
+# %% ../nbs/05_reproduce.ipynb #0645ee42
 def _run_inline(stage: str, run: CellRun) -> tuple:
     "Run one job in this process with the stage's own function; (exit code, where its log is)."
     from importlib import import_module
@@ -591,6 +606,7 @@ def gather(runs: list[CellRun], failed: dict | None = None) -> list[dict]:
         rows.append(row)
     return rows
 
+# %% ../nbs/05_reproduce.ipynb #0d91da07
 def summarise(spec: TableSpec, rows: list[dict]) -> list[dict]:
     "One entry per cell: measured mean and std over seeds, the paper's value, the delta, label bytes."
     out = []
@@ -617,11 +633,13 @@ def _number(value, std=None, digits=2) -> str:
     if value is None: return "-"
     return f"{value:.{digits}f}" + (f" +- {std:.{digits}f}" if std is not None else "")
 
+# %% ../nbs/05_reproduce.ipynb #597f9117
 def _short(problems: list) -> str:
     "A cell's state in a few words: failed, skipped or not run (the reasons are listed under the table)."
     if any(" failed (" in p for p in problems): return "failed (see below)"
     return "skipped (see below)" if problems and problems[0] != "not run" else "not run"
 
+# %% ../nbs/05_reproduce.ipynb #40233d97
 def _columns(spec: TableSpec, summary: list[dict]) -> list:
     "(heading, function of an entry) for every column the table needs (seconds per epoch only where `spec.speed`)."
     columns = [("row", lambda e: e["row"]), ("column", lambda e: e["column"]),
@@ -639,6 +657,7 @@ def _columns(spec: TableSpec, summary: list[dict]) -> list:
         columns.append(("labels (paper)", lambda e: human_bytes(e["paper_label_gb"] * 1e9) if e["paper_label_gb"] is not None else "-"))
     return columns
 
+# %% ../nbs/05_reproduce.ipynb #f6f6d206
 def render_markdown(spec: TableSpec, summary: list[dict], note: str = "") -> str:
     "The table as Markdown, with its title, what it shows and where the paper's numbers come from."
     columns = _columns(spec, summary)
@@ -652,6 +671,7 @@ def render_markdown(spec: TableSpec, summary: list[dict], note: str = "") -> str
     if problems: lines += ["", "Cells without a measurement:", "", *problems]
     return "\n".join(lines) + "\n"
 
+# %% ../nbs/05_reproduce.ipynb #7b5cf619
 def render_latex(spec: TableSpec, summary: list[dict]) -> str:
     "The table as a LaTeX booktabs tabular."
     def escape(text): return re.sub(r"([%&_#$])", r"\\\1", str(text)).replace("+-", r"$\pm$")
@@ -663,6 +683,7 @@ def render_latex(spec: TableSpec, summary: list[dict]) -> str:
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
+# %% ../nbs/05_reproduce.ipynb #dad3c267
 def render_csv(summary: list[dict]) -> str:
     "The table as CSV: one line per cell, numbers unrounded."
     buffer = io.StringIO()
@@ -750,6 +771,7 @@ def images_figure(runs: list[CellRun], classes: int = 10, columns: int = 10):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/05_reproduce.ipynb #e3569ba8
 def pruning_figure(runs: list[CellRun], summary: list[dict]):
     "Figure: top-1 against the share of labels kept, one line per row whose cells differ in prune ratio."
     import matplotlib.pyplot as plt
@@ -775,6 +797,7 @@ def pruning_figure(runs: list[CellRun], summary: list[dict]):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/05_reproduce.ipynb #831068f4
 def storage_figure(summary: list[dict]):
     "Figure: label storage per cell, the kit's store beside the paper's size where given (log scale)."
     import matplotlib.pyplot as plt

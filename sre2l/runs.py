@@ -30,6 +30,7 @@ def shard_from_env() -> tuple[int, int]:
     "(rank, world size) under torchrun, else (0, 1)."
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
+# %% ../nbs/00g_runs.ipynb #5014be90
 def check_shard(shard: tuple) -> tuple[int, int]:
     "A valid (index, count) shard, or a clear error."
     if not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
@@ -43,6 +44,7 @@ def _owner() -> str:
     import socket
     return f"{socket.gethostname()}:{os.getpid()}"
 
+# %% ../nbs/00g_runs.ipynb #9413c652
 def _alive(pid: int) -> bool:
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
@@ -56,6 +58,7 @@ def _write_claim(path: Path, lease: float):
     tmp.write_text(json.dumps({"owner": _owner(), "expires": time.time() + lease}))
     os.replace(tmp, path)
 
+# %% ../nbs/00g_runs.ipynb #9edd7f3f
 def _read_claim(path: Path) -> dict | None:
     "A claim's record (owner, expires), None when the file is gone; an old or half-written file counts from its mtime."
     try: text, mtime = path.read_text(), path.stat().st_mtime
@@ -66,6 +69,7 @@ def _read_claim(path: Path) -> dict | None:
     record.setdefault("owner", ""); record.setdefault("expires", mtime + LEASE_SECONDS)
     return record
 
+# %% ../nbs/00g_runs.ipynb #a3e4878a
 def _stale(record: dict) -> bool:
     "Whether a claim may be taken over: its lease ran out, or its owner on this host no longer runs."
     if record["expires"] < time.time(): return True
@@ -111,6 +115,7 @@ def claim(path, lease: float | None = None) -> Claim | None:
         return Claim(path, lease)
     return None
 
+# %% ../nbs/00g_runs.ipynb #63113eae
 def release(path):
     "Give up a claim by its path (its `Claim` stops renewing when it sees the file gone)."
     Path(path).unlink(missing_ok=True)
@@ -136,10 +141,12 @@ def atomic_write(path,  # destination file
         Path(tmp).unlink(missing_ok=True)
         raise
 
+# %% ../nbs/00g_runs.ipynb #ad0e97f1
 def save_json(path, data):
     "Write JSON atomically (sorted keys, indented)."
     with atomic_write(path, "w") as f: json.dump(data, f, indent=2, sort_keys=True, default=str); f.write("\n")
 
+# %% ../nbs/00g_runs.ipynb #1b9cdf5b
 def load_json(path):
     "Read a JSON file; a damaged one is a DamagedFile error naming it."
     try: return json.loads(Path(path).read_text())
@@ -153,6 +160,7 @@ def save_tensors(path, tensors: dict, metadata: dict | None = None):
                 metadata={"sre2l": json.dumps(metadata or {}, sort_keys=True, default=str)})
     with atomic_write(path) as f: f.write(blob)
 
+# %% ../nbs/00g_runs.ipynb #ec30b449
 def load_tensors(path, device="cpu") -> dict:
     "Read a safetensors file, with a clear error for a missing or damaged file."
     from safetensors.torch import load_file
@@ -161,6 +169,7 @@ def load_tensors(path, device="cpu") -> dict:
     try: return load_file(str(path), device=str(device))
     except Exception as e: raise Sre2lError(f"{path} is not a readable safetensors file ({e})") from None
 
+# %% ../nbs/00g_runs.ipynb #90cd176b
 def load_metadata(path) -> dict:
     "The metadata `save_tensors` stored in a safetensors file."
     from safetensors import safe_open
@@ -193,6 +202,7 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk): h.update(block)
     return h.hexdigest()
 
+# %% ../nbs/00g_runs.ipynb #fb05ee15
 def versions() -> dict:
     "Versions of the code that produced a result."
     import platform, sre2l, torch
@@ -211,6 +221,7 @@ def free_space(folder) -> tuple[int, int]:
     stat = os.statvfs(probe)
     return stat.f_bavail * stat.f_frsize, stat.f_frsize or 4096
 
+# %% ../nbs/00g_runs.ipynb #dc7bcdc3
 def memory_available() -> int:
     "Bytes of memory this machine can still give (MemAvailable on Linux; free pages elsewhere)."
     try:
@@ -219,6 +230,7 @@ def memory_available() -> int:
     except (OSError, StopIteration, ValueError):
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
+# %% ../nbs/00g_runs.ipynb #3454eb7c
 def preflight(folder, nbytes: float, files: int = 1, what: str = "the output", advice: str = "free some space"):
     "Refuse to start when `files` files of `nbytes` in all do not fit on the disk holding `folder`."
     free, block = free_space(folder)
@@ -235,6 +247,7 @@ def sweep_temporaries(folder, recursive: bool = True):
         if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != os.getpid() and not _alive(int(parts[1])):
             tmp.unlink(missing_ok=True)
 
+# %% ../nbs/00g_runs.ipynb #03bc9a6b
 def write_manifest(stage_dir,  # the stage's folder, e.g. runs/demo/recover
                    stage: str,  # stage name
                    cfg: RunConfig,  # configuration the stage ran with
@@ -261,6 +274,7 @@ def write_manifest(stage_dir,  # the stage's folder, e.g. runs/demo/recover
 class DamagedManifest(DamagedFile):
     "A manifest.json that is not the JSON object a finished stage writes."
 
+# %% ../nbs/00g_runs.ipynb #cb80bb51
 def read_manifest(stage_dir, verify: bool = True) -> dict | None:
     "The stage's manifest, or None when the stage has not finished; with `verify`, check every artifact."
     path = Path(stage_dir) / "manifest.json"
@@ -287,6 +301,7 @@ def find_project_root(start=None) -> Path | None:
         if (folder / "settings.ini").is_file() and (folder / "nbs").is_dir(): return folder
     return None
 
+# %% ../nbs/00g_runs.ipynb #634e4856
 def resolve_run_dir(run_dir) -> Path:
     "An absolute run folder; relative paths are taken from the project root when inside the repository."
     if not str(run_dir).strip(): raise Sre2lError("the run folder is empty (--run-dir ''); name a folder")
@@ -294,6 +309,7 @@ def resolve_run_dir(run_dir) -> Path:
     if path.is_absolute(): return path
     return (find_project_root() or Path.cwd()) / path
 
+# %% ../nbs/00g_runs.ipynb #95797bd6
 def prepare_run(run_dir, cfg: RunConfig) -> Path:
     "Create the run folder and write config.json (the resolved configuration and its hash)."
     run_dir = resolve_run_dir(run_dir)
@@ -330,6 +346,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b: out.append(f"{prefix}{key}: {a!r} in the folder, {b!r} now")
     return out
 
+# %% ../nbs/00g_runs.ipynb #d688fa96
 def stage_status(run_dir, stage: str, cfg: RunConfig,
                  redo_damaged: bool = False) -> dict | None:  # a damaged manifest means: not finished (moved aside)
     "The verified manifest if `stage` finished with this configuration, None if not run yet; refuses a mismatch."
@@ -350,6 +367,7 @@ def stage_status(run_dir, stage: str, cfg: RunConfig,
                          f"use another run folder, or delete {stage_dir} to redo the stage")
     return manifest
 
+# %% ../nbs/00g_runs.ipynb #99dad621
 def require_stage(run_dir, stage: str, cfg: RunConfig) -> dict:
     "The manifest of an input stage, or a clear error when it has not run."
     manifest = stage_status(run_dir, stage, cfg)
@@ -368,6 +386,7 @@ def open_stage(run_dir, stage: str, cfg: RunConfig) -> tuple[Path, dict | None]:
     else: log_to_stage(run_dir / stage)
     return run_dir, done
 
+# %% ../nbs/00g_runs.ipynb #9f604714
 def build_missing(cfg: RunConfig, run_dir, builders: dict):
     "Run, in order, each stage of `builders` ({stage: run function}) that the run needs and has not finished."
     for stage, build in builders.items():
@@ -389,6 +408,7 @@ def stage_state(stage_dir) -> dict:
     except (OSError, ValueError): return {**info, "state": "not started"}
     return {**info, "state": "started", **status, "age_seconds": time.time() - status["updated"]}
 
+# %% ../nbs/00g_runs.ipynb #189cefb0
 def run_status(run_dir) -> list[dict]:
     "`stage_state` of every stage of a run folder, or of every shared stage of a reproduce table folder."
     run_dir = resolve_run_dir(run_dir)
@@ -417,6 +437,7 @@ def _write_status(path: Path, what: str, done: int, total, initial: int, started
                      "eta_seconds": None if left is None else round(left), "pid": os.getpid(),
                      "host": __import__("socket").gethostname(), "updated": time.time(), "started": started})
 
+# %% ../nbs/00g_runs.ipynb #12c9a89e
 def progress(iterable=None, status=None, every: float = 5.0, **kwargs):
     "A tqdm progress bar (quiet when SRE2L_NO_PROGRESS is set); with `status`, also a progress.json file there."
     from tqdm.auto import tqdm
@@ -425,6 +446,7 @@ def progress(iterable=None, status=None, every: float = 5.0, **kwargs):
     if status is None: return bar
     return _reporting(bar, Path(status), kwargs.get("desc", ""), kwargs.get("initial", 0), every)
 
+# %% ../nbs/00g_runs.ipynb #ee3a6dee
 def _reporting(bar, path: Path, what: str, initial: int, every: float):
     "Yield the bar's items, rewriting `path` after each finished one at most every `every` seconds, and at the end."
     total = bar.total if bar.total is not None else (len(bar.iterable) + initial if hasattr(bar.iterable, "__len__") else None)

@@ -32,6 +32,7 @@ class Cell:
         "A folder-safe name made of the row and column."
         return re.sub(r"[^a-z0-9]+", "-", f"{self.row} {self.column}".lower()).strip("-")
 
+# %% ../nbs/05b_tables.ipynb #695814a4
 @dataclass(frozen=True)
 class Ranking:
     "DD-Ranking's scores of one distilled cell, from the cells of its table that hold the other students."
@@ -41,6 +42,7 @@ class Ranking:
     full: tuple  # (row, column): the whole training split with hard labels
     no_aug: tuple = ()  # for ARS: (distilled set, random subset) without augmentation, each as `random`
 
+# %% ../nbs/05b_tables.ipynb #78ee891f
 @dataclass
 class TableSpec:
     "A paper table: its cells, the seeds each cell runs with, and what it reproduces."
@@ -55,14 +57,17 @@ class TableSpec:
 
 TABLES = Registry("table")  # {name: function returning its TableSpec}
 
+# %% ../nbs/05b_tables.ipynb #33bbae42
 def register_table(name: str):  # table name used by `sre2l reproduce`
     "Decorator registering a function that returns a `TableSpec`."
     return TABLES.register(name)
 
+# %% ../nbs/05b_tables.ipynb #028cd4fe
 def list_tables() -> list[str]:
     "Names of every registered table."
     return TABLES.names()
 
+# %% ../nbs/05b_tables.ipynb #1f0441c6
 def get_table(name: str) -> TableSpec:
     "The `TableSpec` called `name`, or a clear error naming the close ones."
     return TABLES.lookup(name)()
@@ -75,6 +80,7 @@ def pruned(compression: int) -> tuple:
 
 assert pruned(40)[0] == "relabel.prune_ratio=0.975" and pruned(1) == ()
 
+# %% ../nbs/05b_tables.ipynb #48fe5add
 def budget_label(compression: int) -> str:
     "A table column for a label budget: 'full labels', or '40x labels'."
     return f"{compression}x labels" if compression > 1 else "full labels"
@@ -97,6 +103,7 @@ def _fashion_cells(ipcs, extra=(), budgets=(1, 10, 40)) -> list:
 DD_RANKING_LRS = (0.001, 0.005, 0.01, 0.05, 0.1)  # DD-Ranking's learning-rate grid (random subsets, hard labels)
 _NO_AUG = ("relabel.crop_scale_min=1", "relabel.crop_scale_max=1", "relabel.flip=false", "relabel.mix=none")
 
+# %% ../nbs/05b_tables.ipynb #6142b37e
 def _fashion_rankings(ipcs, extra=(), budgets=(1, 10, 40), full_epochs: int = 10, lr_grid=()) -> tuple[list, tuple]:
     "DD-Ranking's extra students and the rankings they give; `lr_grid` trains random and hard-label ones at each lr."
     hard, kit = ("validate.labels=hard", "validate.loss=ce"), "kit table (no paper value)"
@@ -120,6 +127,7 @@ def _fashion_rankings(ipcs, extra=(), budgets=(1, 10, 40), full_epochs: int = 10
                              if b == 1 else ()) for ipc in ipcs for m in ("SRe2L", "LPLD (class BN)") for b in budgets)
     return cells, rankings
 
+# %% ../nbs/05b_tables.ipynb #f7b62d2b
 @register_table("lesson")
 def _lesson():
     tiny = ("squeeze.epochs=10", "recover.ipc=5", "recover.iterations=100", "relabel.epochs=20", "validate.epochs=20",
@@ -129,6 +137,7 @@ def _lesson():
                            source="kit lesson (no paper value)") for c in (1, 40)],
                      about="Settings cut so that the notebook runs anywhere in a few minutes; the numbers only show the mechanism.")
 
+# %% ../nbs/05b_tables.ipynb #6da13ec6
 @register_table("demo")
 def _demo_table():
     cells = [Cell(f"digits IPC 10, {images}", budget_label(c), "digits",
@@ -137,6 +146,7 @@ def _demo_table():
     return TableSpec("demo", "Demo: digits, SRe2L-recovered vs random real images, full vs 40x-pruned labels", cells,
                      about="The embedded demo's settings (the digits preset); runs on a CPU in a few minutes.")
 
+# %% ../nbs/05b_tables.ipynb #03a01ba1
 @register_table("fashion_mnist_ci")
 def _fashion_mnist_ci():
     small = ("squeeze.epochs=1", "recover.iterations=100", "relabel.epochs=20", "validate.epochs=20", "validate.eval_every=20")
@@ -148,6 +158,7 @@ def _fashion_mnist_ci():
                            "`fashion_mnist` for the real one. DD-Ranking's students are scored at full labels only, "
                            "with its learning-rate grid (0.001 to 0.1) for the random subsets and the hard-label students.")
 
+# %% ../nbs/05b_tables.ipynb #7da38a56
 @register_table("fashion_mnist")
 def _fashion_mnist_table():
     extra, rankings = _fashion_rankings([10, 50], ("validate.eval_every=100",))
@@ -161,6 +172,7 @@ def _fashion_mnist_table():
                            "learning-rate grid is not run here (it would add 5 students per random and hard-label cell); "
                            "`fashion_mnist_ci` runs it.")
 
+# %% ../nbs/05b_tables.ipynb #0ea25cd9
 def _rehearsal(classes: int, per_class: tuple, ipc: int, epochs: dict, iterations: int) -> list:
     "The sre2l_in1k and lpld_in1k recipes on an imagenet-shape folder, full and 40x labels, with scaled-down lengths."
     common = ("data.name=imagenet-shape", f"data.num_classes={classes}", f"data.root=data/imagenet-shape-{classes}",
@@ -183,6 +195,7 @@ _REHEARSAL = ("The shapes of the sre2l_in1k and lpld_in1k recipes on a folder th
               "recovery iterations, stored epochs and student epochs are scaled down ({}); the numbers show that every "
               "path runs at ImageNet's shape, not what the recipes reach.")
 
+# %% ../nbs/05b_tables.ipynb #0e84e44a
 @register_table("imagenet_rehearsal_ci")
 def _imagenet_rehearsal_ci():
     epochs = {"teacher": 2, "labels": 8, "student": 8, "eval_every": 4}
@@ -191,6 +204,7 @@ def _imagenet_rehearsal_ci():
                      about=_REHEARSAL.format("2 teacher epochs, 10 iterations, 8 stored and 8 student epochs; 4 classes of 24 "
                                              "training and 8 validation images"))
 
+# %% ../nbs/05b_tables.ipynb #f6cad5b4
 @register_table("imagenet_rehearsal")
 def _imagenet_rehearsal():
     epochs = {"teacher": 6, "labels": 20, "student": 20, "eval_every": 10}
@@ -200,6 +214,7 @@ def _imagenet_rehearsal():
                      about=_REHEARSAL.format("6 teacher epochs, 50 iterations, 20 stored and 20 student epochs; 1000 classes "
                                              "of 100 training and 50 validation images"))
 
+# %% ../nbs/05b_tables.ipynb #533390ac
 @register_table("fkd_fashion_mnist")
 def _fkd_fashion_mnist():
     split = ("validate.images=train", "validate.epochs=10", "validate.eval_every=5", "validate.crops_per_image=1")
@@ -218,6 +233,7 @@ def _fkd_fashion_mnist():
                            "cross-entropy to the teacher's softmax on each fresh crop, (c) soft cross-entropy to the stored "
                            "label of the image's next stored crop. s/epoch is the student's training time per pass on the CPU.")
 
+# %% ../nbs/05b_tables.ipynb #e0048bc8
 @register_table("sre2l_main")
 def _sre2l_main():
     paper = {("tiny", 50): [(41.1, .4), (42.2, .5), (42.5, .2)], ("tiny", 100): [(49.7, .3), (51.2, .4), (51.5, .3)],
@@ -235,6 +251,7 @@ def _sre2l_main():
                            "'rn18'); the three students of a row share them. The CDA README gives 57.6 for ImageNet-1K "
                            "IPC 50 ResNet-101 instead of 60.8.")
 
+# %% ../nbs/05b_tables.ipynb #ccc1ca31
 @register_table("lpld_labels")
 def _lpld_labels():
     rows = [("ImageNet-1K", "in1k", 10, 5.67, 20.1, 0.14, 20.2), ("ImageNet-1K", "in1k", 20, 11.33, 33.6, 0.29, 33.0),
@@ -255,6 +272,7 @@ def _lpld_labels():
                      about="Label sizes are the paper's (the official pickle layout); the kit's safetensors store is "
                            "measured beside them. The ImageNet-21K 'previous' values are CDA's SRe2L numbers.")
 
+# %% ../nbs/05b_tables.ipynb #a9fcc9f0
 @register_table("lpld_pruning")
 def _lpld_pruning():
     cells = [Cell("ImageNet-1K, IPC 50", budget_label(c), "lpld_in1k", ("recover.ipc=50", *pruned(c)),
@@ -264,6 +282,7 @@ def _lpld_pruning():
     return TableSpec("lpld_pruning", "LPLD's less-label runs: ImageNet-1K IPC 50, accuracy against label pruning", cells,
                      about="One recovered set, relabelled once per budget; the student trains 300 epochs from each pool.")
 
+# %% ../nbs/05b_tables.ipynb #d5765296
 @register_table("prism")
 def _prism():
     cells = []
@@ -276,6 +295,7 @@ def _prism():
                      about="PRISM's recover (real-image init, extra BN teachers, cyclic iterations), its ensemble "
                            "relabel and its mse_gt loss with gradient accumulation; ResNet-18 students.")
 
+# %% ../nbs/05b_tables.ipynb #9e7f7c4d
 @register_table("fkd_region")
 def _fkd_region():
     region = ("relabel.mode=region", "relabel.num_crops=300", "relabel.num_seg=50",

@@ -46,6 +46,7 @@ def make_batches(data: ImageSet,  # images and labels, in memory or on disk
             yield data.images[idx].to(device, non_blocking=True), data.labels[idx.to(data.labels.device)].to(device)
     return from_memory
 
+# %% ../nbs/00d_train.ipynb #4094eb21
 def batches(data: ImageSet, batch_size: int, device, order=None, drop_last: bool = False, workers: int = -1):
     "One pass of (uint8 images, labels) batches on `device`, in `order` (default: the set's order)."
     return make_batches(data, batch_size, device, drop_last, workers)(order)
@@ -64,6 +65,7 @@ def place_images(images: torch.Tensor,  # uint8 [N, C, H, W] on the CPU
              size / 1e9, 100 * budget, free / 1e9)
     return images.pin_memory()
 
+# %% ../nbs/00d_train.ipynb #b2119cc5
 def to_device(data: ImageSet, device, budget: float = 0.5) -> ImageSet:
     "`data` with its images placed for `device` (`place_images`); a set on disk stays on disk."
     if data.images is None: return data
@@ -109,6 +111,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_all: bool = False)
         if p.requires_grad: (decay if p.ndim > 1 and name.endswith("weight") else rest).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
+# %% ../nbs/00d_train.ipynb #09c398ba
 def make_optimizer(name: str, groups: list, lr: float, momentum: float = 0.9):
     "SGD (with momentum) or AdamW over parameter groups."
     if name == "sgd": return torch.optim.SGD(groups, lr=lr, momentum=momentum)

@@ -44,6 +44,7 @@ def kd_loss(student_logits: torch.Tensor, target,  # stored fp16 logits, or (top
     loss = F.kl_div(F.log_softmax(student_logits / temperature, 1), probs, reduction="batchmean")
     return loss * temperature ** 2 if scale_t2 else loss
 
+# %% ../nbs/04_validate.ipynb #3cb6cc9c
 def keep_top_logits(target, k: int):
     "The teacher's k largest logits as (values, indices); the target unchanged when k is 0 or covers it."
     values, indices = target if isinstance(target, tuple) else (target, None)
@@ -118,6 +119,7 @@ def save_training_state(path, key: str,  # the validate configuration hash the r
              "optimizer": optimizer.state_dict(), "history": history}
     with atomic_write(path) as f: torch.save(state, f)
 
+# %% ../nbs/04_validate.ipynb #4448b230
 def load_training_state(path, key: str) -> dict | None:
     "The checkpoint at `path` when it exists and belongs to `key`; None otherwise (another configuration's is ignored)."
     path = Path(path)
@@ -136,6 +138,7 @@ def _on(target, device):
     if target is None: return None
     return tuple(t.to(device) for t in target) if isinstance(target, tuple) else target.to(device)
 
+# %% ../nbs/04_validate.ipynb #0037d38a
 def store_batches(images: torch.Tensor, labels: torch.Tensor, label_dir, schedule: list, spec, device):
     "Source: the stored FKD-mix batches each epoch's schedule names (`pool_schedule`), replayed on `device`."
     cache = {}  # stored epochs stay loaded while consecutive training epochs use them, and are dropped after
@@ -169,6 +172,7 @@ def _micro_batches(size: int, count: int) -> list[slice]:
     bounds = [round(i * size / count) for i in range(count + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
+# %% ../nbs/04_validate.ipynb #23ae2879
 def _step(model, optimizer, x, target, y, vc, rank: int, world: int) -> torch.Tensor:
     "One optimiser step on this rank's slice of a batch, in `accumulation_steps` micro-batches; the batch's loss."
     if len(x) < world: raise ConfigError(f"a batch of {len(x)} images cannot be split over {world} ranks")
@@ -228,6 +232,7 @@ def _crop_walk(seed: int, image: int, crops: int, first: int, count: int) -> tor
     order = torch.randperm(crops, generator=generator(seed, "region-crop-order", image))
     return order[torch.arange(first, first + count) % crops]
 
+# %% ../nbs/04_validate.ipynb #b5c15a92
 def region_batches(images: torch.Tensor, labels: torch.Tensor, store: RegionStore, cfg: RunConfig, spec, device):
     "Source: a distilled set's region store; each epoch shows every image once, with its next stored crop."
     def epoch_batches(epoch: int):
@@ -254,6 +259,7 @@ def split_crops(which: torch.Tensor, sizes: torch.Tensor, epoch: int, cfg: RunCo
         flips.append(torch.rand(c, generator=gen) < 0.5 if rl.flip else torch.zeros(c, dtype=torch.bool))
     return {"boxes": torch.stack(boxes).float(), "flips": torch.stack(flips)}
 
+# %% ../nbs/04_validate.ipynb #a2aaf6cd
 def mix_batch(x: torch.Tensor, target: torch.Tensor, kind: str, alpha: float, rng) -> tuple:
     "Mix a batch's images and their label distributions with one lambda (FKD's Mixup or CutMix)."
     lam, partner = float(rng.beta(alpha, alpha)), torch.from_numpy(rng.permutation(len(x))).to(x.device)
@@ -370,6 +376,7 @@ def dd_ranking_map(x: float) -> float:
     "DD-Ranking's map of a fractional gap to a score: (e^x - e^-1) / (e - e^-1); -1 -> 0, 0 -> 0.27, 1 -> 1."
     return (math.exp(x) - math.exp(-1)) / (math.e - math.exp(-1))
 
+# %% ../nbs/04_validate.ipynb #5ad326bb
 def dd_ranking_scores(distilled: float, random: float,  # top-1 (%) of the method's own protocol on each image set
                       distilled_hard: float, full_hard: float,  # top-1 (%) with hard labels: distilled set, full data
                       aug: tuple | None = None,  # (distilled, random) top-1 (%) with the training augmentation, for ARS

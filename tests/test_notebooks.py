@@ -40,11 +40,47 @@ def test_stage_notebook_has_one_literal_parameters_cell(name):
     assert all(p["help"] for p in inferred.values()), "every parameter needs a docments comment"
 
 
-def test_every_notebook_runs(repo_copy):
-    # no time limit a slow machine could hit: one hour only catches a hang (it runs in about 5 minutes on 2 cores)
-    result = run([tool("nbdev_test"), "--n_workers", "0", "--timing"], cwd=repo_copy, timeout=3600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (repo_copy / "runs" / "lesson" / "validate" / "manifest.json").is_file()
+def test_committed_outputs_are_fresh():
+    "`sre2l lessons --check`: every notebook re-executed in a fresh copy shows what is committed."
+    # no time limit a slow machine could hit: one hour only catches a hang (about 6 minutes on 2 cores)
+    result = run([tool("sre2l"), "lessons", "--check"], cwd=ROOT, timeout=3600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    assert "every notebook's committed outputs are fresh" in result.stdout
+
+
+def test_notebooks_are_committed_executed_and_small():
+    notebooks = sorted((ROOT / "nbs").glob("*.ipynb"))
+    total = sum(p.stat().st_size for p in notebooks)
+    print(f"{len(notebooks)} notebooks, {total / 1e6:.1f} MB")
+    assert total < 10e6, f"the notebooks hold {total / 1e6:.1f} MB; keep figures small (at most 10 MB in all)"
+    for path in notebooks:
+        nb = json.loads(path.read_text())
+        assert nb["metadata"].get("sre2l", {}).get("executed_on"), f"{path.name}: not executed by `sre2l lessons`"
+        assert any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), f"{path.name}: no outputs"
+
+
+def exported_cells():
+    "(notebook, source) of every exported cell."
+    for path in sorted((ROOT / "nbs").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and source.startswith("#| export"): yield path.name, source
+
+
+def test_exported_cells_are_small_and_hold_one_definition():
+    import ast
+    import statistics
+    sizes, several = [], []
+    for name, source in exported_cells():
+        sizes.append(len(source.splitlines()) - 1)  # the directive line aside
+        tree = ast.parse(source)
+        defs = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+        if len(defs) > 1: several.append(f"{name}: {', '.join(defs)}")
+    sizes.sort()
+    median, p90 = statistics.median(sizes), sizes[int(0.9 * (len(sizes) - 1))]
+    print(f"{len(sizes)} exported cells: median {median} lines, p90 {p90}, largest {sizes[-1]}")
+    assert median <= 12 and p90 <= 30, (median, p90)
+    assert not several, f"cells with several definitions: {several[:5]}"
 
 
 def test_papermill_takes_configuration_keys_as_parameters(tmp_path):
@@ -60,14 +96,8 @@ def test_papermill_takes_configuration_keys_as_parameters(tmp_path):
 
 
 def test_offline_site_renders_the_lessons_with_their_outputs(tmp_path):
-    "`sre2l site`: every notebook as HTML, the stage lessons with the demo's figures, linked from an index."
-    from sre2l.cli import demo_notebooks
-    executed = demo_notebooks()  # where `sre2l demo` keeps them in this clone
-    if not all((executed / name).is_file() for name in STAGE_NOTEBOOKS):  # CI ran the demo before the tests
-        result = run([tool("sre2l"), "demo", "--run-dir", str(tmp_path / "demo"), "--out", str(tmp_path / "tables")])
-        assert result.returncode == 0, result.stderr[-2000:]
-        executed = demo_notebooks(tmp_path / "demo")
-    result = run([tool("sre2l"), "site", "--from", str(executed), "--to", str(tmp_path / "site")])
+    "`sre2l site`: every notebook as HTML with its committed outputs, linked from an index."
+    result = run([tool("sre2l"), "site", "--to", str(tmp_path / "site")], cwd=ROOT)
     assert result.returncode == 0, result.stderr
     index = (tmp_path / "site" / "index.html").read_text()
     for notebook in sorted((ROOT / "nbs").glob("[0-9]*.ipynb")):
