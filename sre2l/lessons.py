@@ -27,6 +27,7 @@ _TIMES = r"(?:ms|s|sec|seconds|min|minutes|h)"
 _VOLATILE = [(re.compile(r"\x1b\[[0-9;]*[A-Za-z]"), ""),  # terminal colours
              (re.compile(r"\b\d{1,2}:\d{2}:\d{2}(?:\.\d+)?\b"), "<clock>"),
              (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<address>"),
+             (re.compile(re.escape(tempfile.gettempdir()) + r"/[\w.-]+"), "<tmp>"),  # mkdtemp, kernel files
              (re.compile(r"[\d.]+\s*" + _UNITS + r"\b"), "<rate>"),
              (re.compile(r"\b\d+(?:\.\d+)?(?:e[-+]?\d+)?\s*" + _TIMES + r"\b(?!\w)"), "<time>"),
              (re.compile(r"\b\d+(?:\.\d+)?\s*x(?=\s+(?:faster|slower|speed))"), "<ratio>")]
@@ -160,12 +161,11 @@ def _project(project=None) -> Path:
 def check_lessons(project=None) -> dict[str, list[str]]:
     "Execute every notebook in a temporary copy: {notebook: its stale cells} for those with some."
     project = _project(project)
+    committed = {p.name: json.loads(p.read_text()) for p in (project / "nbs").glob("*.ipynb")}  # as they are now
     with tempfile.TemporaryDirectory(prefix="sre2l-lessons-") as tmp:
         stale = {}
         for path in execute_lessons(project, Path(tmp)):
-            committed = json.loads((project / "nbs" / path.name).read_text())
-            fresh = json.loads(path.read_text())
-            lines = stale_cells(committed, fresh, root=str(Path(tmp).resolve()))
+            lines = stale_cells(committed[path.name], json.loads(path.read_text()), str(Path(tmp).resolve()))
             if lines: stale[path.name] = lines
     return stale
 

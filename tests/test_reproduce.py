@@ -41,6 +41,31 @@ def test_paper_tables_carry_the_reference_numbers():
     assert make_config("lpld_in1k", list(get_table("lpld_labels").cells[1].overrides)).relabel.prune_ratio == 0.975
 
 
+def test_dd_ranking_students_exist_and_match_dd_rankings_protocol():
+    "Every ranking names cells of its table; the random and hard-label students differ only where DD-Ranking's do."
+    for name in list_tables():
+        spec = get_table(name)
+        cells = {(c.row, c.column): make_config(c.preset, list(c.overrides)) for c in spec.cells}
+        for ranking in spec.rankings:
+            refs = lambda r: (r,) if isinstance(r[0], str) else r
+            roles = [refs(ranking.cell), refs(ranking.random), refs(ranking.hard), refs(ranking.full),
+                     *(refs(r) for r in ranking.no_aug)]
+            for ref in (ref for role in roles for ref in role):
+                assert ref in cells, f"{name}: a ranking of {ranking.cell} names a missing cell {ref}"
+            distilled = cells[ranking.cell]
+            for ref in refs(ranking.random):  # same labels protocol, real images
+                assert cells[ref].recover.method == "real" and cells[ref].relabel == distilled.relabel
+            for ref in refs(ranking.hard):
+                assert cells[ref].validate.labels == "hard" and cells[ref].validate.loss == "ce"
+            for ref in (ref for role in ranking.no_aug for ref in refs(role)):  # ARS: whole images, no flip, no mix
+                rl = cells[ref].relabel
+                assert (rl.crop_scale_min, rl.crop_scale_max, rl.flip, rl.mix) == (1.0, 1.0, False, "none")
+    ci = get_table("fashion_mnist_ci").rankings[0]
+    assert len(ci.random) == len(ci.hard) == 5  # DD-Ranking's learning-rate grid
+    assert {make_config("fashion-mnist", list(c.overrides)).validate.lr for c in get_table("fashion_mnist_ci").cells
+            if c.row.startswith("IPC 10, SRe2L, lr")} == {0.001, 0.005, 0.01, 0.05, 0.1}
+
+
 def test_plan_shares_stages_with_equal_configuration(tmp_path):
     runs = plan_table(get_table("sre2l_main"), tmp_path)
     distinct = {stage: len({r.keys[stage] for r in runs if stage in r.keys}) for stage in STAGES}
