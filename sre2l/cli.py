@@ -388,9 +388,9 @@ def check_site(folder) -> int:
     return checked
 
 # %% ../nbs/06_cli.ipynb #6a1f0c12
-def build_site(executed=None,  # a folder of executed stage notebooks to show instead (e.g. the demo's, `demo_notebooks`)
+def build_site(executed=None,  # executed stage notebooks to show instead (e.g. `demo_notebooks()`)
                out="_docs") -> Path:  # where the HTML goes
-    "Render the index and every lesson, with their committed outputs, to static HTML that works offline."
+    "Render the index and every lesson, with their committed outputs, as static HTML that works offline."
     from nbconvert import HTMLExporter
     from sre2l.runs import find_project_root
     import nbformat
@@ -398,8 +398,9 @@ def build_site(executed=None,  # a folder of executed stage notebooks to show in
     executed = resolve_run_dir(executed) if executed else source
     missing = [nb for nb in STAGE_NOTEBOOKS.values() if not (executed / nb).is_file()]
     if missing: raise Sre2lError(f"{executed} lacks the executed {', '.join(missing)}; run `sre2l demo` first")
-    bare = [nb for nb in STAGE_NOTEBOOKS.values() if not any(c.get("outputs") for c in nbformat.read(executed / nb, 4).cells)]
-    if bare: raise Sre2lError(f"{', '.join(bare)} in {executed} have no outputs: run `sre2l lessons` (or `sre2l demo`)")
+    ran = lambda name: any(c.get("outputs") for c in nbformat.read(executed / name, 4).cells)
+    bare = [name for name in STAGE_NOTEBOOKS.values() if not ran(name)]
+    if bare: raise Sre2lError(f"{', '.join(bare)} in {executed} have no outputs: run `sre2l lessons`")
     out.mkdir(parents=True, exist_ok=True)
     exporter, pages = HTMLExporter(template_name="lab"), []
     for notebook in [source / "index.ipynb"] * (source / "index.ipynb").is_file() + sorted(source.glob("[0-9]*.ipynb")):
@@ -410,8 +411,9 @@ def build_site(executed=None,  # a folder of executed stage notebooks to show in
             if cell.cell_type == "markdown": cell.source = math_to_mathml(_rebase(cell.source, base))
         title = next((c.source.splitlines()[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown"), notebook.stem)
         pages.append((notebook.stem, title, path != notebook, exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})[0]))
-    lessons = "".join(f'<li><a href="{stem}.html">{stem}: {title}</a>{" (outputs from " + str(executed) + ")" if ran else ""}</li>'
-                      for stem, title, ran, _ in pages if stem != "index")
+    source_note = f" (outputs from {executed})"
+    lessons = "".join(f'<li><a href="{stem}.html">{stem}: {title}</a>{source_note if other else ""}</li>'
+                      for stem, title, other, _ in pages if stem != "index")
     for k, (stem, title, _, html) in enumerate(pages):
         links = ['<a href="index.html">index</a>'] + [f'<a href="{pages[j][0]}.html">{label} {pages[j][0]}</a>'
                                                       for j, label in ((k - 1, "previous:"), (k + 1, "next:")) if 0 <= j < len(pages) and pages[j][0] != "index"]
@@ -431,11 +433,11 @@ def _site(args) -> int: print(build_site(args.executed, args.to)); return 0
 # %% ../nbs/06_cli.ipynb #2808154f
 def _site_parser(verbs, argv):
     p = _verb(verbs, "site", _site, argv, "render the lessons with their outputs to static HTML in _docs/",
-              "Render every notebook to HTML with nbconvert, with the outputs committed in it (`sre2l lessons` "
-              "refreshes them), plus an index page; works offline. --from shows the stage notebooks of another run "
-              "instead, e.g. the demo's executed copies.")
+              "Render every notebook to HTML with nbconvert, with the outputs committed in it "
+              "(`sre2l lessons` refreshes them), plus an index page; works offline. --from shows the "
+              "stage notebooks of another run instead, e.g. the demo's executed copies.")
     p.add_argument("--from", dest="executed", default=None, metavar="DIR",
-                   help="folder of executed stage notebooks to show instead (default: the committed notebooks)")
+                   help="executed stage notebooks to show instead (default: the committed notebooks)")
     p.add_argument("--to", default="_docs", help="output folder (default: %(default)s)")
 
 # %% ../nbs/06_cli.ipynb #449ab497
@@ -455,17 +457,20 @@ def _lessons(args) -> int:
         return 0
     stale = check_lessons()
     for name, lines in stale.items(): print("\n".join(f"{name}: {line}" for line in lines))
-    if stale: raise Sre2lError(f"{len(stale)} notebooks have stale outputs ({', '.join(stale)}): run `sre2l lessons`")
+    if stale:
+        raise Sre2lError(f"{len(stale)} notebooks have stale outputs ({', '.join(stale)}): run `sre2l lessons`")
     print("every notebook's committed outputs are fresh"); return 0
 
 # %% ../nbs/06_cli.ipynb #947c28df
 def _lessons_parser(verbs, argv):
-    p = _verb(verbs, "lessons", _lessons, argv, "re-execute the notebooks and commit their outputs (or --check them)",
-              "Execute every notebook of nbs/ in order, in a fresh temporary copy of the repository (no run folders), "
-              "each in its own python3 kernel, and write them with their outputs into nbs/, then nbdev_clean them. "
-              "With --check, write nothing: list every cell whose committed outputs differ from a fresh run (timings, "
-              "clocks and paths aside; numbers exactly only on the kind of CPU that wrote them) and exit 2 if any do.")
-    p.add_argument("--check", action="store_true", help="compare with a fresh run instead of writing (exit 2 when stale)")
+    p = _verb(verbs, "lessons", _lessons, argv, "re-execute the notebooks and commit their outputs (or --check)",
+              "Execute every notebook of nbs/ in order, in a fresh temporary copy of the repository (no run "
+              "folders), each in its own python3 kernel, and write them with their outputs into nbs/, cleaned "
+              "as `sre2l clean` does. With --check, write nothing: list every cell whose committed outputs "
+              "differ from a fresh run (timings, clocks and paths aside; numbers exactly only on the kind of "
+              "CPU that wrote them) and exit 2 if any do.")
+    p.add_argument("--check", action="store_true",
+                   help="compare with a fresh run instead of writing (exit 2 when stale)")
 
 def _clean(args) -> int:
     from sre2l.lessons import _project, clean_notebook
@@ -473,9 +478,10 @@ def _clean(args) -> int:
     return 0
 
 def _clean_parser(verbs, argv):
-    p = _verb(verbs, "clean", _clean, argv, "nbdev_clean the notebooks, then write their kernel metadata as JupyterLab does",
+    p = _verb(verbs, "clean", _clean, argv, "nbdev_clean the notebooks, then their kernel metadata as JupyterLab's",
               "Run nbdev_clean on each notebook (default: every notebook of nbs/), then set its kernelspec and "
-              "language_info as JupyterLab writes them on opening, so that opening a lesson does not mark it modified.")
+              "language_info as JupyterLab writes them on opening, so that opening a lesson does not mark it "
+              "modified.")
     p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="notebooks to clean (default: nbs/*.ipynb)")
 
 # %% ../nbs/06_cli.ipynb #130e4e16

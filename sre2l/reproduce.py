@@ -698,7 +698,7 @@ def render_csv(summary: list[dict]) -> str:
 def best_of(best: dict,  # {(row, column, seed): best test top-1}
             refs: tuple,  # one (row, column), or several (a learning-rate grid)
             seed: int) -> float | None:
-    "The best top-1 of `refs` at `seed` (DD-Ranking keeps the best of its grid); None until all of them ran."
+    "The best top-1 of `refs` at `seed` (DD-Ranking keeps its grid's best); None until all ran."
     refs = (refs,) if isinstance(refs[0], str) else refs
     got = [best.get((*ref, seed)) for ref in refs]
     return None if None in got else max(got)
@@ -715,35 +715,41 @@ def _mean_std(per_seed: list[dict], keys=("IOR", "HLR", "LRS", "ARS")) -> dict:
 
 # %% ../nbs/05_reproduce.ipynb #69fdf502
 def rank(spec: TableSpec, rows: list[dict]) -> list[dict]:
-    "DD-Ranking's IOR, HLR, LRS (and ARS) of each `spec.rankings` cell, per seed run from best test top-1; mean, std."
+    "DD-Ranking's IOR, HLR, LRS (and ARS) of each ranked cell, per seed from best top-1; mean, std."
     from sre2l.validate import dd_ranking_scores
     best = {(r["row"], r["column"], r["seed"]): r["best_top1"] for r in rows if "best_top1" in r}
     out = []
     for ranking in spec.rankings:
         per_seed = []
-        for seed in sorted({r["seed"] for r in rows}):  # the seeds that ran (--seeds may differ from the spec's)
+        for seed in sorted({r["seed"] for r in rows}):  # the seeds that ran (--seeds may differ)
             got = [best_of(best, getattr(ranking, k), seed) for k in ("cell", "random", "hard", "full")]
             plain = [best_of(best, ref, seed) for ref in ranking.no_aug]
             if None in got: continue
             ars = {"aug": got[:2], "no_aug": plain} if plain and None not in plain else {}
             per_seed.append(dd_ranking_scores(*got, **ars))
         keys = ("IOR", "HLR", "LRS", "ARS") if ranking.no_aug else ("IOR", "HLR", "LRS")
-        out.append({"row": ranking.cell[0], "column": ranking.cell[1], "seeds": len(per_seed), **_mean_std(per_seed, keys)})
+        out.append({"row": ranking.cell[0], "column": ranking.cell[1], "seeds": len(per_seed),
+                    **_mean_std(per_seed, keys)})
     return out
 
 # %% ../nbs/05_reproduce.ipynb #596fa3ad
+_RANKING_ABOUT = ("From each student's best test top-1 (DD-Ranking's accuracy; the best of its learning-rate "
+                  "grid where the table runs one): IOR = distilled minus random real subset, same protocol; "
+                  "HLR = whole training split minus distilled images, both with hard labels (points; lower is "
+                  "better); LRS = (e^a - e^-1)/(e - e^-1) with a = (IOR - HLR)/200; ARS = the same map of the "
+                  "mean of the distilled-minus-random gaps with and without augmentation, /100. LRS and ARS "
+                  "are computed from fractions. Mean +- population std over seeds.")
+
 def render_rankings(scores: list[dict]) -> str:
     "The DD-Ranking scores as a Markdown table, with what they are."
     if not scores: return ""
-    cell = lambda e, k, d: "-" if k not in e else _number(e[k], e[f"{k}_std"], d) if e[k] is not None else "not run"
-    lines = ["### DD-Ranking scores", "", "From each student's best test top-1 (DD-Ranking's accuracy; the best of its "
-             "learning-rate grid where the table runs one): IOR = distilled minus random real subset, same protocol; HLR = "
-             "whole training split minus distilled images, both with hard labels (points; lower is better); LRS = "
-             "(e^a - e^-1)/(e - e^-1) with a = (IOR - HLR)/200; ARS = the same map of the mean of the distilled-minus-random "
-             "gaps with and without augmentation, /100. LRS and ARS are computed from fractions. Mean +- population std "
-             "over seeds.", "", "| row | column | IOR | HLR | LRS | ARS | seeds |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {e['row']} | {e['column']} | {cell(e, 'IOR', 2)} | {cell(e, 'HLR', 2)} | {cell(e, 'LRS', 3)} | "
-              f"{cell(e, 'ARS', 3)} | {e['seeds']} |" for e in scores]
+    def cell(e, k, digits):
+        if k not in e: return "-"
+        return "not run" if e[k] is None else _number(e[k], e[f"{k}_std"], digits)
+    lines = ["### DD-Ranking scores", "", _RANKING_ABOUT, "",
+             "| row | column | IOR | HLR | LRS | ARS | seeds |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {e['row']} | {e['column']} | {cell(e, 'IOR', 2)} | {cell(e, 'HLR', 2)} | "
+              f"{cell(e, 'LRS', 3)} | {cell(e, 'ARS', 3)} | {e['seeds']} |" for e in scores]
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/05_reproduce.ipynb #c49d5d4c

@@ -37,8 +37,8 @@ class Cell:
 class Ranking:
     "DD-Ranking's scores of one distilled cell, from the cells of its table that hold the other students."
     cell: tuple  # (row, column): the distilled set under the method's own protocol
-    random: tuple  # (row, column) of a random real subset of the same size, same protocol; or several: the best counts
-    hard: tuple  # (row, column) of the distilled images with hard labels and cross-entropy; or several, as `random`
+    random: tuple  # (row, column) of a same-size random real subset, same protocol; or several (the best)
+    hard: tuple  # (row, column) of the distilled images with hard labels and CE; or several, as `random`
     full: tuple  # (row, column): the whole training split with hard labels
     no_aug: tuple = ()  # for ARS: (distilled set, random subset) without augmentation, each as `random`
 
@@ -53,7 +53,7 @@ class TableSpec:
     about: str = ""  # one paragraph: what the table shows and what differs from the paper
     imagefolder: dict | None = None  # make_imagefolder settings of the folder the cells read, made if missing
     speed: bool = False  # also report the students' seconds per epoch (for tables that compare the cost of labels)
-    rankings: tuple = ()  # `Ranking`s: DD-Ranking's IOR, HLR, LRS (and ARS) of distilled cells, under the table
+    rankings: tuple = ()  # `Ranking`s: DD-Ranking's scores of distilled cells, under the table
 
 TABLES = Registry("table")  # {name: function returning its TableSpec}
 
@@ -100,32 +100,45 @@ def _fashion_cells(ipcs, extra=(), budgets=(1, 10, 40)) -> list:
                  (*extra, f"recover.ipc={ipc}", *changes, *pruned(budget)), source="kit table (no paper value)")
             for ipc in ipcs for method, (preset, changes) in _FASHION_METHODS.items() for budget in budgets]
 
-DD_RANKING_LRS = (0.001, 0.005, 0.01, 0.05, 0.1)  # DD-Ranking's learning-rate grid (random subsets, hard labels)
+DD_RANKING_LRS = (0.001, 0.005, 0.01, 0.05, 0.1)  # DD-Ranking's grid (random subsets, hard labels)
 _NO_AUG = ("relabel.crop_scale_min=1", "relabel.crop_scale_max=1", "relabel.flip=false", "relabel.mix=none")
+_KIT = "kit table (no paper value)"
 
 # %% ../nbs/05b_tables.ipynb #6142b37e
-def _fashion_rankings(ipcs, extra=(), budgets=(1, 10, 40), full_epochs: int = 10, lr_grid=()) -> tuple[list, tuple]:
-    "DD-Ranking's extra students and the rankings they give; `lr_grid` trains random and hard-label ones at each lr."
-    hard, kit = ("validate.labels=hard", "validate.loss=ce"), "kit table (no paper value)"
+def _fashion_rankings(ipcs, extra=(), budgets=(1, 10, 40), full_epochs: int = 10,
+                      lr_grid=()) -> tuple[list, tuple]:  # lrs of random and hard-label students
+    "DD-Ranking's extra students, and the rankings they give."
+    hard = ("validate.labels=hard", "validate.loss=ce")
     grid = [(f", lr {lr:g}", (f"validate.lr={lr}",)) for lr in lr_grid] or [("", ())]
-    cells = [Cell("whole training split", "hard labels", "fashion-mnist", (*extra, "validate.images=train", *hard,
-                  f"validate.epochs={full_epochs}", f"validate.eval_every={full_epochs}"), source=kit)]
+    whole = (*extra, "validate.images=train", *hard, f"validate.epochs={full_epochs}",
+             f"validate.eval_every={full_epochs}")
+    cells = [Cell("whole training split", "hard labels", "fashion-mnist", whole, source=_KIT)]
     for ipc in ipcs:
         for method, (preset, changes) in _FASHION_METHODS.items():
-            base, real = (*extra, f"recover.ipc={ipc}", *changes), method == "random real"
-            cells += [Cell(f"IPC {ipc}, {method}{tag}", "no augmentation", preset, (*base, *_NO_AUG, *lr), source=kit)
-                      for tag, lr in (grid if real else [("", ())])]  # ARS: the distilled set keeps its own lr
-            cells += [Cell(f"IPC {ipc}, {method}{tag}", "hard labels", preset, (*base, *hard, *lr), source=kit)
-                      for tag, lr in grid if not real]
-            if real and lr_grid:
-                cells += [Cell(f"IPC {ipc}, {method}{tag}", budget_label(b), preset, (*base, *pruned(b), *lr), source=kit)
-                          for tag, lr in grid for b in budgets]
-    pick = lambda row, column: tuple((f"{row}{tag}", column) for tag, _ in grid)
-    rankings = tuple(Ranking((f"IPC {ipc}, {m}", budget_label(b)), pick(f"IPC {ipc}, random real", budget_label(b)),
-                             pick(f"IPC {ipc}, {m}", "hard labels"), ("whole training split", "hard labels"),
-                             no_aug=((f"IPC {ipc}, {m}", "no augmentation"), pick(f"IPC {ipc}, random real", "no augmentation"))
-                             if b == 1 else ()) for ipc in ipcs for m in ("SRe2L", "LPLD (class BN)") for b in budgets)
-    return cells, rankings
+            base, row = (*extra, f"recover.ipc={ipc}", *changes), f"IPC {ipc}, {method}"
+            real = method == "random real"
+            for tag, lr in (grid if real else [("", ())]):  # ARS: the distilled set keeps its own lr
+                cells.append(Cell(row + tag, "no augmentation", preset, (*base, *_NO_AUG, *lr), source=_KIT))
+            for tag, lr in ([] if real else grid):
+                cells.append(Cell(row + tag, "hard labels", preset, (*base, *hard, *lr), source=_KIT))
+            for tag, lr in (grid if real and lr_grid else []):
+                cells += [Cell(row + tag, budget_label(b), preset, (*base, *pruned(b), *lr), source=_KIT)
+                          for b in budgets]
+    return cells, _rankings(ipcs, budgets, [tag for tag, _ in grid])
+
+# %% ../nbs/05b_tables.ipynb #1b2ddd44
+def _rankings(ipcs, budgets, tags) -> tuple:
+    "The Fashion-MNIST tables' rankings: SRe2L and LPLD cells against the random and hard-label cells."
+    pick = lambda row, column: tuple((f"{row}{tag}", column) for tag in tags)
+    out = []
+    for ipc in ipcs:
+        for method in ("SRe2L", "LPLD (class BN)"):
+            row, random = f"IPC {ipc}, {method}", f"IPC {ipc}, random real"
+            for b in budgets:
+                no_aug = ((row, "no augmentation"), pick(random, "no augmentation")) if b == 1 else ()
+                out.append(Ranking((row, budget_label(b)), pick(random, budget_label(b)),
+                                   pick(row, "hard labels"), ("whole training split", "hard labels"), no_aug=no_aug))
+    return tuple(out)
 
 # %% ../nbs/05b_tables.ipynb #f7b62d2b
 @register_table("lesson")
@@ -150,7 +163,7 @@ def _demo_table():
 @register_table("fashion_mnist_ci")
 def _fashion_mnist_ci():
     small = ("squeeze.epochs=1", "recover.iterations=100", "relabel.epochs=20", "validate.epochs=20", "validate.eval_every=20")
-    extra, rankings = _fashion_rankings([10], small, budgets=(1,), full_epochs=1, lr_grid=DD_RANKING_LRS)
+    extra, rankings = _fashion_rankings([10], small, (1,), full_epochs=1, lr_grid=DD_RANKING_LRS)
     return TableSpec("fashion_mnist_ci", "Fashion-MNIST, CI size: random real vs SRe2L vs LPLD, full vs 40x labels",
                      _fashion_cells([10], small, budgets=(1, 40)) + extra, rankings=rankings,
                      about="The Fashion-MNIST table with one teacher epoch, 100 recovery steps and 20 student epochs "
