@@ -472,11 +472,13 @@ def _lessons_parser(verbs, argv):
     p.add_argument("--check", action="store_true",
                    help="compare with a fresh run instead of writing (exit 2 when stale)")
 
+# %% ../nbs/06_cli.ipynb #fcfa6e07
 def _clean(args) -> int:
     from sre2l.lessons import _project, clean_notebook
     for path in args.notebooks or sorted((_project() / "nbs").glob("*.ipynb")): clean_notebook(Path(path))
     return 0
 
+# %% ../nbs/06_cli.ipynb #a110fbe5
 def _clean_parser(verbs, argv):
     p = _verb(verbs, "clean", _clean, argv, "nbdev_clean the notebooks, then their kernel metadata as JupyterLab's",
               "Run nbdev_clean on each notebook (default: every notebook of nbs/), then set its kernelspec and "
