@@ -25,6 +25,8 @@ __all__ = ['normalise_output', 'executed_on', 'cell_outputs', 'stale_cells', 'co
 _UNITS = r"(?:it|images|image-iterations|steps|crops|units|batches|samples)/s"
 _TIMES = r"(?:ms|s|sec|seconds|min|minutes|h)"
 _VOLATILE = [(re.compile(r"\x1b\[[0-9;]*[A-Za-z]"), ""),  # terminal colours
+             (re.compile(r"(?m)^.*sre2l: reproduce: (?:squeeze|recover|relabel|validate) \S+: .*(?:\n|$)"),
+              ""),  # the driver's periodic progress lines: their number depends on the machine's speed
              (re.compile(r"\b\d{1,2}:\d{2}:\d{2}(?:\.\d+)?\b"), "<clock>"),
              (re.compile(r" at 0x[0-9a-fA-F]+"), ""),  # as nbdev_clean removes them from reprs
              (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<address>"),
@@ -80,11 +82,14 @@ def cell_outputs(cell: dict,  # a code cell (nbformat dict)
     return shown
 
 # %% ../nbs/06b_lessons.ipynb #4d1ae296
-def _short(item) -> str:
-    "An output, cut to one readable line."
+def _short(item, other=None) -> str:
+    "An output, cut to one readable line around where it first differs from `other`."
     if item is None: return "nothing"
-    text = " ".join(item[1].split())
-    return f"{item[0]} {text[:80]!r}" + ("..." if len(text) > 80 else "")
+    text, there = " ".join(item[1].split()), " ".join(other[1].split()) if other else ""
+    at = next((k for k, (a, b) in enumerate(zip(text, there)) if a != b), min(len(text), len(there)))
+    start = max(0, at - 40)
+    head, tail = "..." * (start > 0), "..." * (len(text) > start + 100)
+    return f"{item[0]} {head}{text[start:start + 100]!r}{tail}"
 
 # %% ../nbs/06b_lessons.ipynb #49092d21
 def _first_difference(a: list, b: list) -> tuple:
@@ -104,8 +109,8 @@ def stale_cells(committed: dict, fresh: dict,  # two versions of one notebook (n
         a, b = cell_outputs(old, exact), cell_outputs(new, exact, root)
         if a != b:
             was, now = _first_difference(a, b)
-            lines.append(f"code cell {k + 1} ({old.get('id', '?')}): committed {_short(was)}, "
-                         f"now {_short(now)}")
+            lines.append(f"code cell {k + 1} ({old.get('id', '?')}): committed {_short(was, now)}, "
+                         f"now {_short(now, was)}")
     return lines
 
 # %% ../nbs/06b_lessons.ipynb #c26e2589
