@@ -465,26 +465,12 @@ def _lessons(args) -> int:
 def _lessons_parser(verbs, argv):
     p = _verb(verbs, "lessons", _lessons, argv, "re-execute the notebooks and commit their outputs (or --check)",
               "Execute every notebook of nbs/ in order, in a fresh temporary copy of the repository (no run "
-              "folders), each in its own python3 kernel, and write them with their outputs into nbs/, cleaned "
-              "as `sre2l clean` does. With --check, write nothing: list every cell whose committed outputs "
+              "folders), each in its own python3 kernel, and write them with their outputs into nbs/, then "
+              "nbdev_clean them. With --check, write nothing: list every cell whose committed outputs "
               "differ from a fresh run (timings, clocks and paths aside; numbers exactly only on the kind of "
               "CPU that wrote them) and exit 2 if any do.")
     p.add_argument("--check", action="store_true",
                    help="compare with a fresh run instead of writing (exit 2 when stale)")
-
-# %% ../nbs/06_cli.ipynb #fcfa6e07
-def _clean(args) -> int:
-    from sre2l.lessons import _project, clean_notebook
-    for path in args.notebooks or sorted((_project() / "nbs").glob("*.ipynb")): clean_notebook(Path(path))
-    return 0
-
-# %% ../nbs/06_cli.ipynb #a110fbe5
-def _clean_parser(verbs, argv):
-    p = _verb(verbs, "clean", _clean, argv, "nbdev_clean the notebooks, then their kernel metadata as JupyterLab's",
-              "Run nbdev_clean on each notebook (default: every notebook of nbs/), then set its kernelspec and "
-              "language_info as JupyterLab writes them on opening, so that opening a lesson does not mark it "
-              "modified.")
-    p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="notebooks to clean (default: nbs/*.ipynb)")
 
 # %% ../nbs/06_cli.ipynb #130e4e16
 def _fetch(args) -> int:
@@ -520,7 +506,7 @@ def build_parser(argv: list | None = None) -> argparse.ArgumentParser:  # the ar
     parser.add_argument("--version", action="version", version=f"%(prog)s {sre2l.__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for add in (_stage_parsers, _demo_parser, _interop_parsers, _tool_parsers, _reproduce_parser, _site_parser, _readme_parser,
-                _lessons_parser, _clean_parser, _fetch_parser):
+                _lessons_parser, _fetch_parser):
         add(verbs, argv)
     return parser
 

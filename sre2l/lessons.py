@@ -19,7 +19,7 @@ from .core import Sre2lError
 
 # %% auto #0
 __all__ = ['normalise_output', 'executed_on', 'cell_outputs', 'stale_cells', 'copy_project', 'execute_notebook',
-           'execute_lessons', 'kernel_metadata', 'clean_notebook', 'check_lessons', 'refresh_lessons']
+           'execute_lessons', 'check_lessons', 'refresh_lessons']
 
 # %% ../nbs/06b_lessons.ipynb #d3ca7a86
 _UNITS = r"(?:it|images|image-iterations|steps|crops|units|batches|samples)/s"
@@ -155,27 +155,6 @@ def execute_lessons(project: Path, into: Path) -> list[Path]:
         print(f"{path.name}: executed in {time.perf_counter() - began:.0f} s", flush=True)
     return paths
 
-# %% ../nbs/06b_lessons.ipynb #9a56b47a
-def kernel_metadata() -> dict:
-    "The kernelspec and language_info JupyterLab writes for this environment's python3 kernel."
-    from ipykernel.ipkernel import IPythonKernel
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    try: display = KernelSpecManager().get_kernel_spec("python3").display_name
-    except NoSuchKernel: display = "Python 3 (ipykernel)"  # ipykernel's own name for it
-    spec = {"display_name": display, "language": "python", "name": "python3"}
-    return {"kernelspec": spec, "language_info": dict(IPythonKernel.language_info)}
-
-# %% ../nbs/06b_lessons.ipynb #2156193b
-def clean_notebook(path: Path) -> None:
-    "nbdev_clean, then the kernel metadata as JupyterLab writes it (an existing language_info kept)."
-    clean = shutil.which("nbdev_clean")
-    if clean is None: raise Sre2lError("nbdev_clean is missing: pip install -e '.[dev]'")
-    subprocess.run([clean, "--fname", str(path)], cwd=Path(path).parent, check=True)
-    nb, wanted = json.loads(Path(path).read_text()), kernel_metadata()
-    nb["metadata"]["kernelspec"] = wanted["kernelspec"]
-    nb["metadata"].setdefault("language_info", wanted["language_info"])
-    Path(path).write_text(json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n")  # nbdev's layout
-
 # %% ../nbs/06b_lessons.ipynb #37d800fa
 def _project(project=None) -> Path:
     "The repository whose notebooks are meant, refused with one line outside one."
@@ -202,11 +181,13 @@ def check_lessons(project=None) -> dict[str, list[str]]:
 def refresh_lessons(project=None) -> list[Path]:
     "Execute every notebook in a temporary copy; write them with their outputs into nbs/, cleaned."
     project = _project(project)
+    clean = shutil.which("nbdev_clean")  # before minutes of execution, not after
+    if clean is None: raise Sre2lError("nbdev_clean is missing: pip install -e '.[dev]'")
     with tempfile.TemporaryDirectory(prefix="sre2l-lessons-") as tmp:
         written = []
         for path in execute_lessons(project, Path(tmp)):
             target = project / "nbs" / path.name
             target.write_text(path.read_text().replace(str(Path(tmp).resolve()), "<repo>"))
             written.append(target)
-    for target in written: clean_notebook(target)
+    for target in written: subprocess.run([clean, "--fname", str(target)], cwd=project, check=True)
     return written

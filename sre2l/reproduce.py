@@ -704,7 +704,7 @@ def best_of(best: dict,  # {(row, column, seed): best test top-1}
     return None if None in got else max(got)
 
 # %% ../nbs/05_reproduce.ipynb #e55a2758
-def _mean_std(per_seed: list[dict], keys=("IOR", "HLR", "LRS", "ARS")) -> dict:
+def _mean_std(per_seed: list[dict], keys: tuple) -> dict:
     "Mean and population std (DD-Ranking's) of each score over seeds; None where no seed has it."
     entry = {}
     for key in keys:

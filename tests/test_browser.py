@@ -4,9 +4,7 @@ Needs Debian's chromium and chromium-driver and the selenium package (CI install
 where one is missing. JupyterLab serves a copy of the notebooks, so autosave cannot touch the checkout.
 """
 import importlib.util
-import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -15,8 +13,6 @@ import time
 import urllib.request
 
 import pytest
-
-from conftest import ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -88,10 +84,6 @@ def test_recover_lesson_runs_in_jupyterlab_and_its_explorer_moves(lab):
     try:
         driver.get(f"{lab}/lab/tree/nbs/02_recover.ipynb")
         wait_for(driver, f"{NOTEBOOK}.sessionContext.session.kernel.status === 'idle'", "the kernel")
-        time.sleep(3)  # JupyterLab writes the kernel's metadata once the kernel has answered
-        committed = json.loads((ROOT / "nbs" / "02_recover.ipynb").read_text())["metadata"]["language_info"]
-        if committed["version"] == platform.python_version():  # JupyterLab writes the running Python's version
-            assert driver.execute_script(f"return {NOTEBOOK}.context.model.dirty") is False, "opening it modified it"
         driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
         time.sleep(2)
         wait_for(driver, DONE, "every cell to run")
