@@ -34,6 +34,7 @@ _VOLATILE = [(re.compile(r"\x1b\[[0-9;]*[A-Za-z]"), ""),  # terminal colours
              (re.compile(re.escape(tempfile.gettempdir()) + r"/[\w.-]+"), "<tmp>"),  # mkdtemp, kernel files
              (re.compile(r"[\d.]+\s*" + _UNITS + r"\b"), "<rate>"),
              (re.compile(r"\b\d+(?:\.\d+)?(?:e[-+]?\d+)?\s*" + _TIMES + r"\b(?!\w)"), "<time>"),
+             (re.compile(r" {2,}<time>"), " <time>"),  # right-aligned times: their padding shrinks as they grow
              (re.compile(r"\b\d+(?:\.\d+)?\s*x(?=\s+(?:faster|slower|speed))"), "<ratio>")]
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 

@@ -34,7 +34,7 @@ __all__ = ['H100', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'WAIT_SECONDS', 'CellRun', 
            'split_sizes', 'stage_work', 'predict_cost', 'calibrate', 'rates_file', 'load_rates', 'duration', 'finished',
            'plan_report', 'find_stages', 'link_stages', 'reproduce', 'pruning_table', 'pruning_curve', 'gather',
            'summarise', 'render_markdown', 'render_latex', 'render_csv', 'best_of', 'rank', 'render_rankings',
-           'images_figure', 'pruning_figure', 'storage_figure', 'write_report']
+           'images_figure', 'pruning_lines', 'pruning_figure', 'storage_figure', 'write_report']
 
 # %% ../nbs/05_reproduce.ipynb #a6ce977f
 @dataclass
@@ -777,17 +777,28 @@ def images_figure(runs: list[CellRun], classes: int = 10, columns: int = 10):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/05_reproduce.ipynb #0fdf5454
+def pruning_lines(runs: list[CellRun], summary: list[dict]) -> dict:
+    "{row: [(labels pruned by, entry)]}: a row's measured cells that differ only in their label budget."
+    def rest(cfg):  # the cell's settings without its seed, prune ratio and way of drawing from the pruned pool
+        budget = dict(pool_granularity="", pool_metric="")
+        return repr(dataclasses.replace(cfg, seed=0, relabel=dataclasses.replace(cfg.relabel, prune_ratio=0.0),
+                                        validate=dataclasses.replace(cfg.validate, **budget)))
+    cells = {(r.cell.row, r.cell.column): (r.cfg.relabel.prune_ratio, rest(r.cfg)) for r in runs}
+    groups = {}
+    for e in summary:
+        if e["measured"] is None: continue
+        ratio, others = cells[e["row"], e["column"]]
+        groups.setdefault((e["row"], others), []).append((1 / (1 - ratio), e))
+    return {row: sorted(v, key=lambda p: p[0]) for (row, _), v in groups.items() if len({p[0] for p in v}) > 1}
+
 # %% ../nbs/05_reproduce.ipynb #e3569ba8
 def pruning_figure(runs: list[CellRun], summary: list[dict]):
-    "Figure: top-1 against the share of labels kept, one line per row whose cells differ in prune ratio."
+    "Figure: top-1 against the share of labels kept, one line per row (see `pruning_lines`)."
     import matplotlib.pyplot as plt
     from sre2l.plots import use_style
     use_style()
-    ratio = {(r.cell.row, r.cell.column): r.cfg.relabel.prune_ratio for r in runs}
-    lines = {}
-    for e in summary:
-        if e["measured"] is not None: lines.setdefault(e["row"], []).append((1 / (1 - ratio[e["row"], e["column"]]), e))
-    lines = {k: sorted(v, key=lambda p: p[0]) for k, v in lines.items() if len({p[0] for p in v}) > 1}
+    lines = pruning_lines(runs, summary)
     if not lines: return None
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for row, points in lines.items():

@@ -41,6 +41,21 @@ def test_paper_tables_carry_the_reference_numbers():
     assert make_config("lpld_in1k", list(get_table("lpld_labels").cells[1].overrides)).relabel.prune_ratio == 0.975
 
 
+def test_pruning_curves_join_label_budgets_only():
+    "DD-Ranking's hard-label and no-augmentation students share their images' row but are not points of its curve."
+    from sre2l.reproduce import pruning_lines
+    for name, budgets in (("fashion_mnist", ["full labels", "10x labels", "40x labels"]),
+                          ("fashion_mnist_ci", ["full labels", "40x labels"])):
+        runs = plan_table(get_table(name))
+        measured = [{"row": r.cell.row, "column": r.cell.column, "measured": 50.0} for r in runs if r.seed == 0]
+        lines = pruning_lines(runs, measured)
+        rows = {r.cell.row for r in runs if r.cell.column == "40x labels"}
+        assert set(lines) == rows and len(rows) >= 3
+        for points in lines.values():
+            assert [e["column"] for _, e in points] == budgets
+            assert [x for x, _ in points] == sorted({x for x, _ in points})
+
+
 def test_dd_ranking_students_exist_and_match_dd_rankings_protocol():
     "Every ranking names cells of its table; the random and hard-label students differ only where DD-Ranking's do."
     for name in list_tables():
