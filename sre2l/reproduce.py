@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import (RunConfig, Sre2lError, ConfigError, STAGES, stages_needed, stage_config, hash_json, log,
-                        human_bytes)
+                        human_bytes, config_dict)
 from .presets import make_config
 from .runs import notebook_dir, STAGE_NOTEBOOKS, read_manifest, resolve_run_dir, find_project_root, save_json, load_json, claim, atomic_write
 
@@ -780,10 +780,11 @@ def images_figure(runs: list[CellRun], classes: int = 10, columns: int = 10):
 # %% ../nbs/05_reproduce.ipynb #0fdf5454
 def pruning_lines(runs: list[CellRun], summary: list[dict]) -> dict:
     "{row: [(labels pruned by, entry)]}: a row's measured cells that differ only in their label budget."
-    def rest(cfg):  # the cell's settings without its seed, prune ratio and way of drawing from the pruned pool
-        budget = dict(pool_granularity="", pool_metric="")
-        return repr(dataclasses.replace(cfg, seed=0, relabel=dataclasses.replace(cfg.relabel, prune_ratio=0.0),
-                                        validate=dataclasses.replace(cfg.validate, **budget)))
+    budget = [o.split("=")[0].split(".") for o in pruned(2)]  # the settings a label budget changes
+    def rest(cfg):  # the cell's settings but its seed and label budget
+        settings = config_dict(cfg); settings.pop("seed")
+        for section, key in budget: settings[section].pop(key)
+        return hash_json(settings)
     cells = {(r.cell.row, r.cell.column): (r.cfg.relabel.prune_ratio, rest(r.cfg)) for r in runs}
     groups = {}
     for e in summary:
