@@ -203,7 +203,8 @@ def _tool_parsers(verbs, argv):
 # %% ../nbs/06_cli.ipynb #5e1c7a2d
 def _reproduce(args) -> int:
     "`sre2l reproduce`: list the tables, print a plan, or run a table; 1 when cells failed."
-    from sre2l.reproduce import reproduce, calibrate, rates_file
+    from sre2l.plan import calibrate, rates_file
+    from sre2l.reproduce import reproduce
     from sre2l.tables import list_tables, get_table
     if args.calibrate:
         import dataclasses
@@ -216,12 +217,20 @@ def _reproduce(args) -> int:
         return 0
     report = reproduce(args.table, args.run_dir, args.out, args.gpus, args.torchrun, tuple(args.seeds) if args.seeds else None,
                        args.overrides, args.reuse, args.dry_run, args.render_only, args.cell_timeout, args.rates,
-                       args.report_every)
+                       args.report_every, jobs=args.jobs)
     if args.dry_run: return 0
     print((Path(report["folder"]) / f"{args.table}.md").read_text())
     failed = {k: v for k, v in report["failed"].items() if not v.startswith("skipped")}
     for key, why in failed.items(): print(f"sre2l: {key}: {why}", file=sys.stderr)
     return 1 if failed else 0
+
+# %% ../nbs/06_cli.ipynb #9ca53469
+def _positive_int(text: str) -> int:
+    "An argparse type: a whole number of 1 or more."
+    try: value = int(text)
+    except ValueError: value = 0
+    if value < 1: raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
+    return value
 
 # %% ../nbs/06_cli.ipynb #35ad0ab4
 def _reproduce_parser(verbs, argv):
@@ -244,6 +253,9 @@ def _reproduce_parser(verbs, argv):
     p.add_argument("--render-only", action="store_true", help="run nothing; write the tables and figures from the finished cells")
     p.add_argument("--gpus", type=lambda t: [g for g in t.split(",") if g], default=None, metavar="0,1,...",
                    help="one papermill process per listed GPU (CUDA_VISIBLE_DEVICES); default: one process")
+    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                   help="on a machine without GPUs, run N independent stage notebooks at once, each with 1/N of the cores "
+                        "(default: %(default)s)")
     p.add_argument("--torchrun", type=int, default=0, metavar="N",
                    help="run the stages through `sre2l STAGE` under torchrun with N processes instead of the notebooks")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of every cell (default: the table's)")
@@ -260,7 +272,8 @@ def run_demo(run_dir="runs/reproduce",  # parent folder of the tables' runs (as 
              out_dir="figures/tables",  # where the table and figures go (a folder per table)
              overrides=()) -> dict:  # settings for every cell, as for --set
     "Run the `demo` table through the engine; add the recovery figures; return the report with the teacher's top-1."
-    from sre2l.reproduce import reproduce, plan_table
+    from sre2l.plan import plan_table
+    from sre2l.reproduce import reproduce
     from sre2l.tables import get_table
     report = reproduce("demo", run_dir, out_dir, overrides=overrides)
     first = plan_table(get_table("demo"), run_dir, overrides=overrides)[0]  # SRe2L images, full labels
@@ -336,7 +349,7 @@ def write_readme(project=None) -> Path:  # the repository (default: the one arou
 # %% ../nbs/06_cli.ipynb #2745ddcc
 def demo_notebooks(run_dir="runs/reproduce") -> Path:  # parent folder of the tables' runs, as for `sre2l demo`
     "Where `sre2l demo` keeps its executed stage notebooks: those of the demo's first cell (SRe2L images, full labels)."
-    from sre2l.reproduce import plan_table
+    from sre2l.plan import plan_table
     from sre2l.tables import get_table
     return plan_table(get_table("demo"), run_dir)[0].folder / "notebooks"
 

@@ -511,10 +511,21 @@ def setup_logging(level=logging.INFO):
     log.setLevel(level)
     return log
 
+# %% ../nbs/00_core.ipynb #1a6ba538
+def _parent_command() -> str:
+    "The command line of this process's parent ('' where it cannot be read)."
+    try: return open(f"/proc/{os.getppid()}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError: pass
+    try:
+        import psutil  # macOS and Windows; ipykernel depends on it
+        return " ".join(psutil.Process().parent().cmdline())
+    except Exception: return ""
+
 # %% ../nbs/00_core.ipynb #7b5b9faa
 def headless() -> bool:
-    "True in batch runs (`sre2l demo`, `sre2l reproduce` set SRE2L_HEADLESS): notebooks then skip ipywidgets."
-    return bool(os.environ.get("SRE2L_HEADLESS"))
+    "True in a batch job (SRE2L_HEADLESS, or a kernel started by papermill): the teaching cells are then skipped."
+    if os.environ.get("SRE2L_LESSON") in ("0", "1"): return os.environ["SRE2L_LESSON"] == "0"
+    return bool(os.environ.get("SRE2L_HEADLESS")) or "papermill" in _parent_command()
 
 # %% ../nbs/00_core.ipynb #76c13546
 def human_bytes(n: float) -> str:

@@ -8,7 +8,8 @@ import pytest
 from conftest import run, tool
 from sre2l.core import STAGES
 from sre2l.presets import make_config
-from sre2l.reproduce import plan_table, predict_cost, reproduce
+from sre2l.plan import plan_table, predict_cost
+from sre2l.reproduce import reproduce
 from sre2l.tables import Cell, TableSpec, TABLES, get_table, list_tables, pruned, register_table
 
 TINY = ("squeeze.epochs=2", "recover.ipc=2", "recover.iterations=10", "relabel.epochs=4", "validate.epochs=4",
@@ -43,7 +44,7 @@ def test_paper_tables_carry_the_reference_numbers():
 
 def test_pruning_curves_join_label_budgets_only():
     "DD-Ranking's hard-label and no-augmentation students share their images' row but are not points of its curve."
-    from sre2l.reproduce import pruning_lines
+    from sre2l.report import pruning_lines
     for name, budgets in (("fashion_mnist", ["full labels", "10x labels", "40x labels"]),
                           ("fashion_mnist_ci", ["full labels", "40x labels"])):
         runs = plan_table(get_table(name))
@@ -179,7 +180,7 @@ def test_one_process_per_gpu_and_torchrun_paths(tmp_path):
 def _rehearsal_runs(tmp_path):
     "The CI rehearsal's runs: the ones CI made before the tests (`sre2l reproduce imagenet_rehearsal_ci`), or new ones."
     from conftest import ROOT
-    from sre2l.reproduce import finished
+    from sre2l.plan import finished
     made = plan_table(get_table("imagenet_rehearsal_ci"), ROOT / "runs" / "reproduce")
     if all(finished(r, s) is not None for r in made for s in STAGES): return made
     result = run([tool("sre2l"), "reproduce", "imagenet_rehearsal_ci", "--run-dir", tmp_path / "runs", "--out", tmp_path / "tables"],
@@ -192,7 +193,7 @@ def test_the_ci_rehearsal_runs_end_to_end_and_the_dry_run_predicts_its_stages(tm
     """Predictions from this machine's calibrated rates against the rehearsal's measured stage times: within a factor of
     2 for every stage of 2 s or more (shorter ones are mostly fixed costs the model does not count) and in total."""
     from sre2l.runs import load_json
-    from sre2l.reproduce import calibrate
+    from sre2l.plan import calibrate
     runs = _rehearsal_runs(tmp_path)
     rates, seen, measured_total, predicted_total = calibrate("cpu"), set(), 0.0, 0.0
     for r in runs:
