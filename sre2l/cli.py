@@ -217,7 +217,7 @@ def _reproduce(args) -> int:
         return 0
     report = reproduce(args.table, args.run_dir, args.out, args.gpus, args.torchrun, tuple(args.seeds) if args.seeds else None,
                        args.overrides, args.reuse, args.dry_run, args.render_only, args.cell_timeout, args.rates,
-                       args.report_every, jobs=args.jobs)
+                       args.report_every, args.inline, args.jobs)
     if args.dry_run: return 0
     print((Path(report["folder"]) / f"{args.table}.md").read_text())
     failed = {k: v for k, v in report["failed"].items() if not v.startswith("skipped")}
@@ -256,6 +256,8 @@ def _reproduce_parser(verbs, argv):
     p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                    help="on a machine without GPUs, run N independent stage notebooks at once, each with 1/N of the cores "
                         "(default: %(default)s)")
+    p.add_argument("--inline", action="store_true",
+                   help="run each stage's function in this process instead of its notebook (no papermill needed)")
     p.add_argument("--torchrun", type=int, default=0, metavar="N",
                    help="run the stages through `sre2l STAGE` under torchrun with N processes instead of the notebooks")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of every cell (default: the table's)")
