@@ -140,14 +140,16 @@ def _start_kernel(env: dict):
 
 # %% ../nbs/05d_jobs.ipynb #6b0d3aa7
 class Kernels:
-    "One kernel per worker started ahead of its next job; `take` hands it over and starts the next one."
+    "One kernel per worker started ahead of its next job: `take` hands it over, `refill` starts the next one."
     def __init__(self, envs: list):  # the environment of each worker's jobs (see `_job_env`)
         self.envs, self.starting = envs, ThreadPoolExecutor(len(envs))
         self.ready = {slot: self.starting.submit(_start_kernel, env) for slot, env in enumerate(envs)}
     def take(self, slot: int):
-        "The worker's kernel (waiting for its start if need be); its successor starts now."
-        manager, self.ready[slot] = self.ready[slot].result(), self.starting.submit(_start_kernel, self.envs[slot])
-        return manager
+        "The worker's kernel, waiting for its start if need be."
+        return self.ready.pop(slot).result()
+    def refill(self, slot: int):
+        "Start the worker's next kernel (after its job: a warm-up beside a stage would slow the stage)."
+        if slot not in self.ready: self.ready[slot] = self.starting.submit(_start_kernel, self.envs[slot])
     def close(self):
         "Shut down the kernels no job took (after their start, if they are still starting)."
         for future in self.ready.values():
@@ -188,7 +190,7 @@ def _run_notebook(stage: str, run: CellRun, kernels: Kernels, slot: int, cell_ti
         code = 1
         with open(logfile, "a") as handle: handle.write(f"{type(error).__name__}: {error}\n")
     finally:
-        interrupts.pop(id(manager), None); manager.shutdown_kernel(now=True)
+        interrupts.pop(id(manager), None); manager.shutdown_kernel(now=True); kernels.refill(slot)
     return code, f"notebook {target}, log {logfile}"
 
 # %% ../nbs/05d_jobs.ipynb #16737871
