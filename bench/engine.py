@@ -4,7 +4,7 @@
     stage through the command line, `sre2l validate ...`, a fresh process that imports torch and the kit;
 (b) engine: the same stage through `sre2l.jobs.run_jobs`, as `sre2l reproduce` runs it: its stage notebook
     executed by papermill in a kernel the driver started for it, the executed notebook saved. With --jobs K it
-    runs K such jobs in a row (K seeds), so that later kernels start while earlier jobs run, as in a table.
+    runs K such jobs in a row (K seeds), as in a table.
 
 It prints each job's wall time beside the stage's own time (`timings.total_seconds` of its manifest), the
 overhead per job (wall minus stage) and the ratio of the engine's wall time to the direct call's.
@@ -25,9 +25,8 @@ from pathlib import Path
 import torch
 from timing import machine
 from sre2l.core import STAGES
-from sre2l.jobs import link_stages, run_jobs
+from sre2l.jobs import find_stages, link_stages, run_jobs
 from sre2l.plan import plan_table
-from sre2l.reproduce import reproduce
 from sre2l.tables import Cell, TableSpec
 
 SMALL = ("squeeze.epochs=3", "recover.iterations=30", "relabel.epochs=40", "validate.epochs=40", "validate.eval_every=40")
@@ -58,13 +57,13 @@ def main(stage: str, jobs: int):
             link_stages(run)
             for earlier in before: getattr(import_module(f"sre2l.{earlier}"), f"run_{earlier}")(run.cfg, run.folder)
         # (a) direct
-        direct_runs = plan_table(table("direct", [0]), tmp / "runs")
-        reproduce(table("direct", [0]), tmp / "runs", tmp / "out", reuse=[tmp / "inputs"], render_only=True)
+        built = find_stages([tmp / "inputs"])
+        linked = lambda name, seeds: [link_stages(r, built) or r for r in plan_table(table(name, seeds), tmp / "runs")]
+        direct_runs = linked("direct", [0])
         began = time.perf_counter(); runner(direct_runs[0].cfg, direct_runs[0].folder)
         direct_wall = time.perf_counter() - began
         direct_stage = stage_seconds(direct_runs[0], stage)
-        cli_runs = plan_table(table("cli", [0]), tmp / "runs")
-        reproduce(table("cli", [0]), tmp / "runs", tmp / "out", reuse=[tmp / "inputs"], render_only=True)
+        cli_runs = linked("cli", [0])
         sets = [a for o in (*SMALL, "seed=0") for a in ("--set", o)]
         began = time.perf_counter()
         subprocess.run([sys.executable, "-m", "sre2l.cli", stage, "--preset", "digits", "--run-dir", str(cli_runs[0].folder),
@@ -72,8 +71,7 @@ def main(stage: str, jobs: int):
         cli_wall = time.perf_counter() - began
         stage_seconds_cli = stage_seconds(cli_runs[0], stage)
         # (b) engine jobs, the earlier stages linked from the inputs
-        engine_runs = plan_table(table("engine", seeds), tmp / "runs")
-        reproduce(table("engine", seeds), tmp / "runs", tmp / "out", reuse=[tmp / "inputs"], render_only=True)
+        engine_runs = linked("engine", seeds)
         assert all((r.folder / s / "manifest.json").exists() for r in engine_runs for s in before)
         began = time.perf_counter(); failed = run_jobs(engine_runs, None, 0, 0)
         engine_wall = time.perf_counter() - began

@@ -6,7 +6,7 @@
 # prints what it measured and appends it, dated, to bench/RESULTS.md.
 #
 #   bash bench/gpu_check.sh          # on the GPU machine
-#   bash bench/gpu_check.sh --cpu    # the same steps at CPU sizes, here and in CI (nothing appended)
+#   bash bench/gpu_check.sh --cpu    # the same steps at CPU sizes, the rehearsal as its plan only (CI runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=gpu
@@ -34,8 +34,9 @@ if [ "$mode" = gpu ]; then
   step validate python bench/validate.py --variant resnet18-224 --epochs 1
   step "decoding, 16 workers and on the GPU" python bench/decode.py --classes 100 --workers 16 --device cuda
   step "GPU tests: two CUDA runs agree" python bench/determinism.py --device cuda --set relabel.epochs=5 --set recover.iterations=100
-  rehearsal=(imagenet_rehearsal --set squeeze.epochs=1 --set recover.iterations=100 --set relabel.epochs=4
-             --set validate.epochs=4 --set validate.eval_every=4)
+  step "rehearsal, 1000 classes, shortened (stages in this process)" python -m sre2l.cli reproduce imagenet_rehearsal \
+    --set squeeze.epochs=1 --set recover.iterations=100 --set relabel.epochs=4 --set validate.epochs=4 \
+    --set validate.eval_every=4 --inline --run-dir "$scratch/runs" --out "$scratch/tables"
 else
   step recover python bench/recover.py --variant cpu --iterations 3 --warmup 1 --no-compile
   step relabel python bench/relabel.py --variant cpu --epochs 1
@@ -43,11 +44,11 @@ else
   step validate python bench/validate.py --variant cpu --epochs 1
   step decoding python bench/decode.py --classes 4 --val-per-class 8 --workers 2
   step "determinism: two runs agree" python bench/determinism.py --device cpu --set relabel.epochs=2 --set recover.iterations=20
-  rehearsal=(imagenet_rehearsal_ci --set recover.iterations=20 --set relabel.epochs=2 --set validate.epochs=2
-             --set validate.eval_every=2)
+  # CI runs `sre2l reproduce imagenet_rehearsal_ci` once already: here only the 1000-class rehearsal's plan
+  step "rehearsal, 1000 classes: its plan" python -m sre2l.cli reproduce imagenet_rehearsal --dry-run \
+    --set squeeze.epochs=1 --set recover.iterations=100 --set relabel.epochs=4 --set validate.epochs=4 \
+    --set validate.eval_every=4 --run-dir "$scratch/runs"
 fi
-step "rehearsal (stages in this process)" python -m sre2l.cli reproduce "${rehearsal[@]}" --inline \
-  --run-dir "$scratch/runs" --out "$scratch/tables"
 echo "gpu_check ($mode): $((SECONDS - began)) s in all" | tee -a "$log"
 if [ "$mode" = gpu ]; then
   gpu="$(python -c "import torch; print(torch.cuda.get_device_name())")"

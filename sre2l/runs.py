@@ -5,6 +5,7 @@
 # %% ../nbs/00g_runs.ipynb #dc1be07a
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -441,16 +442,21 @@ def _write_status(path: Path, what: str, done: int, total, initial: int, started
                      "host": __import__("socket").gethostname(), "updated": time.time(), "started": started})
 
 # %% ../nbs/00g_runs.ipynb #f956b517
+@functools.cache
+def _terminal():
+    "This process's own stderr, opened once: in a kernel, the terminal that started it, not the notebook's output."
+    try: return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+    except (OSError, ValueError, AttributeError): return sys.__stderr__
+
+# %% ../nbs/00g_runs.ipynb #deaf0800
 class _Lines:
-    "A file for tqdm that writes each refresh as one line (no carriage returns) to the terminal's stderr."
-    def __init__(self):
-        try: self.stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)  # in a kernel: the process's own
-        except (OSError, ValueError, AttributeError): self.stream = sys.__stderr__  # stderr, not the notebook's
-        self.last = ""
+    "A file for tqdm that writes each refresh as one line (no carriage returns) to `_terminal()`."
+    last = ""
     def write(self, text: str):
         line = text.replace("\r", "").rstrip()
-        if line and line != self.last: self.stream.write(line + "\n"); self.last = line
-    def flush(self): self.stream.flush()
+        count = line.split(" [")[0]  # without the times and the rate
+        if line and count != self.last: _terminal().write(line + "\n"); self.last = count  # not the closing repeat
+    def flush(self): _terminal().flush()
 
 # %% ../nbs/00g_runs.ipynb #12c9a89e
 def progress(iterable=None, status=None, every: float = 5.0, **kwargs):
@@ -460,7 +466,10 @@ def progress(iterable=None, status=None, every: float = 5.0, **kwargs):
     disable = kwargs.pop("disable", False) or bool(os.environ.get("SRE2L_NO_PROGRESS"))
     if headless() and not disable:
         from tqdm.std import tqdm
-        kwargs = {"mininterval": 10.0, "ascii": True, **kwargs, "file": _Lines(), "leave": True, "ncols": 100}  # its last line stays
+        kwargs = {"mininterval": 10.0, **kwargs, "file": _Lines(), "leave": True}
+        if kwargs.get("total") is not None or hasattr(iterable, "__len__"):  # a log line, no bar drawn in characters
+            kwargs["bar_format"] = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
+        kwargs.setdefault("delay", kwargs["mininterval"])  # a bar shorter than that prints nothing; a longer one its last line
     else: from tqdm.auto import tqdm
     bar = tqdm(iterable, disable=disable, **kwargs)
     if status is None: return bar

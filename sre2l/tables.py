@@ -158,7 +158,7 @@ def _demo_table():
                   (*short, *changes, *pruned(c)), source="kit demo (no paper value)")
              for images, changes in (("SRe2L", ()), ("random real", ("recover.method=real",))) for c in (1, 40)]
     return TableSpec("demo", "Demo: digits, SRe2L-recovered vs random real images, full vs 40x-pruned labels", cells,
-                     about="The digits preset with a 15-epoch teacher, its students tested once after their last epoch; about a minute on a 2-core CPU.")
+                     about="The digits preset with a 15-epoch teacher, its students tested once after their last epoch; about 1.5 minutes on a 2-core CPU.")
 
 # %% ../nbs/05b_tables.ipynb #03a01ba1
 @register_table("fashion_mnist_ci")

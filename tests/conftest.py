@@ -35,3 +35,9 @@ def run(args, cwd=None, env=None, timeout=3600):  # only catches a hang; no test
     "Run a command, returning the completed process (never raising on a non-zero exit)."
     full_env = {**os.environ, "SRE2L_NO_PROGRESS": "1", **(env or {})}
     return subprocess.run([str(a) for a in args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def default_sigint():
+    "A child's preexec_fn: SIGINT as Python expects it, whatever the parent set (a background job of a script ignores it)."
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -107,3 +107,21 @@ def test_offline_site_renders_the_lessons_with_their_outputs(tmp_path):
         assert "data:image/png" in page and "Try this" in page, f"{name}: no figures or no exercises"
     result = run([tool("sre2l"), "site", "--from", str(tmp_path / "nowhere"), "--to", str(tmp_path / "site2")])
     assert result.returncode == 2 and "run `sre2l demo` first" in result.stderr
+
+
+def test_a_papermill_command_runs_a_job_and_its_progress_reaches_the_terminal(tmp_path):
+    "A user's `papermill in.ipynb out.ipynb`: the kernel knows it is a job; progress goes to papermill's stderr as lines."
+    import nbformat, os, subprocess, sys
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from sre2l.core import headless\nfrom sre2l.runs import progress\nprint('job:', headless())\n"
+        "for _ in progress(range(3), desc='steps', mininterval=0): pass")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    env = {k: v for k, v in os.environ.items() if k not in ("SRE2L_HEADLESS", "SRE2L_LESSON", "SRE2L_NO_PROGRESS")}
+    result = subprocess.run([sys.executable, "-m", "papermill", str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"),
+                             "--no-progress-bar"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outputs = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[0].outputs
+    assert [o.get("text", "") for o in outputs] == ["job: True\n"]  # no bar in the saved notebook
+    lines = [l for l in result.stderr.splitlines() if l.startswith("steps:")]
+    assert "3/3" in lines[-1] and len(lines) >= 2 and not any("\r" in l for l in lines)

@@ -16,7 +16,7 @@ from sre2l.runs import read_manifest
 from sre2l.squeeze import run_squeeze
 from sre2l.recover import run_recover
 from sre2l.relabel import run_relabel
-from conftest import RUN_RECORDS
+from conftest import RUN_RECORDS, default_sigint
 
 pytestmark = pytest.mark.reliability
 
@@ -341,7 +341,7 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(finished, tmp_path):
     command = [sys.executable, "-m", "sre2l.cli", "recover", "--run-dir", str(tmp_path / "run"),
                *sets("recover.ipc=4", "recover.iterations=200", "recover.group_images=10")]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=_default_sigint)
+                               preexec_fn=default_sigint)
     progress, deadline = tmp_path / "run" / "recover" / "progress.json", time.time() + 3600
     while not progress.exists() and time.time() < deadline: time.sleep(0.05)
     time.sleep(1.0)
@@ -524,9 +524,3 @@ def test_killed_five_times_at_random_points_then_finished_equals_a_clean_run(sta
                               if p.is_file() and p.name not in RUN_RECORDS and "claims" not in p.parts}
     assert digest(tmp_path / "killed") == digest(tmp_path / "clean")
     assert not list((tmp_path / "killed").rglob("*.tmp"))
-
-
-def _default_sigint():
-    "In the child: SIGINT as Python expects it, whatever the parent set (a background job of a script ignores it)."
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_DFL)

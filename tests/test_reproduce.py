@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import run, tool
+from conftest import default_sigint, run, tool
 from sre2l.core import STAGES
 from sre2l.presets import make_config
 from sre2l.plan import plan_table, predict_cost
@@ -279,7 +279,7 @@ def test_ctrl_c_stops_the_driver_before_its_next_job(tmp_path):
     command = [sys.executable, "-m", "sre2l.cli", "reproduce", "demo", "--run-dir", str(tmp_path / "runs"),
                "--out", str(tmp_path / "tables")]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, preexec_fn=_default_sigint)  # its own group: the signal reaches the driver only
+                               start_new_session=True, preexec_fn=default_sigint)  # its own group: the signal reaches the driver only
     log, deadline = tmp_path / "runs" / "demo" / "cells", time.time() + 3600
     # during the first of the two recover jobs: before the fix the driver went on to the second one
     while not list(log.glob("*/logs/recover.log")) and time.time() < deadline: time.sleep(0.1)
@@ -296,9 +296,3 @@ def test_ctrl_c_stops_the_driver_before_its_next_job(tmp_path):
 def _cmdline(pid: str) -> str:
     try: return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
     except OSError: return ""
-
-
-def _default_sigint():
-    "In the child: SIGINT as Python expects it, whatever the parent set (a background job of a script ignores it)."
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
