@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import Sre2lError, log
-from .runs import atomic_write, save_json, load_json, progress
+from .runs import atomic_write, save_json, load_json, progress, sweep_temporaries
 from .data import default_workers
 
 # %% auto #0
@@ -118,6 +118,7 @@ def make_imagefolder(root,  # folder to write train/ and val/ into
         if old == record: return load_json(root / "dataset.json")
         raise Sre2lError(f"{root} holds an imagenet-shape folder made with other settings ({old}); "
                          f"use another folder or delete it")
+    if root.is_dir(): sweep_temporaries(root)  # what a killed earlier run was writing
     names = wnids(classes, seed)
     tasks = [(str(root), c, name, {"train": train_per_class, "val": val_per_class}, seed,
               {"train": c * train_per_class, "val": c * val_per_class}) for c, name in enumerate(names)]

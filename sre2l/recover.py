@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .core import (RunConfig, RecoverConfig, Sre2lError, ConfigError, log, pick_device, generator,
                         seed_everything, hash_json, stage_config)
 from .runs import (progress, open_stage, write_manifest, save_json, load_json, save_tensors, shard_from_env,
-                        check_shard, claim, preflight, sha256_file)
+                        check_shard, claim, held_claims, preflight, sha256_file)
 from .data import (DatasetSpec, data_spec, open_split, cached, ipc_subset, distilled_path, read_distilled,
                         read_image, write_image, sample_crop_boxes, crop_resize, normalize)
 from .models import bn_layers, load_class_bn, load_teacher, load_named_teacher
@@ -476,7 +476,8 @@ def run_recover(cfg: RunConfig, run_dir,
     if missing:
         log.info("recover: shard %d/%d finished; %d units are left to other shards", shard[0], shard[1], missing)
         tracker.close()
-        return {"stage": "recover", "complete": False, "units_left": missing, "timings": {"seconds": seconds}}
+        return {"stage": "recover", "complete": False, "units_left": missing, "held": held_claims(out / "claims"),
+                "timings": {"seconds": seconds}}
     if loss_dir.is_dir(): track_curves(tracker, loss_dir)
     tracker.close()
     distilled = read_distilled(image_dir, rc.ipc, spec.channels, spec.num_classes, workers=cfg.data.workers)
@@ -493,6 +494,13 @@ def run_recover(cfg: RunConfig, run_dir,
 def _official_files(source: Path, num_classes: int) -> dict:
     "{class: [(ipc id, file)]} of an official-layout folder; anything else in it, or a class beyond the data set's, is refused."
     if not source.is_dir(): raise Sre2lError(f"{source} is not a folder of distilled images")
+    entries = sorted(p for p in source.iterdir() if not p.name.startswith("."))
+    if not any(p.is_dir() and re.fullmatch(r"new\d+", p.name) for p in entries):  # aimed above (or beside) the images
+        below = [p for p in entries if p.is_dir() and any(re.fullmatch(r"new\d+", q.name) for q in p.iterdir())]
+        found = ", ".join(p.name + "/" * p.is_dir() for p in entries[:6]) + ", ..." * (len(entries) > 6) or "nothing"
+        raise Sre2lError(f"{source} holds no distilled images: expected new000/, new001/, ... folders of "
+                         f"class000_id000.* files directly in it, found {found}" +
+                         (f"; the images seem to be one level down: pass {below[0]}" if below else ""))
     per_class = {}
     for folder in sorted(p for p in source.iterdir() if not p.name.startswith(".")):
         if not (folder.is_dir() and re.fullmatch(r"new\d+", folder.name)):

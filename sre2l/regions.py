@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .core import (RunConfig, RelabelConfig, Sre2lError, ConfigError, DamagedFile, LABEL_TYPES, log, generator,
                         hash_json, stage_config)
-from .runs import progress, write_manifest, save_tensors, load_metadata, load_json, atomic_write, claim, preflight
+from .runs import progress, write_manifest, save_tensors, load_metadata, load_json, atomic_write, claim, held_claims, preflight
 from .data import (ImageSet, DatasetSpec, FileLoader, sample_crop_boxes, crop_resize, normalize, image_list_hash)
 
 # %% auto #0
@@ -278,7 +278,7 @@ def run_regions(cfg: RunConfig, run_dir, teacher: nn.Module, spec: DatasetSpec, 
         with held:
             if not done(s): _label_shard(teacher, data, s, rl, view, cfg.seed, out, facts, reference, device, cfg.data.workers)
     left = [s for s in range(shards) if not done(s)]
-    if left: return {"stage": "relabel", "complete": False, "shards_left": len(left)}
+    if left: return {"stage": "relabel", "complete": False, "shards_left": len(left), "held": held_claims(out / "claims")}
     return _seal_regions(cfg, run_dir, spec, n, list_hash, view, predicted, shards, began, checked or {})
 
 # %% ../nbs/03a_regions.ipynb #5bee689f

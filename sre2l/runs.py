@@ -22,12 +22,12 @@ from .core import (RunConfig, Sre2lError, ConfigError, DamagedFile, STAGES, conf
                         stage_config, stages_needed, human_bytes, log, check_config)
 
 # %% auto #0
-__all__ = ['LEASE_SECONDS', 'STAGE_NOTEBOOKS', 'shard_from_env', 'check_shard', 'Claim', 'claim', 'release', 'atomic_write',
-           'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_metadata', 'tensors_file_bytes',
-           'sha256_file', 'versions', 'free_space', 'memory_available', 'preflight', 'sweep_temporaries',
-           'write_manifest', 'DamagedManifest', 'read_manifest', 'find_project_root', 'resolve_run_dir', 'prepare_run',
-           'notebook_dir', 'stage_status', 'require_stage', 'open_stage', 'build_missing', 'stage_state', 'run_status',
-           'log_to_stage', 'progress']
+__all__ = ['LEASE_SECONDS', 'STAGE_NOTEBOOKS', 'shard_from_env', 'check_shard', 'Claim', 'claim', 'release', 'held_claims',
+           'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_metadata',
+           'tensors_file_bytes', 'sha256_file', 'versions', 'free_space', 'memory_available', 'preflight',
+           'sweep_temporaries', 'write_manifest', 'DamagedManifest', 'read_manifest', 'find_project_root',
+           'resolve_run_dir', 'prepare_run', 'notebook_dir', 'stage_status', 'require_stage', 'open_stage',
+           'build_missing', 'stage_state', 'run_status', 'log_to_stage', 'progress']
 
 # %% ../nbs/00g_runs.ipynb #5575dbd3
 def shard_from_env() -> tuple[int, int]:
@@ -42,11 +42,17 @@ def check_shard(shard: tuple) -> tuple[int, int]:
     return int(shard[0]), int(shard[1])
 
 # %% ../nbs/00g_runs.ipynb #92d92490
-LEASE_SECONDS = 300.0  # a claim not renewed for this long is taken over, from any host
+LEASE_SECONDS = 300.0  # a claim not renewed for this long is taken over, from any host; the kit grants no longer lease
+_CLOCK_SLACK = 60.0  # a lease may end this much beyond LEASE_SECONDS from now (clocks a little apart) before it counts as skewed
 
 def _owner() -> str:
     import socket
     return f"{socket.gethostname()}:{os.getpid()}"
+
+# %% ../nbs/00g_runs.ipynb #364f4307
+def _when(seconds: float) -> str:
+    "A time stamp as UTC text."
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 # %% ../nbs/00g_runs.ipynb #9413c652
 def _alive(pid: int) -> bool:
@@ -56,22 +62,33 @@ def _alive(pid: int) -> bool:
     return True
 
 # %% ../nbs/00g_runs.ipynb #7eae5b8d
-def _write_claim(path: Path, lease: float):
-    "Write (or renew) this process's claim record: a temporary file renamed over the claim."
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.renew.tmp")
+def _write_claim(path: Path, lease: float, new: bool = False) -> bool:
+    "Write (renew) this process's claim record whole: a temporary file renamed over the claim, or (`new`) linked in."
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{'new' if new else 'renew'}.tmp")
     tmp.write_text(json.dumps({"owner": _owner(), "expires": time.time() + lease}))
-    os.replace(tmp, path)
+    try:
+        if not new: os.replace(tmp, path); return True
+        try: os.link(tmp, path); return True  # fails if the claim exists: creating it is atomic, and it is never empty
+        except FileExistsError: return False
+    finally: tmp.unlink(missing_ok=True)
 
 # %% ../nbs/00g_runs.ipynb #9edd7f3f
 def _read_claim(path: Path) -> dict | None:
-    "A claim's record (owner, expires), None when the file is gone; an old or half-written file counts from its mtime."
+    "A claim's record {owner, expires}, None when gone; a damaged file expires now, a skewed lease counts from the file's age."
     try: text, mtime = path.read_text(), path.stat().st_mtime
     except FileNotFoundError: return None
+    except (OSError, UnicodeDecodeError) as error: text, mtime = f"unreadable ({error})", 0.0
     try: record = json.loads(text)
-    except ValueError: record = {"owner": text.strip()}
-    if not isinstance(record, dict): record = {}
-    record.setdefault("owner", ""); record.setdefault("expires", mtime + LEASE_SECONDS)
-    return record
+    except ValueError: record = None
+    owner, expires = (record.get("owner"), record.get("expires")) if isinstance(record, dict) else (None, None)
+    if not (isinstance(owner, str) and owner and isinstance(expires, (int, float)) and math.isfinite(expires)):
+        log.warning("claim %s is damaged (%.80s); it counts as stale", path, text.strip() or "empty")
+        return {"owner": str(owner or ""), "expires": 0.0, "damaged": True}
+    if expires > time.time() + LEASE_SECONDS + _CLOCK_SLACK:  # longer than the kit grants: the writer's clock runs ahead
+        log.warning("claim %s lasts until %s, beyond any lease the kit grants (a clock ahead on %s); it counts from the "
+                    "file's age", path, _when(expires), owner.rpartition(":")[0])
+        return {"owner": owner, "expires": mtime + LEASE_SECONDS, "skewed": True}
+    return {"owner": owner, "expires": float(expires)}
 
 # %% ../nbs/00g_runs.ipynb #a3e4878a
 def _stale(record: dict) -> bool:
@@ -102,27 +119,33 @@ class Claim:
     def __exit__(self, *exc): self.release()
 
 # %% ../nbs/00g_runs.ipynb #29971505
-def claim(path, lease: float | None = None) -> Claim | None:
+def claim(path, lease: float | None = None) -> Claim | None:  # lease in seconds, at most LEASE_SECONDS (its default)
     "Take the work item that `path` stands for, atomically; None while another process holds it."
-    path, lease = Path(path), lease or LEASE_SECONDS
+    path, lease = Path(path), min(lease or LEASE_SECONDS, LEASE_SECONDS)
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(3):
-        try: handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            record = _read_claim(path)
-            if record is None: continue  # released meanwhile: try again
-            if record["owner"] == _owner(): return Claim(path, lease)
-            if not _stale(record): return None
-            path.unlink(missing_ok=True)  # a dead owner, or a lease that ran out: take the item over
-            continue
-        with os.fdopen(handle, "w") as f: json.dump({"owner": _owner(), "expires": time.time() + lease}, f)
-        return Claim(path, lease)
+        if _write_claim(path, lease, new=True): return Claim(path, lease)
+        record = _read_claim(path)
+        if record is None: continue  # released meanwhile: try again
+        if record["owner"] == _owner(): return Claim(path, lease)
+        if not _stale(record): return None
+        path.unlink(missing_ok=True)  # a dead owner, a lease that ran out, a damaged file: take the item over
     return None
 
 # %% ../nbs/00g_runs.ipynb #63113eae
 def release(path):
     "Give up a claim by its path (its `Claim` stops renewing when it sees the file gone)."
     Path(path).unlink(missing_ok=True)
+
+# %% ../nbs/00g_runs.ipynb #3d05235a
+def held_claims(folder) -> list[dict]:
+    "The claims under `folder` that other live processes hold: unit, owner (host:pid) and until when (UTC)."
+    held = []
+    for path in sorted(Path(folder).glob("*.claim")) if Path(folder).is_dir() else []:
+        record = _read_claim(path)
+        if record and record["owner"] != _owner() and not _stale(record):
+            held.append({"unit": path.stem, "owner": record["owner"], "until": _when(record["expires"])})
+    return held
 
 # %% ../nbs/00g_runs.ipynb #853c00a6
 _UMASK = os.umask(0o022); os.umask(_UMASK)  # this process's umask, read once (os.umask can only be read by setting it)
@@ -207,14 +230,23 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 # %% ../nbs/00g_runs.ipynb #fb05ee15
-def versions() -> dict:
-    "Versions of the code that produced a result."
-    import platform, sre2l, torch
-    out = {"sre2l": sre2l.__version__, "torch": torch.__version__, "python": platform.python_version()}
+def _cpu_model() -> str:
+    "The CPU's model name (Linux), else the platform's processor string."
+    import platform
     try:
-        import torchvision; out["torchvision"] = torchvision.__version__
-    except ImportError: pass
-    if torch.cuda.is_available(): out["gpu"] = torch.cuda.get_device_name()
+        with open("/proc/cpuinfo") as f: return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration): return platform.processor() or platform.machine()
+
+def versions() -> dict:
+    "The environment that produced a result: Python and package versions, CPU model, vector ISA and threads, GPU and CUDA."
+    import platform, sre2l, torch
+    from importlib.metadata import version, PackageNotFoundError
+    out = {"sre2l": sre2l.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    for package in ("torchvision", "numpy", "pillow", "scikit-learn", "timm", "safetensors"):
+        try: out[package] = version(package)
+        except PackageNotFoundError: pass
+    out.update(cpu=_cpu_model(), isa=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads())
+    if torch.cuda.is_available(): out.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
     return out
 
 # %% ../nbs/00g_runs.ipynb #7133aad0
@@ -399,25 +431,40 @@ def build_missing(cfg: RunConfig, run_dir, builders: dict):
             print(f"no {stage} stage in {run_dir}: building it first")
             build(cfg, run_dir)
 
+# %% ../nbs/00g_runs.ipynb #d7445737
+def _writer_alive(stage_dir: Path, status: dict, age: float) -> bool:
+    "Whether the process writing a stage still runs: its pid on this host, a live claim, or a recent report from elsewhere."
+    engine = _read_claim(stage_dir.parent / f"{stage_dir.name}.claim")  # a table's shared stage: the engine's job claim
+    if held_claims(stage_dir / "claims") or (engine and not _stale(engine)): return True
+    here = status.get("host") == _owner().rpartition(":")[0]
+    if here: return isinstance(status.get("pid"), int) and _alive(status["pid"])
+    return age < LEASE_SECONDS
+
 # %% ../nbs/00g_runs.ipynb #540f4c1e
 def stage_state(stage_dir) -> dict:
-    "One stage folder: finished (its manifest), started (its progress.json: done, total, rate, age) or empty."
+    "One stage folder: finished (its manifest), running or stopped (its progress.json: done, total, rate, age), or empty."
     stage_dir, info = Path(stage_dir), {"stage": Path(stage_dir).name, "folder": str(stage_dir)}
     try: manifest = read_manifest(stage_dir, verify=False)
     except (OSError, ValueError, KeyError) as error: return {**info, "state": f"damaged manifest ({error})"}
     if manifest is not None:
         seconds = manifest.get("timings", {}).get("total_seconds")
         return {**info, "state": "finished", "config_hash": manifest.get("config_hash"), "seconds": seconds}
-    try: status = load_json(stage_dir / "progress.json")
-    except (OSError, ValueError): return {**info, "state": "not started"}
-    return {**info, "state": "started", **status, "age_seconds": time.time() - status["updated"]}
+    try: status = load_json(stage_dir / "progress.json"); age = time.time() - float(status["updated"])
+    except (OSError, ValueError, KeyError, TypeError, Sre2lError): return {**info, "state": "not started"}
+    state = "running" if _writer_alive(stage_dir, status, age) else "stopped"
+    return {**info, **status, "state": state, "age_seconds": age}
 
 # %% ../nbs/00g_runs.ipynb #189cefb0
 def run_status(run_dir) -> list[dict]:
     "`stage_state` of every stage of a run folder, or of every shared stage of a reproduce table folder."
     run_dir = resolve_run_dir(run_dir)
+    if not run_dir.is_dir(): raise Sre2lError(f"{run_dir} {'is not a folder' if run_dir.exists() else 'does not exist'}; "
+                                              "give a run folder (--run-dir of a stage) or a table folder of `sre2l reproduce`")
     folders = [run_dir / s for s in STAGES if (run_dir / s).is_dir()]
     if (run_dir / "stages").is_dir(): folders += sorted(p for p in (run_dir / "stages").iterdir() if p.is_dir())
+    if not folders and not (run_dir / "config.json").is_file():
+        raise Sre2lError(f"{run_dir} is neither a run folder (config.json, stage folders) nor a table folder (stages/); "
+                         f"give one of those, e.g. runs/default or runs/reproduce/demo")
     return [stage_state(f) for f in folders]
 
 # %% ../nbs/00g_runs.ipynb #7b68ecc1
@@ -439,7 +486,8 @@ def _write_status(path: Path, what: str, done: int, total, initial: int, started
     left = None if total is None or rate <= 0 else (total - done) / rate
     save_json(path, {"what": what, "done": done, "total": total, "rate_per_hour": round(3600 * rate, 3),
                      "eta_seconds": None if left is None else round(left), "pid": os.getpid(),
-                     "host": __import__("socket").gethostname(), "updated": time.time(), "started": started})
+                     "host": __import__("socket").gethostname(), "updated": time.time(), "started": started,
+                     "command": os.environ.get("SRE2L_RESUME")})
 
 # %% ../nbs/00g_runs.ipynb #f956b517
 @functools.cache

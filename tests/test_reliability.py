@@ -165,7 +165,7 @@ CASES = [
      "notes.txt is not named class<c>_id<k>", "recover"),
     ("--data-dir pointing at a file", ["fetch", "sre2l_in1k_rn18_2k_ipc50", "--from", "{a_file}", "--sha256", "{a_file_sha}",
                                        "--data-dir", "{a_file}"], "is a file, not a folder", None),
-    ("a shard that does not exist", ["recover", "--run-dir", "{squeezed}", "--shard", "3/2", *sets()], "--shard expects I/N", None),
+    ("a shard that does not exist", ["recover", "--run-dir", "{squeezed}", "--shard", "3/2", *sets()], "allowed: I/N with 0 <= I < N", None),
     ("a table that does not exist", ["reproduce", "sre2l_mian", "--run-dir", "{run}"], "unknown table 'sre2l_mian'", None),
 ]
 
@@ -469,7 +469,7 @@ def _images(run_dir):
 
 
 def test_a_group_claimed_by_a_live_process_is_left_to_it(finished, tmp_path):
-    import os, subprocess
+    import os, socket, subprocess
     from sre2l.runs import claim, release
     env = {**os.environ, "SRE2L_NO_PROGRESS": "1"}
     for name in ("clean", "shared"): shutil.copytree(finished / "squeeze", tmp_path / name / "squeeze")
@@ -477,7 +477,8 @@ def test_a_group_claimed_by_a_live_process_is_left_to_it(finished, tmp_path):
     ticket = tmp_path / "shared" / "recover" / "claims" / "group_1_0.claim"
     assert claim(ticket)  # this (live) test process holds the group of IPC index 1
     result = subprocess.run(_recover_cli(tmp_path / "shared"), env=env, capture_output=True, text=True)
-    assert result.returncode == 0 and '"units_left": 1' in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 3 and '"units_left": 1' in result.stdout, result.stdout + result.stderr
+    assert f"group_1_0 by {socket.gethostname()}:{os.getpid()} until" in result.stderr.splitlines()[-1]  # who holds it
     assert read_manifest(tmp_path / "shared" / "recover") is None and len(_images(tmp_path / "shared")) == 30
     release(ticket)
     assert subprocess.run(_recover_cli(tmp_path / "shared"), env=env, capture_output=True).returncode == 0
@@ -524,3 +525,91 @@ def test_killed_five_times_at_random_points_then_finished_equals_a_clean_run(sta
                               if p.is_file() and p.name not in RUN_RECORDS and "claims" not in p.parts}
     assert digest(tmp_path / "killed") == digest(tmp_path / "clean")
     assert not list((tmp_path / "killed").rglob("*.tmp"))
+
+
+def _claimed_by_hand(run, record: str):
+    "A claim on recover's group of IPC index 1 written as another host would (or a damaged one)."
+    ticket = run / "recover" / "claims" / "group_1_0.claim"
+    ticket.parent.mkdir(parents=True, exist_ok=True); ticket.write_text(record)
+    return ticket
+
+
+def test_a_lease_beyond_any_the_kit_grants_counts_from_the_files_age(finished, tmp_path):
+    import json, os, subprocess, time
+    env = {**os.environ, "SRE2L_NO_PROGRESS": "1"}
+    shutil.copytree(finished / "squeeze", tmp_path / "run" / "squeeze")
+    ticket = _claimed_by_hand(tmp_path / "run", json.dumps({"owner": "fast-clock:4242", "expires": time.time() + 86400}))
+    result = subprocess.run(_recover_cli(tmp_path / "run"), env=env, capture_output=True, text=True)
+    assert result.returncode == 3, result.stdout + result.stderr  # fresh: its true age is below the lease; nothing can progress
+    last = result.stderr.splitlines()[-1]
+    assert "group_1_0 by fast-clock:4242 until" in last and "beyond any lease the kit grants" in result.stderr
+    until = last.split(" until ")[1].split(";")[0].split(")")[0]
+    assert abs(time.mktime(time.strptime(until, "%Y-%m-%d %H:%M:%S UTC")) - time.timezone - (time.time() + 300)) < 120  # not a day
+    os.utime(ticket, (time.time() - 301,) * 2)  # its holder has not renewed it for longer than a lease
+    assert subprocess.run(_recover_cli(tmp_path / "run"), env=env, capture_output=True).returncode == 0
+    assert read_manifest(tmp_path / "run" / "recover") is not None
+
+
+@pytest.mark.parametrize("record", ["", "{half", '{"owner": "other-host:1", "expires": "tomorrow"}', '{"owner": null}', "[1]"])
+def test_a_damaged_claim_is_stale_with_a_warning_naming_it(record, finished, tmp_path):
+    import os, subprocess
+    shutil.copytree(finished / "squeeze", tmp_path / "run" / "squeeze")
+    ticket = _claimed_by_hand(tmp_path / "run", record)
+    result = subprocess.run(_recover_cli(tmp_path / "run"), env={**os.environ, "SRE2L_NO_PROGRESS": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"claim {ticket} is damaged" in result.stderr and read_manifest(tmp_path / "run" / "recover") is not None
+
+
+def test_status_of_a_killed_stage_says_stopped_and_how_to_resume(finished, tmp_path):
+    import os, signal, subprocess, sys, time
+    run = tmp_path / "run"
+    shutil.copytree(finished / "squeeze", run / "squeeze")
+    job = subprocess.Popen(_recover_cli(run, ["recover.iterations=100000"]), env={**os.environ, "SRE2L_NO_PROGRESS": "1"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=default_sigint)
+    status = lambda: subprocess.run([sys.executable, "-m", "sre2l.cli", "status", str(run)], capture_output=True, text=True)
+    try:
+        for _ in range(600):  # until the stage reports (the import of torch and the teacher come first)
+            if list((run / "recover" / "claims").glob("*.claim")) and (run / "recover" / "progress.json").exists(): break
+            assert job.poll() is None; time.sleep(0.5)
+        running = status()
+        assert running.returncode == 0 and "recover" in running.stdout and " running: " in running.stdout, running.stdout
+    finally:
+        job.send_signal(signal.SIGKILL); job.wait()
+    stopped = status()
+    line = next(l for l in stopped.stdout.splitlines() if l.startswith("recover"))
+    assert stopped.returncode == 0 and " stopped: " in line and " left" not in line, line  # no time left for a dead run
+    assert f"resume: sre2l recover --run-dir {run}" in line and "last progress" in line
+
+
+@pytest.mark.parametrize("what", ["missing", "file", "plain folder", "stage folder"])
+def test_status_of_a_path_that_is_not_a_run_is_an_error(what, finished, tmp_path, capsys):
+    path = {"missing": tmp_path / "nothing", "file": tmp_path / "a_file", "plain folder": tmp_path,
+            "stage folder": finished / "squeeze"}[what]
+    (tmp_path / "a_file").write_text("x")
+    assert main(["status", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sre2l: error:") and err.count("\n") == 1 and str(path) in err
+
+
+def _tree(folder) -> dict:
+    "{relative path: sha256} of every file under a folder, hidden ones and temporaries included."
+    from sre2l.runs import sha256_file
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_make_imagefolder_killed_and_rerun_equals_a_clean_run_file_by_file(tmp_path):
+    import os, signal, subprocess, sys, time
+    command = lambda folder: [sys.executable, "-m", "sre2l.cli", "make-imagefolder", str(folder), "--classes", "3",
+                              "--train-per-class", "30", "--val-per-class", "5", "--workers", "1"]
+    env = {**os.environ, "SRE2L_NO_PROGRESS": "1"}
+    assert subprocess.run(command(tmp_path / "clean"), env=env, capture_output=True).returncode == 0
+    job = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           preexec_fn=default_sigint)
+    while job.poll() is None and len(list((tmp_path / "killed").rglob("*.JPEG"))) < 20: time.sleep(0.05)
+    job.send_signal(signal.SIGKILL); job.wait()
+    dead = max(int(p) for p in os.listdir("/proc") if p.isdigit()) + 100000
+    some_class = next((tmp_path / "killed" / "train").iterdir())
+    (some_class / f".{some_class.name}_99.JPEG.{dead}.x1y2.tmp").write_bytes(b"\xff\xd8 half a JPEG")  # a dead writer's
+    assert not (tmp_path / "killed" / "dataset.json").exists()  # killed before the end: not sealed
+    assert subprocess.run(command(tmp_path / "killed"), env=env, capture_output=True).returncode == 0
+    assert _tree(tmp_path / "killed") == _tree(tmp_path / "clean")
