@@ -9,8 +9,10 @@ import argparse
 import errno
 import inspect
 import json
+import math
 import os
 import re
+import shlex
 import sys
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -21,9 +23,10 @@ from .presets import make_config, list_presets, PRESET_SOURCES
 from .runs import resolve_run_dir, save_json, stage_status, run_status, notebook_dir, STAGE_NOTEBOOKS
 
 # %% auto #0
-__all__ = ['STAGE_VERBS', 'README_MARKER', 'field_comments', 'config_help', 'keys_epilog', 'parse_shard', 'run_demo',
-           'demo_summary', 'readme_from_index', 'write_readme', 'demo_notebooks', 'math_to_mathml', 'check_site',
-           'build_site', 'build_parser', 'os_message', 'status_table', 'main']
+__all__ = ['STAGE_VERBS', 'FOLDER_IN', 'FILE_IN', 'FOLDER_OUT', 'OVERRIDE', 'parse_shard', 'RATES', 'GPUS', 'README_MARKER',
+           'SHA256', 'field_comments', 'config_help', 'keys_epilog', 'Check', 'number', 'named', 'label_layout',
+           'run_demo', 'demo_summary', 'readme_from_index', 'write_readme', 'demo_notebooks', 'math_to_mathml',
+           'check_site', 'build_site', 'build_parser', 'os_message', 'status_table', 'main']
 
 # %% ../nbs/06_cli.ipynb #9b6932fb
 def field_comments(cls) -> dict:
@@ -66,22 +69,91 @@ def keys_epilog(verb: str, argv: list | None) -> str | None:
     what = f"{verb}'s configuration keys" if sections else "configuration keys"
     return f"{what} (--set KEY=VALUE), with the values of the {preset} preset:\n" + config_help(cfg, sections)
 
+# %% ../nbs/06_cli.ipynb #1e115150
+class Check:
+    "An argparse type: `parse` turns the text into the value or raises ValueError(why); refusals name what is allowed."
+    def __init__(self, parse, allowed: str,  # parse(text) -> value; allowed: the allowed values, in words
+                 bad=lambda tmp: [], good=lambda tmp: "1"):  # example values (for the tests), given a scratch folder
+        self.parse, self.allowed, self.bad, self.good, self.__name__ = parse, allowed, bad, good, allowed
+    def __call__(self, text: str):
+        try: return self.parse(text)
+        except (ValueError, TypeError, OverflowError, Sre2lError) as error:
+            raise argparse.ArgumentTypeError(f"{text!r} is refused ({error}); allowed: {self.allowed}") from None
+    def __repr__(self): return f"Check({self.allowed!r})"
+
+# %% ../nbs/06_cli.ipynb #b4cf4b83
+def number(kind: type, low: float, high: float,  # int or float; the allowed range, ends included
+           also: tuple = (), meaning: str = "") -> Check:  # also: single values allowed besides, e.g. -1; meaning: of those
+    "A whole (int) or finite (float) number in [low, high], or one of `also`."
+    def parse(text):
+        value = float(text) if kind is float else int(text.strip())
+        if not math.isfinite(value): raise ValueError("not a finite number")
+        if value in also or low <= value <= high: return kind(value)
+        raise ValueError("out of range")
+    whole = "a whole number" if kind is int else "a number"
+    allowed = f"{whole} from {low:g} to {high:g}" + "".join(f", or {v:g}" for v in also) + (f" ({meaning})" if meaning else "")
+    bad = ["x", "nan", "inf", f"{low - 1:g}", f"{high * 10 + 1:g}"] + (["1.5"] if kind is int else [])
+    return Check(parse, allowed, lambda tmp: bad, lambda tmp: f"{low:g}")
+
+# %% ../nbs/06_cli.ipynb #3febc65b
+def _existing(kind: str) -> Check:
+    "An existing 'folder' or 'file' to read."
+    def parse(text):
+        path = resolve_run_dir(text)
+        if not path.exists(): raise ValueError(f"{path} does not exist")
+        if (kind == "folder") != path.is_dir(): raise ValueError(f"{path} is not a {kind}")
+        return text
+    bad = lambda tmp: [str(tmp / "missing"), str(tmp / "a_file" if kind == "folder" else tmp)]
+    return Check(parse, f"an existing {kind}", bad, lambda tmp: str(tmp if kind == "folder" else tmp / "a_file"))
+
+def _writable_folder(text: str) -> str:
+    "A folder to write: absent (it is made), or a folder; no file on the way to it."
+    path = resolve_run_dir(text)
+    for step in [path, *path.parents]:
+        if step.exists():
+            if not step.is_dir(): raise ValueError(f"{step} is a file, not a folder")
+            return text
+    return text
+
+FOLDER_IN, FILE_IN = _existing("folder"), _existing("file")
+FOLDER_OUT = Check(_writable_folder, "a folder to write (made if absent)",
+                   lambda tmp: ["", " ", str(tmp / "a_file"), str(tmp / "a_file" / "sub")], lambda tmp: str(tmp / "new"))
+
+# %% ../nbs/06_cli.ipynb #7628ec2f
+def named(registry) -> Check:
+    "A name of one of the kit's registries (presets, tables, released files); a misspelt one gets the nearest names."
+    def parse(text): registry.lookup(text); return text
+    return Check(parse, f"a {registry.kind} name", lambda tmp: ["no-such-name"], lambda tmp: registry.names()[0])
+
+def _override(text: str) -> str:
+    "KEY=VALUE with a known key and a value of the key's type (ranges and choices are make_config's)."
+    from sre2l.presets import _split_override
+    from sre2l.core import set_value
+    set_value(RunConfig(), *_split_override(text))
+    return text
+
+OVERRIDE = Check(_override, "KEY=VALUE with a configuration key (listed in --help)",
+                 lambda tmp: ["recover.ipc", "recover.lrr=1", "recover.ipc=ten"], lambda tmp: "recover.ipc=2")
+
 # %% ../nbs/06_cli.ipynb #2f262ea0
-def parse_shard(text: str) -> tuple[int, int]:
-    "'I/N' -> (I, N), refusing anything else."
-    try:
-        index, count = (int(v) for v in text.split("/"))
-        if 0 <= index < count: return index, count
-    except ValueError: pass
-    raise argparse.ArgumentTypeError(f"--shard expects I/N with 0 <= I < N, got {text!r}")
+def _shard(text: str) -> tuple[int, int]:
+    "'I/N' -> (I, N)."
+    index, count = (int(v) for v in text.split("/"))
+    if not 0 <= index < count: raise ValueError("I must be at least 0 and below N")
+    return index, count
+
+parse_shard = Check(_shard, "I/N with 0 <= I < N", lambda tmp: ["4/4", "1", "a/b", "-1/2", "1/0"], lambda tmp: "0/2")
 
 # %% ../nbs/06_cli.ipynb #364dadba
 def _common(p: argparse.ArgumentParser, run_dir_default: str = "runs/default"):
-    p.add_argument("--preset", default="digits", help="named settings (see `sre2l presets`); default: %(default)s")
-    p.add_argument("--run-dir", default=run_dir_default,
+    from sre2l.presets import PRESETS
+    p.add_argument("--preset", default="digits", type=named(PRESETS), help="named settings (see `sre2l presets`); default: %(default)s")
+    p.add_argument("--run-dir", default=run_dir_default, type=FOLDER_OUT,
                    help="run folder; relative paths start at the repository root when inside it, else here (default: %(default)s)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change one setting, e.g. --set recover.ipc=50 (repeatable; keys listed below)")
+    _overrides(p, "change one setting, e.g. --set recover.ipc=50 (repeatable; keys listed below)")
+
+def _overrides(p: argparse.ArgumentParser, help: str):
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", type=OVERRIDE, help=help)
 
 # %% ../nbs/06_cli.ipynb #5f1e88cf
 def _verb(verbs, name: str, func, argv, help: str, description: str = "", keys: bool = False):
@@ -98,13 +170,20 @@ _STAGE_HELP = {"squeeze": "train or load the teacher; collect class-wise BN stat
                "validate": "train a student from stored, online or hard labels; test it on real data"}
 
 def _run_stage(args) -> int:
-    "`sre2l STAGE`: run one stage; print its hash, timings and metrics."
+    "`sre2l STAGE`: run one stage; print its hash, timings and metrics; exit 3 when units are left that others hold."
     from importlib import import_module
     stage = getattr(import_module(f"sre2l.{args.verb}"), f"run_{args.verb}")
     manifest = stage(make_config(args.preset, args.overrides), args.run_dir, **({"shard": args.shard} if getattr(args, "shard", None) else {}))
-    if manifest.get("complete") is False: print(json.dumps(manifest, indent=2)); return 0
-    print(json.dumps({k: manifest[k] for k in ("stage", "config_hash", "timings", "metrics") if k in manifest}, indent=2))
-    return 0
+    if manifest.get("complete") is not False:
+        print(json.dumps({k: manifest[k] for k in ("stage", "config_hash", "timings", "metrics") if k in manifest}, indent=2))
+        return 0
+    print(json.dumps(manifest, indent=2))
+    held, shared = manifest.get("held") or [], getattr(args, "shard", None) or int(os.environ.get("WORLD_SIZE", 1)) > 1
+    if not held or shared: return 0  # a shard's share is done; the rest is other shards' work
+    units = "; ".join(f"{h['unit']} by {h['owner']} until {h['until']}" for h in held)
+    print(f"sre2l: {args.verb} is not finished: {len(held)} unit(s) are held by other processes ({units}); run the same "
+          "command again when they are done (a claim whose holder died is taken over when its lease runs out)", file=sys.stderr)
+    return 3
 
 # %% ../nbs/06_cli.ipynb #851b669c
 def _stage_parsers(verbs, argv):
@@ -125,12 +204,23 @@ def _import_images(args) -> int:
     return 0
 
 # %% ../nbs/06_cli.ipynb #9f64a220
+def label_layout(folder) -> str:
+    "'official' (SRe2L's epoch_*/batch_*.tar) or 'fkd' (FKD's <class>/<stem>.tar); else an error saying what is there instead."
+    folder = Path(folder)
+    if (folder / "epoch_0").is_dir(): return "official"
+    if any(folder.glob("*/*.tar")): return "fkd"
+    entries = sorted(folder.iterdir())
+    below = [p for p in entries if p.is_dir() and ((p / "epoch_0").is_dir() or any(p.glob("*/*.tar")))]
+    found = ", ".join(p.name + "/" * p.is_dir() for p in entries[:6]) + ", ..." * (len(entries) > 6) or "nothing"
+    raise Sre2lError(f"{folder} holds no label files: expected epoch_0/, epoch_1/, ... of batch_*.tar (SRe2L) or "
+                     f"<class>/<stem>.tar (FKD) directly in it, found {found}" +
+                     (f"; the labels seem to be one level down: pass {below[0]}" if below else ""))
+
 def _import_labels(args) -> int:  # SRe2L's epoch_*/batch_*.tar, or FKD's <class>/<stem>.tar of a split
     from sre2l.relabel import import_official_labels
     from sre2l.regions import import_fkd_labels
-    per_image = not (Path(args.folder) / "epoch_0").is_dir() and any(Path(args.folder).glob("*/*.tar"))
-    manifest = (import_fkd_labels if per_image else import_official_labels)(
-        args.folder, make_config(args.preset, args.overrides), resolve_run_dir(args.run_dir), trust_pickle=args.trust_pickle)
+    importer = import_official_labels if label_layout(args.folder) == "official" else import_fkd_labels
+    manifest = importer(args.folder, make_config(args.preset, args.overrides), resolve_run_dir(args.run_dir), trust_pickle=args.trust_pickle)
     print(f"{manifest['imported']} batches imported" if manifest["imported"] else
           f"relabel already complete in {resolve_run_dir(args.run_dir) / 'relabel'}; nothing imported")
     return 0
@@ -146,19 +236,19 @@ def _export_labels(args) -> int:
 # %% ../nbs/06_cli.ipynb #1645eef6
 def _interop_parsers(verbs, argv):
     p = _verb(verbs, "import-images", _import_images, argv, "make an official-layout image folder (a released set) the run's recover stage", keys=True)
-    p.add_argument("folder", help="folder with new{cls:03d}/class{cls:03d}_id{ipc:03d}.* images")
+    p.add_argument("folder", type=FOLDER_IN, help="folder with new{cls:03d}/class{cls:03d}_id{ipc:03d}.* images")
     _common(p)
     p = _verb(verbs, "import-labels", _import_labels, argv, "convert official labels into the run's store: SRe2L's "
               "epoch_*/batch_*.tar, or FKD's per-image <class>/<stem>.tar files of a training split", keys=True)
-    p.add_argument("folder", help="folder with epoch_0/, epoch_1/, ... of batch_*.tar files, or FKD's <save>/<split> folder "
+    p.add_argument("folder", type=FOLDER_IN, help="folder with epoch_0/, epoch_1/, ... of batch_*.tar files, or FKD's <save>/<split> folder "
                                   "(with relabel.mode=region, relabel.images=train)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="the files are pickles: read them (weights-only, numpy scalars allowed) only if you trust their source")
     _common(p)
     p = _verb(verbs, "export-labels", _export_labels, argv, "write the run's label store in the official layout: "
               "epoch_*/batch_*.tar, or FKD's per-image files for a region store")
-    p.add_argument("--run-dir", required=True, help="run folder with a finished relabel stage")
-    p.add_argument("--to", required=True, help="folder to write the files into")
+    p.add_argument("--run-dir", required=True, type=FOLDER_IN, help="run folder with a finished relabel stage")
+    p.add_argument("--to", required=True, type=FOLDER_OUT, help="folder to write the files into")
 
 # %% ../nbs/06_cli.ipynb #f8ed166a
 def _make_imagefolder(args) -> int:
@@ -186,17 +276,18 @@ def _tool_parsers(verbs, argv):
               "colour modes, and class-dependent content a teacher can learn. Read it as the data set imagenet-shape: "
               "--set data.name=imagenet-shape --set data.root=DIR --set data.num_classes=N. An existing folder made with "
               "the same settings is kept; a killed run is started again.")
-    p.add_argument("folder", help="folder to write (train/ and val/ inside)")
-    p.add_argument("--classes", type=int, default=1000, help="class folders (default: %(default)s)")
-    p.add_argument("--train-per-class", type=int, default=100, help="training images per class (default: %(default)s)")
-    p.add_argument("--val-per-class", type=int, default=50, help="validation images per class (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of names, sizes and content (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=-1, help="writing processes; -1 = the CPUs, at most 16 (default: %(default)s)")
+    p.add_argument("folder", type=FOLDER_OUT, help="folder to write (train/ and val/ inside)")
+    p.add_argument("--classes", type=number(int, 1, 100000), default=1000, help="class folders (default: %(default)s)")
+    p.add_argument("--train-per-class", type=number(int, 1, 100000), default=100, help="training images per class (default: %(default)s)")
+    p.add_argument("--val-per-class", type=number(int, 1, 100000), default=50, help="validation images per class (default: %(default)s)")
+    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0, help="seed of names, sizes and content (default: %(default)s)")
+    p.add_argument("--workers", type=number(int, 1, 256, also=(-1,), meaning="-1: the CPUs, at most 16"), default=-1,
+                   help="writing processes; -1 = the CPUs, at most 16 (default: %(default)s)")
     p = _verb(verbs, "status", _status, argv, "how far a run (or a reproduce table) has got: each stage finished, running or not started",
               "Read every stage folder of RUN_DIR (or, for a `sre2l reproduce` table folder, every shared stage): finished "
               "stages with their time, started ones with units done, rate, time left and the age of their last progress "
               "report. Each stage's log is RUN_DIR/STAGE/log.txt (follow it with tail -f).")
-    p.add_argument("run_dir", help="run folder, or a table folder such as runs/reproduce/demo")
+    p.add_argument("run_dir", type=FOLDER_IN, help="run folder, or a table folder such as runs/reproduce/demo")
     _verb(verbs, "presets", _presets, argv, "list the presets and where their values come from")
     _common(_verb(verbs, "config", _config, argv, "print a preset's full recipe: the resolved configuration as JSON", keys=True))
 
@@ -225,48 +316,65 @@ def _reproduce(args) -> int:
     return 1 if failed else 0
 
 # %% ../nbs/06_cli.ipynb #9ca53469
-def _positive_int(text: str) -> int:
-    "An argparse type: a whole number of 1 or more."
-    try: value = int(text)
-    except ValueError: value = 0
-    if value < 1: raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
-    return value
+def _rates(text: str) -> str:
+    "'auto', 'h100', or a rates file that `load_rates` reads whole."
+    from sre2l.plan import load_rates
+    if text not in ("auto", "h100") and not Path(text).is_file(): raise ValueError(f"{text} is not a file")
+    load_rates(text); return text
+
+def _rates_bad(tmp: Path) -> list[str]:
+    "A missing file, a folder, a file that is not JSON, one with a misspelt key and one with a negative rate."
+    import dataclasses
+    from sre2l.plan import H100
+    for name, change in (("typo.json", {"trian": 1.0}), ("negative.json", {"train": -1.0})):
+        save_json(tmp / name, {**dataclasses.asdict(H100), **change})
+    (tmp / "text.json").write_text("not json")
+    return ["h200", str(tmp), str(tmp / "text.json"), str(tmp / "typo.json"), str(tmp / "negative.json")]
+
+RATES = Check(_rates, "auto, h100, or a rates file written by --calibrate", _rates_bad, lambda tmp: "h100")
+def _gpus(text: str) -> list[str]:
+    "'0,1' -> ['0', '1']."
+    gpus = [int(g) for g in text.split(",")]
+    if min(gpus) < 0 or len(set(gpus)) < len(gpus): raise ValueError("a GPU number is negative or listed twice")
+    return [str(g) for g in gpus]
+
+GPUS = Check(_gpus, "GPU numbers separated by commas, each once", lambda tmp: ["a", "-1", "0,0", ",", "0,"], lambda tmp: "0")
 
 # %% ../nbs/06_cli.ipynb #35ad0ab4
 def _reproduce_parser(verbs, argv):
-    from sre2l.tables import list_tables
+    from sre2l.tables import list_tables, TABLES
     p = _verb(verbs, "reproduce", _reproduce, argv, "run a paper table's cells through the stage notebooks; write its tables and figures",
               "Execute every cell of a table with papermill (stage by stage; stages shared between cells run once; finished "
               "stages are skipped, so a rerun resumes) and write Markdown, LaTeX and CSV tables with measured, paper and "
               "delta columns, and figures, to OUT/TABLE/. Tables: " + ", ".join(list_tables()) + ".", keys=True)
-    p.add_argument("table", nargs="?", help="table name; without one, list the tables (or, with --calibrate, measure)")
-    p.add_argument("--run-dir", default="runs/reproduce", help="parent folder of the tables' runs (default: %(default)s)")
-    p.add_argument("--out", default="figures/tables", help="where the tables and figures go, a folder per table (default: %(default)s)")
+    p.add_argument("table", nargs="?", type=named(TABLES), help="table name; without one, list the tables (or, with --calibrate, measure)")
+    p.add_argument("--run-dir", default="runs/reproduce", type=FOLDER_OUT, help="parent folder of the tables' runs (default: %(default)s)")
+    p.add_argument("--out", default="figures/tables", type=FOLDER_OUT, help="where the tables and figures go, a folder per table (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan: stages to run, their predicted compute and decoding time, disk and label bytes; run nothing")
-    p.add_argument("--rates", default="auto", metavar="FILE|h100",
+    p.add_argument("--rates", default="auto", type=RATES, metavar="FILE|h100",
                    help="the machine --dry-run predicts for: a rates file from --calibrate, 'h100' (built in), or 'auto': "
                         "runs/rates.json if it exists, else h100 (default: %(default)s)")
     p.add_argument("--calibrate", action="store_true",
                    help="measure this machine (decoding per worker, ResNet-18 training, forward and recover rates, start-up) "
                         "and save the rates to runs/rates.json (or the --rates file); run nothing else")
     p.add_argument("--render-only", action="store_true", help="run nothing; write the tables and figures from the finished cells")
-    p.add_argument("--gpus", type=lambda t: [g for g in t.split(",") if g], default=None, metavar="0,1,...",
+    p.add_argument("--gpus", type=GPUS, default=None, metavar="0,1,...",
                    help="one papermill process per listed GPU (CUDA_VISIBLE_DEVICES); default: one process")
-    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--jobs", type=number(int, 1, 1024), default=1, metavar="N",
                    help="on a machine without GPUs, run N independent stage notebooks at once, each with 1/N of the cores "
                         "(default: %(default)s)")
     p.add_argument("--inline", action="store_true",
                    help="run each stage's function in this process instead of its notebook (no papermill needed)")
-    p.add_argument("--torchrun", type=int, default=0, metavar="N",
+    p.add_argument("--torchrun", type=number(int, 0, 1024), default=0, metavar="N",
                    help="run the stages through `sre2l STAGE` under torchrun with N processes instead of the notebooks")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of every cell (default: the table's)")
-    p.add_argument("--reuse", action="append", default=[], metavar="DIR",
+    p.add_argument("--seeds", type=number(int, 0, 2**63 - 1), nargs="+", default=None, help="seeds of every cell (default: the table's)")
+    p.add_argument("--reuse", action="append", default=[], type=FOLDER_IN, metavar="DIR",
                    help="link finished stages found under DIR (same configuration hash) instead of running them; repeatable")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a setting for every cell, e.g. --set data.root=/data/imagenet (repeatable; keys listed below)")
-    p.add_argument("--cell-timeout", type=int, default=0, metavar="S", help="seconds one notebook cell may take (default: no limit)")
-    p.add_argument("--report-every", type=float, default=60, metavar="S",
+    _overrides(p, "a setting for every cell, e.g. --set data.root=/data/imagenet (repeatable; keys listed below)")
+    p.add_argument("--cell-timeout", type=number(int, 0, 10**7, meaning="0: no limit"), default=0, metavar="S",
+                   help="seconds one notebook cell may take; 0: no limit (default: %(default)s)")
+    p.add_argument("--report-every", type=number(float, 1, 86400), default=60, metavar="S",
                    help="seconds between the progress lines of a running stage (default: %(default)s)")
 
 # %% ../nbs/06_cli.ipynb #09a656fd
@@ -308,10 +416,9 @@ def _demo_parser(verbs, argv):
     p = _verb(verbs, "demo", _demo, argv, "run the demo table (digits: recovered vs random real images, full vs 40x labels)",
               "Run the `demo` table through `sre2l reproduce` (the four stage notebooks with papermill, stages shared "
               "between cells), print it with the teacher's accuracy, and write the table and figures to OUT/demo/.", keys=True)
-    p.add_argument("--run-dir", default="runs/reproduce", help="parent folder of the tables' runs (default: %(default)s)")
-    p.add_argument("--out", default="figures/tables", help="where the table and figures go (default: %(default)s)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a setting for every cell (repeatable; keys listed below)")
+    p.add_argument("--run-dir", default="runs/reproduce", type=FOLDER_OUT, help="parent folder of the tables' runs (default: %(default)s)")
+    p.add_argument("--out", default="figures/tables", type=FOLDER_OUT, help="where the table and figures go (default: %(default)s)")
+    _overrides(p, "a setting for every cell (repeatable; keys listed below)")
 
 # %% ../nbs/06_cli.ipynb #2a144c74
 def demo_summary(folder=None) -> str:  # the demo's table folder (default: figures/tables/demo of the project)
@@ -451,9 +558,9 @@ def _site_parser(verbs, argv):
               "Render every notebook to HTML with nbconvert, with the outputs committed in it "
               "(`sre2l lessons` refreshes them), plus an index page; works offline. --from shows the "
               "stage notebooks of another run instead, e.g. the demo's executed copies.")
-    p.add_argument("--from", dest="executed", default=None, metavar="DIR",
+    p.add_argument("--from", dest="executed", default=None, metavar="DIR", type=FOLDER_IN,
                    help="executed stage notebooks to show instead (default: the committed notebooks)")
-    p.add_argument("--to", default="_docs", help="output folder (default: %(default)s)")
+    p.add_argument("--to", default="_docs", type=FOLDER_OUT, help="output folder (default: %(default)s)")
 
 # %% ../nbs/06_cli.ipynb #449ab497
 def _readme(args) -> int: print(write_readme()); return 0
@@ -487,6 +594,21 @@ def _lessons_parser(verbs, argv):
     p.add_argument("--check", action="store_true",
                    help="compare with a fresh run instead of writing (exit 2 when stale)")
 
+# %% ../nbs/06_cli.ipynb #ddaa240d
+def _lab(args) -> int:
+    from sre2l.lessons import lab_command
+    import subprocess
+    return subprocess.call(lab_command(args.port, not args.no_browser))
+
+# %% ../nbs/06_cli.ipynb #fa7a4d96
+def _lab_parser(verbs, argv):
+    p = _verb(verbs, "lab", _lab, argv, "open the lessons in JupyterLab, each notebook cleaned as it is saved",
+              "Start JupyterLab on the repository with nbdev's pre-save hook set for this server only (the "
+              "configuration in ~/.jupyter is not touched), so that opening, running and saving a lesson leaves "
+              "`git status` clean. Needs the dev install: pip install -e '.[dev]'.")
+    p.add_argument("--port", type=number(int, 1, 65535), default=None, help="port to serve on (default: JupyterLab's, 8888)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+
 # %% ../nbs/06_cli.ipynb #130e4e16
 def _fetch(args) -> int:
     from sre2l.fetch import fetch, list_artifacts, get_artifact
@@ -496,32 +618,45 @@ def _fetch(args) -> int:
     print(json.dumps(fetch(args.name, args.run_dir, args.source, args.sha256, args.data_dir, args.trust_pickle, args.overrides), indent=2))
     return 0
 
+# %% ../nbs/06_cli.ipynb #fefc58f4
+def _sha256(text: str) -> str:
+    "64 hexadecimal digits, or '' for the registry's checksum."
+    if text and not re.fullmatch(r"[0-9a-fA-F]{64}", text): raise ValueError("not 64 hexadecimal digits")
+    return text.lower()
+
+SHA256 = Check(_sha256, "a sha256 checksum: 64 hexadecimal digits", lambda tmp: ["0", "xyz", "a" * 63], lambda tmp: "a" * 64)
+
 # %% ../nbs/06_cli.ipynb #9d6a72c4
 def _fetch_parser(verbs, argv):
-    from sre2l.fetch import list_artifacts
+    from sre2l.fetch import list_artifacts, ARTIFACTS
     p = _verb(verbs, "fetch", _fetch, argv, "download, verify, unpack and import a released SRe2L image set or FKD label archive",
               "Download NAME from the Hugging Face Hub (zeyuanyin/SRe2L) or take --from FILE, check its sha256, unpack it "
               "into DATA_DIR/NAME/ and, with --run-dir, import it: images as the run's recover stage, labels as its label "
               "store. Names: " + ", ".join(list_artifacts()) + ".", keys=True)
-    p.add_argument("name", nargs="?", help="released file; without one, list them")
-    p.add_argument("--run-dir", default=None, help="run folder to import into (default: only download, verify and unpack)")
-    p.add_argument("--from", dest="source", default=None, metavar="FILE", help="a copy you already have, instead of downloading")
-    p.add_argument("--sha256", default="", metavar="HEX", help="expected checksum (default: the registry's, else the Hub's)")
-    p.add_argument("--data-dir", default="data/published", help="where archives are unpacked (default: %(default)s)")
+    p.add_argument("name", nargs="?", type=named(ARTIFACTS), help="released file; without one, list them")
+    p.add_argument("--run-dir", default=None, type=FOLDER_OUT, help="run folder to import into (default: only download, verify and unpack)")
+    p.add_argument("--from", dest="source", default=None, metavar="FILE", type=FILE_IN, help="a copy you already have, instead of downloading")
+    p.add_argument("--sha256", default="", metavar="HEX", type=SHA256, help="expected checksum (default: the registry's, else the Hub's)")
+    p.add_argument("--data-dir", default="data/published", type=FOLDER_OUT, help="where archives are unpacked (default: %(default)s)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="label archives are torch.save pickles: import them only if you trust their source")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="settings on top of the file's own preset and settings (repeatable)")
+    _overrides(p, "settings on top of the file's own preset and settings (repeatable)")
+
+# %% ../nbs/06_cli.ipynb #2d3854ba
+class _Parser(argparse.ArgumentParser):
+    "argparse, with a mistake raised as the kit's error (one `sre2l: error:` line, exit 2) instead of usage text."
+    def error(self, message: str):
+        raise Sre2lError(f"{message} (see `{self.prog} --help`)")
 
 # %% ../nbs/06_cli.ipynb #14aff9bc
 def build_parser(argv: list | None = None) -> argparse.ArgumentParser:  # the arguments (to list keys only for the help asked for)
     "The `sre2l` argument parser: one sub-parser per verb, each with its handler as `func`."
-    parser = argparse.ArgumentParser(prog="sre2l", description="SRe2L-family dataset distillation: squeeze, recover, relabel, validate.",
+    parser = _Parser(prog="sre2l", description="SRe2L-family dataset distillation: squeeze, recover, relabel, validate.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {sre2l.__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for add in (_stage_parsers, _demo_parser, _interop_parsers, _tool_parsers, _reproduce_parser, _site_parser, _readme_parser,
-                _lessons_parser, _fetch_parser):
+                _lessons_parser, _lab_parser, _fetch_parser):
         add(verbs, argv)
     return parser
 
@@ -547,25 +682,30 @@ def _duration(seconds) -> str:
 
 # %% ../nbs/06_cli.ipynb #3c40d62f
 def status_table(states: list[dict]) -> str:
-    "One line per stage folder: finished (its time), started (done/total, rate, time left, last report) or not started."
+    "One line per stage folder: finished (its time), running (done/total, rate, time left), stopped (how to resume), not started."
+    from sre2l.runs import _when
     lines = []
     for s in states:
         what = s["state"]
         if what == "finished" and s.get("seconds") is not None: what += f" in {_duration(s['seconds'])}"
-        elif what == "started":
-            what = f"{s.get('what') or 'units'}: {s['done']}/{s.get('total') or '?'}"
-            if s.get("rate_per_hour"): what += f", {s['rate_per_hour']:.4g}/h"
-            if s.get("eta_seconds") is not None: what += f", about {_duration(s['eta_seconds'])} left"
-            what += f"; last report {_duration(s['age_seconds'])} ago by {s.get('host', '?')}:{s.get('pid', '?')}"
+        elif what in ("running", "stopped"):
+            what += f": {s.get('what') or 'units'} {s['done']}/{s.get('total') or '?'}"
+            if what.startswith("running") and s.get("rate_per_hour"): what += f", {s['rate_per_hour']:.4g}/h"
+            if what.startswith("running") and s.get("eta_seconds") is not None: what += f", about {_duration(s['eta_seconds'])} left"
+            what += f"; last progress {_when(s['updated'])} ({_duration(s['age_seconds'])} ago) by {s.get('host', '?')}:{s.get('pid', '?')}"
+            if what.startswith("stopped"): what += f"; resume: {s.get('command') or 'run the command that started it again'}"
         lines.append(f"{s['stage']:24} {what}")
     return "\n".join(lines) if lines else "no stage folders here"
 
 # %% ../nbs/06_cli.ipynb #7d326431
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `sre2l` command: parse, run the verb's handler, turn every failure a user can cause into one line."
-    args = build_parser(argv).parse_args(argv)
-    setup_logging()
-    try: return args.func(args)
+    resume = os.environ.get("SRE2L_RESUME")  # the command `sre2l status` shows for resuming (an engine's, when it started us)
+    if resume is None: os.environ["SRE2L_RESUME"] = shlex.join(["sre2l", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        args = build_parser(argv).parse_args(argv)
+        setup_logging()
+        return args.func(args)
     except Sre2lError as e: print(f"sre2l: error: {e}", file=sys.stderr); return 2
     except BrokenPipeError:  # the reader stopped reading (`sre2l presets | head -3`): not an error
         sys.stdout = open(os.devnull, "w"); return 0
@@ -578,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sre2l: error: out of GPU memory ({str(e).splitlines()[0][:160]}); lower the batch size "
               f"(recover.group_images, relabel or validate batch sizes) or use a larger GPU", file=sys.stderr)
         return 2
+    finally:
+        if resume is None: os.environ.pop("SRE2L_RESUME", None)
 
 # %% ../nbs/06_cli.ipynb #b5ddb510
 if __name__ == "__main__" and "IPython" not in sys.modules: sys.exit(main())

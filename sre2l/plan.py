@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import os
@@ -22,7 +23,8 @@ from .tables import Cell, TableSpec
 
 # %% auto #0
 __all__ = ['H100', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'CellRun', 'stage_key', 'plan_table', 'Rates', 'model_cost', 'split_sizes',
-           'stage_work', 'predict_cost', 'calibrate', 'rates_file', 'load_rates', 'duration', 'finished', 'plan_report']
+           'stage_work', 'predict_cost', 'calibrate', 'rates_file', 'checked_rates', 'load_rates', 'duration',
+           'finished', 'plan_report']
 
 # %% ../nbs/05c_plan.ipynb #a6ce977f
 @dataclass
@@ -294,14 +296,33 @@ def rates_file() -> Path:
     "Where `--calibrate` saves this machine's rates: runs/rates.json in the project (or the current folder)."
     return (find_project_root() or Path.cwd()) / "runs" / "rates.json"
 
+# %% ../nbs/05c_plan.ipynb #b8a257a5
+def checked_rates(data, source) -> Rates:  # source: where the data came from, for messages
+    "Rates from a dict read from a file: every key known (else the nearest is named), every figure finite and positive."
+    known = {f.name: f for f in dataclasses.fields(Rates)}
+    if not isinstance(data, dict): raise Sre2lError(f"{source} holds no JSON object of rates")
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+            raise Sre2lError(f"{source}: unknown key {key!r}; " + (f"did you mean {close[0]}?" if close else f"known keys: {', '.join(known)}"))
+        kind = known[key].type
+        if kind in ("float", "int") and not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                                             and (value >= 0 if key == "startup" else value > 0) and (kind == "float" or value == int(value))):
+            raise Sre2lError(f"{source}: {key}={value!r} is not a {'whole' if kind == 'int' else 'finite'} number above 0")
+    missing = [k for k, f in known.items() if f.default is dataclasses.MISSING and k not in data]
+    if missing: raise Sre2lError(f"{source} lacks {', '.join(missing)}")
+    if data.get("device", "cuda") not in ("cuda", "cpu"): raise Sre2lError(f"{source}: device={data['device']!r} is not 'cuda' or 'cpu'")
+    return Rates(**data)
+
 # %% ../nbs/05c_plan.ipynb #86814451
 def load_rates(which: str = "auto") -> Rates:
     "Rates by name: 'h100' (built in), a JSON file from `calibrate`, or 'auto' (runs/rates.json if present, else 'h100')."
     if which == "h100" or (which == "auto" and not rates_file().is_file()): return H100
     path = rates_file() if which == "auto" else Path(which)
-    try: return Rates(**{k: v for k, v in load_json(path).items() if k in {f.name for f in dataclasses.fields(Rates)}})
-    except (OSError, ValueError, TypeError) as error:
+    try: data = load_json(path)
+    except (OSError, Sre2lError) as error:
         raise Sre2lError(f"{path} is not a rates file written by `sre2l reproduce --calibrate` ({error})") from None
+    return checked_rates(data, path)
 
 # %% ../nbs/05c_plan.ipynb #c36c8fbf
 def duration(seconds: float) -> str:
