@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import platform
 import re
 import shutil
@@ -19,7 +20,7 @@ from .core import Sre2lError
 
 # %% auto #0
 __all__ = ['normalise_output', 'executed_on', 'cell_outputs', 'stale_cells', 'copy_project', 'execute_notebook',
-           'execute_lessons', 'check_lessons', 'refresh_lessons']
+           'execute_lessons', 'check_lessons', 'refresh_lessons', 'lab_command']
 
 # %% ../nbs/06b_lessons.ipynb #d3ca7a86
 _UNITS = r"(?:it|images|image-iterations|steps|crops|units|batches|samples)/s"
@@ -28,6 +29,7 @@ _VOLATILE = [(re.compile(r"\x1b\[[0-9;]*[A-Za-z]"), ""),  # terminal colours
              (re.compile(r"(?m)^.*sre2l: reproduce: (?:squeeze|recover|relabel|validate) \S+: .*(?:\n|$)"),
               ""),  # the driver's periodic progress lines: their number depends on the machine's speed
              (re.compile(r"\b\d{1,2}:\d{2}:\d{2}(?:\.\d+)?\b"), "<clock>"),
+             (re.compile(r"\b\d{4}-\d{2}-\d{2}\b"), "<date>"),
              (re.compile(r" at 0x[0-9a-fA-F]+"), ""),  # as nbdev_clean removes them from reprs
              (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<address>"),
              (re.compile(r"[\d.]+\s*(?:B|kB|MB|GB|TB) free"), "<free space>"),
@@ -192,3 +194,15 @@ def refresh_lessons(project=None) -> list[Path]:
             written.append(target)
     for target in written: subprocess.run([clean, "--fname", str(target)], cwd=project, check=True)
     return written
+
+# %% ../nbs/06b_lessons.ipynb #57e89d3d
+def lab_command(port: int = 0,  # 0: JupyterLab's own choice
+                browser: bool = True,  # open a browser tab
+                project=None) -> list[str]:  # the repository (default: the one around the working folder)
+    "The command that starts JupyterLab on the lessons, cleaning each notebook as it saves (this server only)."
+    import importlib.util
+    missing = [m for m in ("jupyterlab", "nbdev") if importlib.util.find_spec(m) is None]
+    if missing: raise Sre2lError(f"sre2l lab needs {' and '.join(missing)}: pip install -e '.[dev]'")
+    return [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={_project(project)}",
+            "--ContentsManager.pre_save_hook=nbdev.clean.clean_jupyter",
+            *([f"--port={port}"] if port else []), *([] if browser else ["--no-browser"])]

@@ -20,7 +20,7 @@ import torch.nn as nn
 from .core import (RunConfig, Sre2lError, ConfigError, log, pick_device, seed_everything, human_bytes, hash_json,
                         stage_config)
 from .runs import (progress, open_stage, require_stage, write_manifest, read_manifest, load_json, atomic_write, tensors_file_bytes,
-                        shard_from_env, check_shard, claim, preflight)
+                        shard_from_env, check_shard, claim, held_claims, preflight)
 from .data import DatasetSpec, data_spec, open_split, cached, read_distilled, image_list_hash
 from .models import load_teacher, load_named_teacher, read_pickled_labels
 from .train import to_device, evaluate, place_images
@@ -53,6 +53,10 @@ def batches_per_epoch(num_images: int, batch_size: int, prune_ratio: float = 0.0
     if num_images < batch_size:
         raise Sre2lError(f"relabel.pruning_rule=lpld drops the partial last batch, and {num_images} images make no "
                          f"full batch of {batch_size}; lower relabel.batch_size or use relabel.pruning_rule=exact")
+    if num_images // batch_size == 1:  # LPLD's pool replaces an epoch's last batch by the one before: batch -1 here
+        raise Sre2lError(f"relabel.pruning_rule=lpld with {num_images} images in batches of {batch_size} stores one batch per "
+                         f"epoch, and LPLD's label pool would replay batch -1 in its place; lower relabel.batch_size "
+                         f"(at most {num_images // 2}) or use relabel.pruning_rule=exact")
     return num_images // batch_size
 
 # %% ../nbs/03_relabel.ipynb #5e67ee5b
@@ -222,7 +226,8 @@ def _run_fkd_mix(cfg: RunConfig, run_dir: Path, teacher, spec, device, shard: tu
     left = [e for e in range(stored_epochs) if not done(e)]
     if left:
         log.info("relabel: shard %d/%d finished; %d epochs wait for other shards", shard[0], shard[1], len(left))
-        return {"stage": "relabel", "complete": False, "epochs_left": len(left), "timings": {"seconds": time.perf_counter() - start}}
+        return {"stage": "relabel", "complete": False, "epochs_left": len(left), "held": held_claims(out / "claims"),
+                "timings": {"seconds": time.perf_counter() - start}}
     artifacts = [str(epoch_file(label_dir, e).relative_to(out)) for e in range(stored_epochs)]
     return write_manifest(out, "relabel", cfg, artifacts,
                           inputs={"squeeze": run_dir / "squeeze" / "manifest.json", "recover": run_dir / "recover" / "manifest.json"},

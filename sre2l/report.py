@@ -19,7 +19,7 @@ from .tables import TableSpec, pruned
 
 # %% auto #0
 __all__ = ['gather', 'summarise', 'render_markdown', 'render_latex', 'render_csv', 'best_of', 'rank', 'render_rankings',
-           'images_figure', 'pruning_lines', 'pruning_figure', 'storage_figure', 'write_report']
+           'images_figure', 'pruning_lines', 'pruning_figure', 'storage_figure', 'environments', 'write_report']
 
 # %% ../nbs/05e_report.ipynb #0c61a988
 def gather(runs: list[CellRun], failed: dict | None = None) -> list[dict]:
@@ -275,6 +275,16 @@ def storage_figure(summary: list[dict]):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/05e_report.ipynb #a83208b3
+def environments(runs: list[CellRun]) -> list[dict]:
+    "The distinct environments (package versions, CPU, threads, GPU) that the runs' finished stages recorded."
+    seen = []
+    for run in runs:
+        for stage in STAGES:
+            environment = (finished(run, stage) or {}).get("versions")
+            if environment and environment not in seen: seen.append(environment)
+    return seen
+
 # %% ../nbs/05e_report.ipynb #26283b7d
 def write_report(spec: TableSpec, runs: list[CellRun], out_dir="figures/tables", failed: dict | None = None) -> dict:
     "Gather the runs, write the tables (md, tex, csv), results.json and the figures; return the report."
@@ -301,7 +311,7 @@ def write_report(spec: TableSpec, runs: list[CellRun], out_dir="figures/tables",
     for name, text in texts.items():
         with atomic_write(out / name, "w") as f: f.write(text)
     report = {"table": spec.name, "title": spec.title, "cells": summary, "runs": rows, "rankings": scores,
-              "failed": dict(sorted((failed or {}).items())), "measured": done}
+              "failed": dict(sorted((failed or {}).items())), "measured": done, "environments": environments(runs)}
     save_json(out / "results.json", report)
     report["folder"] = str(out)
     return report

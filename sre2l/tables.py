@@ -198,15 +198,15 @@ def _rehearsal(classes: int, per_class: tuple, ipc: int, epochs: dict, iteration
               f"validate.epochs={epochs['student']}", f"validate.eval_every={epochs['eval_every']}")
     recipes = {"SRe2L: global BN, cross-class batches": ("sre2l_in1k", ()),
                "LPLD: class BN, one class per batch": ("lpld_in1k", (f"recover.batch_size={ipc}",  # LPLD's pruning drops a
-                                                                     f"relabel.batch_size={min(128, classes * ipc)}"))}  # partial batch
+                                                                     f"relabel.batch_size={min(128, classes * ipc // 2)}"))}  # partial batch
     return [Cell(name, budget_label(c), preset, (*common, *extra, *pruned(c)),
                  source="kit rehearsal on an ImageNet-shaped folder (no paper value)")
             for name, (preset, extra) in recipes.items() for c in (1, 40)]
 
 _REHEARSAL = ("The shapes of the sre2l_in1k and lpld_in1k recipes on a folder the kit writes (`make-imagefolder`): a "
               "torchvision ResNet-18 teacher trained briefly on it, 224 px, recover with 100 classes per batch (SRe2L) "
-              "and one class per batch on class-BN statistics (LPLD), relabel with CutMix (batch 1024 and LPLD's 128, or the "
-              "whole set where it is smaller, since LPLD's pruning drops a partial batch) "
+              "and one class per batch on class-BN statistics (LPLD), relabel with CutMix (batch 1024 and LPLD's 128, or half the "
+              "set where it is smaller: LPLD's pruning drops a partial batch and its pool needs two batches an epoch) "
               "and a 40x-pruned store, ResNet-18 students tested with resize 256 / centre crop 224. Teacher epochs, "
               "recovery iterations, stored epochs and student epochs are scaled down ({}); the numbers show that every "
               "path runs at ImageNet's shape, not what the recipes reach.")

@@ -14,6 +14,8 @@ import urllib.request
 
 import pytest
 
+from conftest import ROOT
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 MISSING = [name for name, found in (("chromium", CHROMIUM), ("chromium-driver", DRIVER),
@@ -93,5 +95,65 @@ def test_recover_lesson_runs_in_jupyterlab_and_its_explorer_moves(lab):
         handle.click(); handle.send_keys(Keys.ARROW_RIGHT)
         after = wait_for(driver, f"({EXPLORER_IMAGE}) !== {before!r} && ({EXPLORER_IMAGE})", "the explorer to redraw")
         assert after and after != before
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def clean_lab(repo_copy, tmp_path):
+    "JupyterLab started as `sre2l lab` starts it, over a committed git clone of the copy; (URL, clone)."
+    from sre2l.lessons import lab_command
+    git = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    shutil.copy(ROOT / ".gitignore", repo_copy / ".gitignore")  # as in a clone: Jupyter's checkpoints and nbdev's stamp ignored
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "lessons as committed"]):
+        subprocess.run(["git", *args], cwd=repo_copy, env=git, check=True)
+    port, home = free_port(), tmp_path / "jupyter"
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+           "JUPYTER_DATA_DIR": str(home / "data")}  # an empty user configuration: the hook comes from the command alone
+    command = lab_command(port, browser=False, project=repo_copy) + ["--ip=127.0.0.1", "--ServerApp.token=", "--ServerApp.password=",
+                                                                     "--LabApp.expose_app_in_browser=True", "--allow-root"]
+    server = subprocess.Popen(command, env=env, cwd=repo_copy, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(HANG):
+            assert server.poll() is None, (tmp_path / "lab.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"{url}/api", timeout=5); break
+            except OSError: time.sleep(1)
+        yield url, repo_copy
+    finally:
+        server.terminate(); server.wait(timeout=60)
+
+
+def test_a_lesson_opened_run_and_saved_in_jupyterlab_leaves_git_status_clean(clean_lab):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    url, clone = clean_lab
+    status = lambda: subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True).stdout
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    saved = f"{NOTEBOOK}.context.model.dirty === false && {NOTEBOOK}.context.contentsModel.last_modified"
+    try:
+        driver.get(f"{url}/lab/tree/nbs/00_core.ipynb")
+        wait_for(driver, f"{NOTEBOOK}.sessionContext.session.kernel.status === 'idle'", "the kernel")
+        first = wait_for(driver, saved, "the notebook to load")
+        driver.execute_script("window.jupyterapp.commands.execute('docmanager:save')")
+        first = wait_for(driver, f"({saved}) !== {first!r} && ({saved})", "the save")
+        assert status() == "", status()  # opened and saved: clean
+        # run the cells down to the registry's check, whose printed lines do not change, then save again
+        cell = driver.execute_script(f"return {NOTEBOOK}.content.widgets.findIndex(c => c.model.sharedModel.getSource()"
+                                     ".startsWith('colours = Registry'))")
+        assert cell > 0
+        driver.execute_script(f"{NOTEBOOK}.content.activeCellIndex = {cell + 1}; "
+                              "window.jupyterapp.commands.execute('notebook:run-all-above')")
+        wait_for(driver, f"{NOTEBOOK}.content.widgets[{cell}].model.executionCount !== null && "
+                         f"{NOTEBOOK}.sessionContext.session.kernel.status === 'idle'", "the cells to run")
+        assert "did you mean red" in driver.execute_script(f"return JSON.stringify({NOTEBOOK}.content.widgets[{cell}].model.outputs.toJSON())")
+        driver.execute_script("window.jupyterapp.commands.execute('docmanager:save')")
+        wait_for(driver, f"({saved}) !== {first!r} && ({saved})", "the second save")
+        assert status() == "", status()  # run and saved: still clean
     finally:
         driver.quit()
