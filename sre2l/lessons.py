@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import platform
@@ -19,8 +20,9 @@ from pathlib import Path
 from .core import Sre2lError
 
 # %% auto #0
-__all__ = ['normalise_output', 'executed_on', 'cell_outputs', 'stale_cells', 'copy_project', 'execute_notebook',
-           'execute_lessons', 'check_lessons', 'refresh_lessons', 'lab_command']
+__all__ = ['NUMBER_TOLERANCE', 'normalise_output', 'executed_on', 'lesson_environment', 'cell_outputs', 'numbers_close',
+           'environment_difference', 'stale_cells', 'copy_project', 'execute_notebook', 'execute_lessons',
+           'check_lessons', 'refresh_lessons', 'lab_command']
 
 # %% ../nbs/06b_lessons.ipynb #d3ca7a86
 _UNITS = r"(?:it|images|image-iterations|steps|crops|units|batches|samples)/s"
@@ -58,6 +60,13 @@ def executed_on() -> str:
     threads = torch.get_num_threads()
     return f"{platform.machine()} {capability}, {threads} threads, torch {torch_version}"
 
+def lesson_environment() -> dict:
+    "What a lesson's numbers depend on: CPU model, vector ISA, threads, GPU, Python and the numeric packages."
+    from sre2l.runs import versions
+    found = versions()
+    return {k: found[k] for k in ("cpu", "isa", "threads", "gpu", "python", "torch", "torchvision", "numpy", "pillow",
+                                  "scikit-learn") if k in found}
+
 # %% ../nbs/06b_lessons.ipynb #aa8c570b
 def _output_text(output: dict) -> tuple[str, str]:
     "(kind, raw text) of one output."
@@ -84,6 +93,15 @@ def cell_outputs(cell: dict,  # a code cell (nbformat dict)
         else: shown.append((kind, text))
     return shown
 
+# %% ../nbs/06b_lessons.ipynb #842fd597
+NUMBER_TOLERANCE = {"relative": 0.02, "absolute": 0.005}  # how far another environment's numbers may move
+
+def numbers_close(a: str, b: str, tolerance: dict = NUMBER_TOLERANCE) -> bool:
+    "Whether two texts are the same with their numbers masked, and each pair of numbers is within the tolerance."
+    if _NUMBER.sub("<n>", a) != _NUMBER.sub("<n>", b): return False
+    return all(math.isclose(float(x), float(y), rel_tol=tolerance["relative"], abs_tol=tolerance["absolute"])
+               for x, y in zip(_NUMBER.findall(a), _NUMBER.findall(b)))
+
 # %% ../nbs/06b_lessons.ipynb #4d1ae296
 def _short(item, other=None) -> str:
     "An output, cut to one readable line around where it first differs from `other`."
@@ -95,23 +113,36 @@ def _short(item, other=None) -> str:
     return f"{item[0]} {head}{text[start:start + 100]!r}{tail}"
 
 # %% ../nbs/06b_lessons.ipynb #49092d21
-def _first_difference(a: list, b: list) -> tuple:
-    "The first pair of outputs that differ (None where one list has ended)."
+def _first_difference(a: list, b: list, same=lambda x, y: x == y) -> tuple:
+    "The first pair of outputs that differ by `same` (None where one list has ended)."
     for j in range(max(len(a), len(b))):
         x, y = a[j] if j < len(a) else None, b[j] if j < len(b) else None
-        if x != y: return x, y
+        if x is None or y is None or not same(x, y): return x, y
 
 # %% ../nbs/06b_lessons.ipynb #aec48d8f
+def _environment(nb: dict):
+    "The environment a notebook was executed in (older notebooks: the CPU kind only)."
+    meta = nb.get("metadata", {}).get("sre2l", {})
+    return meta.get("environment") or meta.get("executed_on")
+
+def environment_difference(committed: dict, fresh: dict) -> str:  # two versions of one notebook
+    "How the environments of two executions differ, in a line ('' when they are the same)."
+    a, b = _environment(committed), _environment(fresh)
+    if a == b: return ""
+    if not (isinstance(a, dict) and isinstance(b, dict)): return f"committed outputs made on {a}; now {b}"
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return "environment: " + "; ".join(f"{k} {a.get(k, '-')} when committed, {b.get(k, '-')} now" for k in keys)
+
 def stale_cells(committed: dict, fresh: dict,  # two versions of one notebook (nbformat dicts)
                 root: str | None = None) -> list[str]:  # the fresh copy's folder
-    "One line per code cell whose outputs differ (numbers exactly only from the same kind of CPU)."
-    on = lambda nb: nb.get("metadata", {}).get("sre2l", {}).get("executed_on")
+    "One line per code cell whose outputs differ (numbers exactly in the same environment, else within NUMBER_TOLERANCE)."
     code = lambda nb: [c for c in nb["cells"] if c["cell_type"] == "code"]
-    exact, lines = on(committed) == on(fresh), []
+    exact, lines = _environment(committed) == _environment(fresh), []
+    same = lambda x, y: x == y if exact else x[0] == y[0] and numbers_close(x[1], y[1])
     for k, (old, new) in enumerate(zip(code(committed), code(fresh))):
-        a, b = cell_outputs(old, exact), cell_outputs(new, exact, root)
-        if a != b:
-            was, now = _first_difference(a, b)
+        a, b = cell_outputs(old), cell_outputs(new, root=root)
+        if len(a) != len(b) or not all(same(x, y) for x, y in zip(a, b)):
+            was, now = _first_difference(a, b, same)
             lines.append(f"code cell {k + 1} ({old.get('id', '?')}): committed {_short(was, now)}, "
                          f"now {_short(now, was)}")
     return lines
@@ -144,7 +175,7 @@ def execute_notebook(path: Path,  # the notebook, run in its folder and rewritte
     try: client.execute(env=env)
     except CellExecutionError as e:
         raise Sre2lError(f"{path.name} failed: {str(e).strip().splitlines()[-1]}") from None
-    nb.metadata["sre2l"] = {"executed_on": executed_on()}
+    nb.metadata["sre2l"] = {"executed_on": executed_on(), "environment": lesson_environment()}
     nbformat.write(nb, path)
 
 # %% ../nbs/06b_lessons.ipynb #6a576aba
@@ -176,24 +207,28 @@ def check_lessons(project=None) -> dict[str, list[str]]:
     with tempfile.TemporaryDirectory(prefix="sre2l-lessons-") as tmp:
         stale = {}
         for path in execute_lessons(project, Path(tmp)):
-            lines = stale_cells(committed[path.name], json.loads(path.read_text()), str(Path(tmp).resolve()))
-            if lines: stale[path.name] = lines
+            fresh = json.loads(path.read_text())
+            lines = stale_cells(committed[path.name], fresh, str(Path(tmp).resolve()))
+            if lines: stale[path.name] = lines + [environment_difference(committed[path.name], fresh)] * bool(
+                environment_difference(committed[path.name], fresh))
     return stale
 
 # %% ../nbs/06b_lessons.ipynb #cd2eda69
 def refresh_lessons(project=None) -> list[Path]:
-    "Execute every notebook in a temporary copy; write them with their outputs into nbs/, cleaned."
+    "Execute every notebook in a temporary copy, clean it there, then move it into nbs/ whole (a kill leaves the old one)."
+    from sre2l.runs import atomic_write, sweep_temporaries
     project = _project(project)
     clean = shutil.which("nbdev_clean")  # before minutes of execution, not after
     if clean is None: raise Sre2lError("nbdev_clean is missing: pip install -e '.[dev]'")
+    sweep_temporaries(project / "nbs", recursive=False)  # a refresh killed while writing
     with tempfile.TemporaryDirectory(prefix="sre2l-lessons-") as tmp:
-        written = []
-        for path in execute_lessons(project, Path(tmp)):
-            target = project / "nbs" / path.name
-            target.write_text(path.read_text().replace(str(Path(tmp).resolve()), "<repo>"))
-            written.append(target)
-    for target in written: subprocess.run([clean, "--fname", str(target)], cwd=project, check=True)
-    return written
+        executed = execute_lessons(project, Path(tmp))
+        for path in executed:
+            path.write_text(path.read_text().replace(str(Path(tmp).resolve()), "<repo>"))
+            subprocess.run([clean, "--fname", str(path)], cwd=Path(tmp), check=True)  # the copy's settings.ini
+        for path in executed:
+            with atomic_write(project / "nbs" / path.name, "w") as f: f.write(path.read_text())
+    return [project / "nbs" / path.name for path in executed]
 
 # %% ../nbs/06b_lessons.ipynb #57e89d3d
 def lab_command(port: int = 0,  # 0: JupyterLab's own choice

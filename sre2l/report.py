@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .core import STAGES, hash_json, human_bytes, config_dict
 from .plan import CellRun, finished, predict_cost
-from .runs import find_project_root, save_json, atomic_write
+from .runs import find_project_root, save_json, atomic_write, sweep_temporaries
 from .tables import TableSpec, pruned
 
 # %% auto #0
@@ -293,6 +293,7 @@ def write_report(spec: TableSpec, runs: list[CellRun], out_dir="figures/tables",
     out = Path(out_dir) if Path(out_dir).is_absolute() else (find_project_root() or Path.cwd()) / out_dir
     out = out / spec.name
     out.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(out, recursive=False)  # what a render killed earlier left half-written
     rows = gather(runs, failed)
     summary = summarise(spec, rows)
     pictures = []

@@ -25,9 +25,9 @@ from .core import (RunConfig, Sre2lError, ConfigError, DamagedFile, STAGES, conf
 __all__ = ['LEASE_SECONDS', 'STAGE_NOTEBOOKS', 'shard_from_env', 'check_shard', 'Claim', 'claim', 'release', 'held_claims',
            'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_metadata',
            'tensors_file_bytes', 'sha256_file', 'versions', 'free_space', 'memory_available', 'preflight',
-           'sweep_temporaries', 'write_manifest', 'DamagedManifest', 'read_manifest', 'find_project_root',
-           'resolve_run_dir', 'prepare_run', 'notebook_dir', 'stage_status', 'require_stage', 'open_stage',
-           'build_missing', 'stage_state', 'run_status', 'log_to_stage', 'progress']
+           'writer_gone', 'sweep_temporaries', 'write_manifest', 'DamagedManifest', 'read_manifest',
+           'find_project_root', 'resolve_run_dir', 'prepare_run', 'notebook_dir', 'stage_status', 'require_stage',
+           'open_stage', 'build_missing', 'stage_state', 'run_status', 'log_to_stage', 'progress']
 
 # %% ../nbs/00g_runs.ipynb #5575dbd3
 def shard_from_env() -> tuple[int, int]:
@@ -276,12 +276,15 @@ def preflight(folder, nbytes: float, files: int = 1, what: str = "the output", a
                          f"{human_bytes(free)} free; {advice}")
 
 # %% ../nbs/00g_runs.ipynb #ce61194e
+def writer_gone(pid: int) -> bool:
+    "Whether the process that named a temporary after its pid has ended (this process never has)."
+    return pid != os.getpid() and not _alive(pid)
+
 def sweep_temporaries(folder, recursive: bool = True):
     "Delete temporaries that killed processes left under `folder` (atomic_write names carry the writer's pid)."
     for tmp in (Path(folder).rglob if recursive else Path(folder).glob)(".*.tmp"):
         parts = tmp.name[:-len(".tmp")].rsplit(".", 2)
-        if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != os.getpid() and not _alive(int(parts[1])):
-            tmp.unlink(missing_ok=True)
+        if len(parts) == 3 and parts[1].isdigit() and writer_gone(int(parts[1])): tmp.unlink(missing_ok=True)
 
 # %% ../nbs/00g_runs.ipynb #03bc9a6b
 def write_manifest(stage_dir,  # the stage's folder, e.g. runs/demo/recover

@@ -55,7 +55,8 @@ def test_notebooks_are_committed_executed_and_small():
     assert total < 10e6, f"the notebooks hold {total / 1e6:.1f} MB; keep figures small (at most 10 MB in all)"
     for path in notebooks:
         nb = json.loads(path.read_text())
-        assert nb["metadata"].get("sre2l", {}).get("executed_on"), f"{path.name}: not executed by `sre2l lessons`"
+        meta = nb["metadata"].get("sre2l", {})
+        assert meta.get("executed_on") and meta.get("environment", {}).get("numpy"), f"{path.name}: not executed by `sre2l lessons`"
         assert any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), f"{path.name}: no outputs"
 
 
