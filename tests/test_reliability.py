@@ -613,3 +613,15 @@ def test_make_imagefolder_killed_and_rerun_equals_a_clean_run_file_by_file(tmp_p
     assert not (tmp_path / "killed" / "dataset.json").exists()  # killed before the end: not sealed
     assert subprocess.run(command(tmp_path / "killed"), env=env, capture_output=True).returncode == 0
     assert _tree(tmp_path / "killed") == _tree(tmp_path / "clean")
+
+
+def test_status_of_another_hosts_stage_is_stopped_once_its_reports_are_older_than_a_lease(tmp_path):
+    import time
+    from sre2l.runs import LEASE_SECONDS, prepare_run, run_status, save_json
+    run = prepare_run(tmp_path / "run", make_config("digits"))
+    report = {"what": "recover groups", "done": 3, "total": 10, "host": "other-node", "pid": 42,
+              "command": "sre2l recover --run-dir x"}
+    save_json(run / "recover" / "progress.json", {**report, "updated": time.time() - 10})
+    assert run_status(run)[0]["state"] == "running"  # a recent report: it may well run there
+    save_json(run / "recover" / "progress.json", {**report, "updated": time.time() - LEASE_SECONDS - 1})
+    assert run_status(run)[0]["state"] == "stopped"  # silent for longer than a lease, and no claim held
