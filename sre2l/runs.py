@@ -411,14 +411,26 @@ def require_stage(run_dir, stage: str, cfg: RunConfig) -> dict:
     "The manifest of an input stage, or a clear error when it has not run."
     manifest = stage_status(run_dir, stage, cfg)
     if manifest is None:
+        below = sorted(p for p in Path(run_dir).glob(f"*/{stage}/manifest.json"))  # aimed one level above a run?
+        if below: raise Sre2lError(f"{run_dir} is not a run folder with a finished {stage} stage, but {below[0].parent.parent} "
+                                   f"is: pass --run-dir {below[0].parent.parent}")
         raise Sre2lError(f"{Path(run_dir) / stage} has no finished {stage} stage; run `sre2l {stage} "
                          f"--run-dir {run_dir}` (same preset and --set values) first")
     return manifest
+
+# %% ../nbs/00g_runs.ipynb #bd86cb28
+def _refuse_a_folder_of_runs(run_dir: Path):
+    "Refuse, before writing anything, a folder that is not a run but holds run folders (aimed one level too high)."
+    if not run_dir.is_dir() or (run_dir / "config.json").is_file(): return
+    inside = [p for p in sorted(run_dir.iterdir()) if p.is_dir() and (p / "config.json").is_file()]
+    if inside: raise Sre2lError(f"{run_dir} is not a run but holds run folders ({', '.join(p.name for p in inside[:6])}): "
+                                f"pass --run-dir {inside[0]}, or a new folder")
 
 # %% ../nbs/00g_runs.ipynb #82aec889
 def open_stage(run_dir, stage: str, cfg: RunConfig) -> tuple[Path, dict | None]:
     "Check the configuration, prepare the run folder; return (run_dir, manifest of the finished stage or None)."
     check_config(cfg)  # configurations built in code, not by make_config, are checked here
+    _refuse_a_folder_of_runs(resolve_run_dir(run_dir))
     run_dir = prepare_run(run_dir, cfg)
     done = stage_status(run_dir, stage, cfg, redo_damaged=True)
     if done is not None: log.info("%s: already complete in %s", stage, run_dir / stage)
@@ -466,8 +478,10 @@ def run_status(run_dir) -> list[dict]:
     folders = [run_dir / s for s in STAGES if (run_dir / s).is_dir()]
     if (run_dir / "stages").is_dir(): folders += sorted(p for p in (run_dir / "stages").iterdir() if p.is_dir())
     if not folders and not (run_dir / "config.json").is_file():
-        raise Sre2lError(f"{run_dir} is neither a run folder (config.json, stage folders) nor a table folder (stages/); "
-                         f"give one of those, e.g. runs/default or runs/reproduce/demo")
+        below = [p.name for p in sorted(run_dir.iterdir()) if p.is_dir() and ((p / "config.json").is_file() or (p / "stages").is_dir())]
+        raise Sre2lError(f"{run_dir} is neither a run folder (config.json, stage folders) nor a table folder (stages/); " +
+                         (f"it holds {', '.join(below[:6])}: give one of those, e.g. {run_dir / below[0]}" if below else
+                          "give one of those, e.g. runs/default or runs/reproduce/demo"))
     return [stage_state(f) for f in folders]
 
 # %% ../nbs/00g_runs.ipynb #7b68ecc1

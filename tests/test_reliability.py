@@ -625,3 +625,13 @@ def test_status_of_another_hosts_stage_is_stopped_once_its_reports_are_older_tha
     assert run_status(run)[0]["state"] == "running"  # a recent report: it may well run there
     save_json(run / "recover" / "progress.json", {**report, "updated": time.time() - LEASE_SECONDS - 1})
     assert run_status(run)[0]["state"] == "stopped"  # silent for longer than a lease, and no claim held
+
+
+def test_a_folder_one_level_above_a_run_is_named_as_the_cause(finished, tmp_path, capsys):
+    shutil.copytree(finished, tmp_path / "runs" / "mine", symlinks=True)
+    assert main(["validate", "--run-dir", str(tmp_path / "runs"), *sets()]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"pass --run-dir {tmp_path / 'runs' / 'mine'}" in err, err
+    assert main(["status", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "it holds mine" in err and err.count("\n") == 1, err
