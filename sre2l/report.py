@@ -280,7 +280,7 @@ def environments(runs: list[CellRun]) -> list[dict]:
     "The distinct environments (package versions, CPU, threads, GPU) that the runs' finished stages recorded."
     seen = []
     for run in runs:
-        for stage in STAGES:
+        for stage in run.keys:  # the stages this cell needs (a student of the training split has no recover)
             environment = (finished(run, stage) or {}).get("versions")
             if environment and environment not in seen: seen.append(environment)
     return seen

@@ -93,3 +93,12 @@ def test_a_lessons_refresh_killed_and_rerun_leaves_whole_clean_notebooks(tmp_pat
     left.write_text('{"cells": [')  # a refresh killed while writing
     sre2l.lessons.refresh_lessons(project)
     assert tree(project / "nbs", set()) == tree(ROOT / "nbs", set())  # clean notebooks refresh to themselves, nothing left
+
+
+def test_every_tables_record_of_environments_takes_only_the_stages_its_cells_need(tmp_path):
+    "Some cells need no squeeze or recover (students of the training split): the record must not ask for them."
+    from sre2l.plan import plan_table
+    from sre2l.report import environments
+    from sre2l.tables import get_table, list_tables
+    for name in list_tables():
+        assert environments(plan_table(get_table(name), tmp_path / name)) == []  # nothing has run
