@@ -24,9 +24,9 @@ from .runs import resolve_run_dir, save_json, stage_status, run_status, notebook
 
 # %% auto #0
 __all__ = ['STAGE_VERBS', 'FOLDER_IN', 'FILE_IN', 'FOLDER_OUT', 'OVERRIDE', 'parse_shard', 'RATES', 'GPUS', 'README_MARKER',
-           'SHA256', 'field_comments', 'config_help', 'keys_epilog', 'Check', 'number', 'named', 'label_layout',
-           'run_demo', 'demo_summary', 'readme_from_index', 'write_readme', 'demo_notebooks', 'math_to_mathml',
-           'check_site', 'build_site', 'build_parser', 'os_message', 'status_table', 'main']
+           'EXECUTED', 'SHA256', 'field_comments', 'config_help', 'keys_epilog', 'Check', 'number', 'named',
+           'label_layout', 'run_demo', 'demo_summary', 'readme_from_index', 'write_readme', 'demo_notebooks',
+           'math_to_mathml', 'check_site', 'build_site', 'build_parser', 'os_message', 'status_table', 'main']
 
 # %% ../nbs/06_cli.ipynb #9b6932fb
 def field_comments(cls) -> dict:
@@ -552,13 +552,16 @@ def build_site(executed=None,  # executed stage notebooks to show instead (e.g. 
 # %% ../nbs/06_cli.ipynb #273a26a5
 def _site(args) -> int: print(build_site(args.executed, args.to)); return 0
 
+# %% ../nbs/06_cli.ipynb #449628dd
+EXECUTED = Check(FOLDER_IN.parse, "an existing folder of executed stage notebooks (run `sre2l demo` first)", FOLDER_IN.bad, FOLDER_IN.good)
+
 # %% ../nbs/06_cli.ipynb #2808154f
 def _site_parser(verbs, argv):
     p = _verb(verbs, "site", _site, argv, "render the lessons with their outputs to static HTML in _docs/",
               "Render every notebook to HTML with nbconvert, with the outputs committed in it "
               "(`sre2l lessons` refreshes them), plus an index page; works offline. --from shows the "
               "stage notebooks of another run instead, e.g. the demo's executed copies.")
-    p.add_argument("--from", dest="executed", default=None, metavar="DIR", type=FOLDER_IN,
+    p.add_argument("--from", dest="executed", default=None, metavar="DIR", type=EXECUTED,
                    help="executed stage notebooks to show instead (default: the committed notebooks)")
     p.add_argument("--to", default="_docs", type=FOLDER_OUT, help="output folder (default: %(default)s)")
 
