@@ -8,7 +8,7 @@ __all__ = []
 # %% ../nbs/06a_main.ipynb #264ad869
 import sys
 
-from .cli import main
+from .cli import run
 
 # %% ../nbs/06a_main.ipynb #75ca2fe0
-if __name__ == "__main__" and "IPython" not in sys.modules: sys.exit(main())
+if __name__ == "__main__" and "IPython" not in sys.modules: run()

@@ -26,7 +26,7 @@ from .runs import resolve_run_dir, save_json, stage_status, run_status, notebook
 __all__ = ['STAGE_VERBS', 'FOLDER_IN', 'FILE_IN', 'FOLDER_OUT', 'OVERRIDE', 'parse_shard', 'RATES', 'GPUS', 'README_MARKER',
            'EXECUTED', 'SHA256', 'field_comments', 'config_help', 'keys_epilog', 'Check', 'number', 'named',
            'label_layout', 'run_demo', 'demo_summary', 'readme_from_index', 'write_readme', 'demo_notebooks',
-           'math_to_mathml', 'check_site', 'build_site', 'build_parser', 'os_message', 'status_table', 'main']
+           'math_to_mathml', 'check_site', 'build_site', 'build_parser', 'os_message', 'status_table', 'main', 'run']
 
 # %% ../nbs/06_cli.ipynb #9b6932fb
 def field_comments(cls) -> dict:
@@ -106,6 +106,7 @@ def _existing(kind: str) -> Check:
     bad = lambda tmp: [str(tmp / "missing"), str(tmp / "a_file" if kind == "folder" else tmp)]
     return Check(parse, f"an existing {kind}", bad, lambda tmp: str(tmp if kind == "folder" else tmp / "a_file"))
 
+# %% ../nbs/06_cli.ipynb #737463d1
 def _writable_folder(text: str) -> str:
     "A folder to write: absent (it is made), or a folder; no file on the way to it."
     path = resolve_run_dir(text)
@@ -125,6 +126,7 @@ def named(registry) -> Check:
     def parse(text): registry.lookup(text); return text
     return Check(parse, f"a {registry.kind} name", lambda tmp: ["no-such-name"], lambda tmp: registry.names()[0])
 
+# %% ../nbs/06_cli.ipynb #e13f6c45
 def _override(text: str) -> str:
     "KEY=VALUE with a known key and a value of the key's type (ranges and choices are make_config's)."
     from sre2l.presets import _split_override
@@ -152,6 +154,7 @@ def _common(p: argparse.ArgumentParser, run_dir_default: str = "runs/default"):
                    help="run folder; relative paths start at the repository root when inside it, else here (default: %(default)s)")
     _overrides(p, "change one setting, e.g. --set recover.ipc=50 (repeatable; keys listed below)")
 
+# %% ../nbs/06_cli.ipynb #5047d131
 def _overrides(p: argparse.ArgumentParser, help: str):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", type=OVERRIDE, help=help)
 
@@ -216,6 +219,7 @@ def label_layout(folder) -> str:
                      f"<class>/<stem>.tar (FKD) directly in it, found {found}" +
                      (f"; the labels seem to be one level down: pass {below[0]}" if below else ""))
 
+# %% ../nbs/06_cli.ipynb #3d6520f8
 def _import_labels(args) -> int:  # SRe2L's epoch_*/batch_*.tar, or FKD's <class>/<stem>.tar of a split
     from sre2l.relabel import import_official_labels
     from sre2l.regions import import_fkd_labels
@@ -322,6 +326,7 @@ def _rates(text: str) -> str:
     if text not in ("auto", "h100") and not Path(text).is_file(): raise ValueError(f"{text} is not a file")
     load_rates(text); return text
 
+# %% ../nbs/06_cli.ipynb #e73bad8d
 def _rates_bad(tmp: Path) -> list[str]:
     "A missing file, a folder, a file that is not JSON, one with a misspelt key and one with a negative rate."
     import dataclasses
@@ -332,6 +337,8 @@ def _rates_bad(tmp: Path) -> list[str]:
     return ["h200", str(tmp), str(tmp / "text.json"), str(tmp / "typo.json"), str(tmp / "negative.json")]
 
 RATES = Check(_rates, "auto, h100, or a rates file written by --calibrate", _rates_bad, lambda tmp: "h100")
+
+# %% ../nbs/06_cli.ipynb #9ee0897f
 def _gpus(text: str) -> list[str]:
     "'0,1' -> ['0', '1']."
     gpus = [int(g) for g in text.split(",")]
@@ -724,5 +731,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if resume is None: os.environ.pop("SRE2L_RESUME", None)
 
-# %% ../nbs/06_cli.ipynb #b5ddb510
-if __name__ == "__main__" and "IPython" not in sys.modules: sys.exit(main())
+# %% ../nbs/06_cli.ipynb #92dc3072
+def run() -> None:
+    "The `sre2l` program: `main`, then exit with its code (after Ctrl-C, exactly 130)."
+    code = main()
+    if code == 130:
+        import logging
+        logging.shutdown(); sys.stdout.flush(); sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+# %% ../nbs/06_cli.ipynb #fc199f98
+if __name__ == "__main__" and "IPython" not in sys.modules: run()

@@ -60,6 +60,7 @@ def executed_on() -> str:
     threads = torch.get_num_threads()
     return f"{platform.machine()} {capability}, {threads} threads, torch {torch_version}"
 
+# %% ../nbs/06b_lessons.ipynb #5dee3676
 def lesson_environment() -> dict:
     "What a lesson's numbers depend on: CPU model, vector ISA, threads, GPU, Python and the numeric packages."
     from sre2l.runs import versions
@@ -125,6 +126,7 @@ def _environment(nb: dict):
     meta = nb.get("metadata", {}).get("sre2l", {})
     return meta.get("environment") or meta.get("executed_on")
 
+# %% ../nbs/06b_lessons.ipynb #09e26819
 def environment_difference(committed: dict, fresh: dict) -> str:  # two versions of one notebook
     "How the environments of two executions differ, in a line ('' when they are the same)."
     a, b = _environment(committed), _environment(fresh)
@@ -133,6 +135,7 @@ def environment_difference(committed: dict, fresh: dict) -> str:  # two versions
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return "environment: " + "; ".join(f"{k} {a.get(k, '-')} when committed, {b.get(k, '-')} now" for k in keys)
 
+# %% ../nbs/06b_lessons.ipynb #b0c15e88
 def stale_cells(committed: dict, fresh: dict,  # two versions of one notebook (nbformat dicts)
                 root: str | None = None) -> list[str]:  # the fresh copy's folder
     "One line per code cell whose outputs differ (numbers exactly in the same environment, else within NUMBER_TOLERANCE)."

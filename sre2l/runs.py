@@ -237,6 +237,7 @@ def _cpu_model() -> str:
         with open("/proc/cpuinfo") as f: return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration): return platform.processor() or platform.machine()
 
+# %% ../nbs/00g_runs.ipynb #fbab8fc0
 def versions() -> dict:
     "The environment that produced a result: Python and package versions, CPU model, vector ISA and threads, GPU and CUDA."
     import platform, sre2l, torch
@@ -280,6 +281,7 @@ def writer_gone(pid: int) -> bool:
     "Whether the process that named a temporary after its pid has ended (this process never has)."
     return pid != os.getpid() and not _alive(pid)
 
+# %% ../nbs/00g_runs.ipynb #30b130b2
 def sweep_temporaries(folder, recursive: bool = True):
     "Delete temporaries that killed processes left under `folder` (atomic_write names carry the writer's pid)."
     for tmp in (Path(folder).rglob if recursive else Path(folder).glob)(".*.tmp"):

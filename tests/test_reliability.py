@@ -493,7 +493,9 @@ def test_two_processes_on_one_folder_finish_it_without_damage(finished, tmp_path
     both = [subprocess.Popen(_recover_cli(tmp_path / "shared"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     outputs = [p.communicate(timeout=3600) for p in both]
-    assert all(p.returncode == 0 for p in both), outputs
+    # one may end while the other still holds a group: it names the group and its holder, and exits 3
+    assert all(p.returncode == 0 or (p.returncode == 3 and "are held by other processes" in err)
+               for p, (_, err) in zip(both, outputs)), outputs
     if read_manifest(tmp_path / "shared" / "recover") is None:  # both stopped before the last group: a third run seals it
         assert subprocess.run(_recover_cli(tmp_path / "shared"), env=env, capture_output=True).returncode == 0
     assert _images(tmp_path / "shared") == _images(tmp_path / "clean")
