@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .core import Sre2lError, Registry, log
 from .presets import make_config
-from .runs import sha256_file, save_json, resolve_run_dir, find_project_root, sweep_temporaries, writer_gone
+from .runs import sha256_file, save_json, resolve_run_dir, find_project_root, sweep_temporaries
 
 # %% auto #0
 __all__ = ['HUB_REPO', 'ARTIFACTS', 'Artifact', 'register_artifact', 'list_artifacts', 'get_artifact', 'hub_checksum', 'download',
@@ -124,10 +124,9 @@ def safe_members(archive) -> list:
 def unpack(archive_path, target) -> Path:
     "Extract a .zip or .tar(.gz) into `target` (all or nothing); return `target`."
     archive_path, target = Path(archive_path), Path(target)
+    if target.parent.is_dir(): sweep_temporaries(target.parent, recursive=False)  # a killed unpacking's folder, or record
     if target.exists(): return target
-    for left in target.parent.glob(f".{target.name}.part-*"):  # what a killed earlier unpacking left
-        if left.name.rsplit("-", 1)[1].isdigit() and writer_gone(int(left.name.rsplit("-", 1)[1])): shutil.rmtree(left, ignore_errors=True)
-    temporary = target.with_name(f".{target.name}.part-{os.getpid()}")
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.part.tmp")  # named as atomic_write names its temporaries
     shutil.rmtree(temporary, ignore_errors=True)
     try:
         if zipfile.is_zipfile(archive_path):
@@ -176,7 +175,6 @@ def fetch(name: str,  # a registered artifact (see `list_artifacts()`)
     data_dir = Path(data_dir) if Path(data_dir).is_absolute() else (find_project_root() or Path.cwd()) / data_dir
     if data_dir.exists() and not data_dir.is_dir(): raise Sre2lError(f"--data-dir {data_dir} is a file, not a folder")
     folder = data_dir / name / checksum[:16]  # one folder per archive: fetch.json always describes the files beside it
-    if folder.is_dir(): sweep_temporaries(folder, recursive=False)  # a killed run's half-written fetch.json
     unpacked = unpack(path, folder / "files")
     layout = find_layout(unpacked, artifact.kind)
     record = {"name": name, "file": artifact.filename, "repo": artifact.repo, "sha256": checksum, "source": str(path),

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -283,10 +284,12 @@ def writer_gone(pid: int) -> bool:
 
 # %% ../nbs/00g_runs.ipynb #30b130b2
 def sweep_temporaries(folder, recursive: bool = True):
-    "Delete temporaries that killed processes left under `folder` (atomic_write names carry the writer's pid)."
+    "Delete temporaries (files, or folders such as a half-unpacked archive) whose writers were killed: names carry the pid."
     for tmp in (Path(folder).rglob if recursive else Path(folder).glob)(".*.tmp"):
         parts = tmp.name[:-len(".tmp")].rsplit(".", 2)
-        if len(parts) == 3 and parts[1].isdigit() and writer_gone(int(parts[1])): tmp.unlink(missing_ok=True)
+        if not (len(parts) == 3 and parts[1].isdigit() and writer_gone(int(parts[1]))): continue
+        if tmp.is_dir() and not tmp.is_symlink(): shutil.rmtree(tmp, ignore_errors=True)
+        else: tmp.unlink(missing_ok=True)
 
 # %% ../nbs/00g_runs.ipynb #03bc9a6b
 def write_manifest(stage_dir,  # the stage's folder, e.g. runs/demo/recover
@@ -413,9 +416,6 @@ def require_stage(run_dir, stage: str, cfg: RunConfig) -> dict:
     "The manifest of an input stage, or a clear error when it has not run."
     manifest = stage_status(run_dir, stage, cfg)
     if manifest is None:
-        below = sorted(p for p in Path(run_dir).glob(f"*/{stage}/manifest.json"))  # aimed one level above a run?
-        if below: raise Sre2lError(f"{run_dir} is not a run folder with a finished {stage} stage, but {below[0].parent.parent} "
-                                   f"is: pass --run-dir {below[0].parent.parent}")
         raise Sre2lError(f"{Path(run_dir) / stage} has no finished {stage} stage; run `sre2l {stage} "
                          f"--run-dir {run_dir}` (same preset and --set values) first")
     return manifest

@@ -38,7 +38,7 @@ def test_fetch_after_a_killed_unpacking_equals_a_clean_fetch(tmp_path):
         get = lambda data: fetch("t_writer", None, source=tmp_path / "images.zip", sha256=checksum, data_dir=tmp_path / data)
         get("clean")
         folder = tmp_path / "killed" / "t_writer" / checksum[:16]
-        half = folder / f".files.part-{dead_pid()}"  # an unpacking killed half-way
+        half = folder / f".files.{dead_pid()}.part.tmp"  # an unpacking killed half-way
         (half / "images" / "new000").mkdir(parents=True); (half / "images" / "new000" / "x.jpg").write_bytes(b"half")
         (folder / f".fetch.json.{dead_pid()}.ab12.tmp").write_text("{half")  # and its record half-written
         get("killed")
