@@ -303,8 +303,14 @@ def _reproduce(args) -> int:
     from sre2l.tables import list_tables, get_table
     if args.calibrate:
         import dataclasses
-        rates = calibrate()
+        from sre2l.plan import calibration_targets, load_rates, plan_table
         target = rates_file() if args.rates in ("auto", "h100") else Path(args.rates)
+        runs = plan_table(get_table(args.table), args.run_dir, tuple(args.seeds or ()) or None, args.overrides) if args.table else []
+        rates = calibrate(pairs=calibration_targets(runs)[0], datasets=calibration_targets(runs)[1])
+        try: earlier = load_rates(str(target)) if target.is_file() else None
+        except Sre2lError: earlier = None  # a damaged file is replaced whole
+        if earlier:  # keep what earlier calibrations measured of other tables' small models
+            rates.models, rates.datasets = {**earlier.models, **rates.models}, {**earlier.datasets, **rates.datasets}
         save_json(target, dataclasses.asdict(rates))
         print(json.dumps(dataclasses.asdict(rates), indent=2)); print(f"saved to {target}"); return 0
     if not args.table:
@@ -364,7 +370,8 @@ def _reproduce_parser(verbs, argv):
                         "runs/rates.json if it exists, else h100 (default: %(default)s)")
     p.add_argument("--calibrate", action="store_true",
                    help="measure this machine (decoding per worker, ResNet-18 training, forward and recover rates, start-up) "
-                        "and save the rates to runs/rates.json (or the --rates file); run nothing else")
+                        "and save the rates to runs/rates.json (or the --rates file); with a table, also its small models at "
+                        "their batch sizes and its in-memory data sets (kept beside earlier tables'); run nothing else")
     p.add_argument("--render-only", action="store_true", help="run nothing; write the tables and figures from the finished cells")
     p.add_argument("--gpus", type=GPUS, default=None, metavar="0,1,...",
                    help="one papermill process per listed GPU (CUDA_VISIBLE_DEVICES); default: one process")

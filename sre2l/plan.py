@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import inspect
 import math
 import os
 import subprocess
@@ -22,9 +23,9 @@ from .runs import read_manifest, resolve_run_dir, find_project_root, load_json
 from .tables import Cell, TableSpec
 
 # %% auto #0
-__all__ = ['H100', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'CellRun', 'stage_key', 'plan_table', 'Rates', 'model_cost', 'split_sizes',
-           'stage_work', 'predict_cost', 'calibrate', 'rates_file', 'checked_rates', 'load_rates', 'duration',
-           'finished', 'plan_report']
+__all__ = ['H100', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'SMALL_PAIR', 'CellRun', 'stage_key', 'plan_table', 'Rates', 'model_cost',
+           'pair_key', 'model_pairs', 'split_sizes', 'stage_work', 'predict_cost', 'calibration_targets', 'calibrate',
+           'rates_file', 'checked_rates', 'load_rates', 'duration', 'finished', 'plan_report']
 
 # %% ../nbs/05c_plan.ipynb #a6ce977f
 @dataclass
@@ -72,6 +73,9 @@ class Rates:
     decode: float = 0.0025  # seconds one worker takes to decode and resize one ImageNet-sized JPEG
     workers: int = 16  # decoding processes
     startup: float = 15.0  # seconds a stage run spends starting (kernel, imports, model building)
+    models: dict = field(default_factory=dict)  # measured images/s of small models: {pair_key: {'train', 'forward', 'class_bn', 'recover'}}
+    datasets: dict = field(default_factory=dict)  # seconds a stage spends opening an in-memory data set (both splits), by name
+    crop_draw: float = 0.0  # seconds per image of the seeded per-image crop draws (whole-split students, region labels)
 
 H100 = Rates("one H100 80 GB with 16 CPU cores", "bench/RESULTS.md, 2026-11-22 (compute); decoding: the 2-core "
              "development machine's seconds per image and worker (`bench/decode.py`), not yet measured on the GPU machine")
@@ -99,6 +103,25 @@ def model_cost(name: str, resolution: int, channels: int = 3, classes: int = 100
     try: return max(1e-4, macs(name, classes, channels, resolution, small_input) / macs("resnet18", 1000, 3, 224, False))
     except Exception: return 1.0  # a model that cannot be built here (timm, a file): counted as a ResNet-18
 
+# %% ../nbs/05c_plan.ipynb #fcfc5d3d
+def pair_key(model: str, resolution: int, channels: int, classes: int, small_input: bool, batch: int) -> str:
+    "The name a model's measured rates go under in `Rates.models`: its shape and the batch it computes in."
+    return f"{model} {resolution}px {channels}ch {classes} classes{' small-input' if small_input else ''} batch {batch}"
+
+# %% ../nbs/05c_plan.ipynb #4dc9a3e0
+def model_pairs(cfg: RunConfig) -> dict:
+    "What each use of a model in a run computes with: (model, resolution, channels, classes, small input, batch)."
+    from sre2l.train import evaluate
+    EVAL_BATCH = inspect.signature(evaluate).parameters["batch_size"].default  # the teacher's test evaluations
+    from sre2l.data import data_spec
+    spec, s, v, l = data_spec(cfg.data), cfg.squeeze, cfg.validate, cfg.relabel
+    teacher = (s.model, spec.resolution, spec.channels, spec.num_classes, s.small_input)
+    forward_batch = (512 // l.num_seg) * l.num_seg if l.mode == "region" else l.batch_size  # region: num_seg crops an image
+    return {"squeeze": (*teacher, s.batch_size), "recover": (*teacher, cfg.recover.batch_size), "relabel": (*teacher, forward_batch),
+            "validate": (v.model, spec.resolution, spec.channels, spec.num_classes, v.small_input, l.batch_size),
+            "online": (*teacher, l.batch_size), "teacher_test": (*teacher, EVAL_BATCH),
+            "student_test": (v.model, spec.resolution, spec.channels, spec.num_classes, v.small_input, v.eval_batch_size)}
+
 # %% ../nbs/05c_plan.ipynb #50adc5e8
 def split_sizes(cfg: RunConfig) -> tuple[int, int]:
     "(training, test) images of the configured data set (an imagenet-shape folder: from its dataset.json)."
@@ -125,10 +148,15 @@ class _Shape:
         self.train, self.test = split_sizes(self.cfg)
         self.images, self.res, self.files = spec.num_classes * self.cfg.recover.ipc, spec.resolution, float(spec.files)
         self.labelled = self.train if self.cfg.relabel.images == "train" and self.cfg.relabel.mode == "region" else self.images
-        s, v, shape = self.cfg.squeeze, self.cfg.validate, (spec.channels, spec.num_classes)
-        self.teacher = model_cost(s.model, spec.resolution, *shape, s.small_input)
-        self.student = model_cost(v.model, spec.resolution, *shape, v.small_input)
-        self.bytes_per_image = spec.channels * spec.resolution ** 2
+        self.pairs, self.bytes_per_image = model_pairs(self.cfg), spec.channels * spec.resolution ** 2
+        self.opening = self.rates.datasets.get(self.cfg.data.name, 0.0)  # reading an in-memory set (0: not measured)
+
+    def seconds(self, use: str, kind: str, n: float) -> float:
+        "Seconds for `n` images of `kind` work in `use` (a key of `model_pairs`): the pair's measured rate, else MACs."
+        pair, base = self.pairs[use], kind.removesuffix("_bf16")
+        measured = self.rates.models.get(pair_key(*pair), {}).get(base)
+        if measured: return n / (measured * getattr(self.rates, kind) / getattr(self.rates, base))
+        return n * model_cost(*pair[:5]) / getattr(self.rates, kind)
 
     def fits(self, n: int) -> bool: return n * self.bytes_per_image <= self.cfg.data.cache_bytes  # decoded once
     def decode_files(self, n: float) -> float: return self.files * _decoding(n, IMAGENET_PIXELS, self.rates)
@@ -136,47 +164,51 @@ class _Shape:
 
 # %% ../nbs/05c_plan.ipynb #8cf5c1bc
 def _squeeze_work(w: _Shape) -> dict:
-    "Teacher training, the class-statistics pass and one test evaluation."
-    s, rates = w.cfg.squeeze, w.rates
+    "Teacher training, the class-statistics pass and its two test evaluations (trained, then with its statistics)."
+    s = w.cfg.squeeze
     trained, class_bn = not (s.weights or s.checkpoint), s.class_bn != "none"
     passes = s.epochs * trained + s.class_bn_epochs * class_bn
-    return {"compute": (w.train * (s.epochs * trained / rates.train + s.class_bn_epochs * class_bn / rates.class_bn)
-                        + w.test / rates.forward) * w.teacher,
+    return {"compute": w.seconds("squeeze", "train", w.train * s.epochs * trained) + w.opening
+                       + w.seconds("squeeze", "class_bn", w.train * s.class_bn_epochs * class_bn) + w.seconds("teacher_test", "forward", 2 * w.test),
             "decode": w.decode_files(w.train * (min(passes, 1) if w.fits(w.train) else passes) + w.test)}
 
 # %% ../nbs/05c_plan.ipynb #76ca5386
 def _recover_work(w: _Shape) -> dict:
     "Optimisation steps (none for a real subset), the teacher's check on the images, the files read."
-    r, rates = w.cfg.recover, w.rates
+    r = w.cfg.recover
     cycle = sum(1 - (k % 8) / 8 for k in range(r.ipc)) / r.ipc if r.iteration_schedule == "prism-cyclic" else 1
     extra_bn = len([t for t in r.bn_teachers.split(",") if t.strip()]) * r.bn_teacher_prob
-    steps = 0 if r.method == "real" else w.images * r.iterations * cycle * (1 + extra_bn) * w.teacher
-    return {"compute": steps / (rates.recover_bf16 if r.precision == "bf16" else rates.recover) + w.images * w.teacher / rates.forward,
-            "decode": w.decode_distilled() + w.decode_files(w.images * (r.method == "real" or r.init == "real"))}
+    steps = 0 if r.method == "real" else w.images * r.iterations * cycle * (1 + extra_bn)
+    reads_real = r.method == "real" or r.init == "real"
+    return {"compute": w.seconds("recover", "recover_bf16" if r.precision == "bf16" else "recover", steps)
+                       + w.seconds("recover", "forward", w.images) + w.opening * reads_real,
+            "decode": w.decode_distilled() + w.decode_files(w.images * reads_real)}
 
 # %% ../nbs/05c_plan.ipynb #f4273a57
 def _relabel_work(w: _Shape) -> dict:
     "The teachers' forward passes over every stored crop (and the optional test evaluation)."
-    l, rates = w.cfg.relabel, w.rates
+    l = w.cfg.relabel
     crops = w.labelled * l.num_crops if l.mode == "region" else min(w.images, l.batch_size) * _kept(w.images, l)
     teachers = 1 + len([t for t in l.teachers.split(",") if t.strip()])
-    read = w.decode_files(w.train) if w.labelled == w.train and w.labelled != w.images else w.decode_distilled()
-    return {"compute": (crops * teachers + l.evaluate * w.test) * w.teacher / rates.forward,
+    whole_split = w.labelled == w.train and w.labelled != w.images
+    read = w.decode_files(w.train) if whole_split else w.decode_distilled()
+    draws = w.labelled * w.rates.crop_draw if l.mode == "region" else 0.0  # each image's seeded pool of crops
+    return {"compute": w.seconds("relabel", "forward", crops * teachers) + w.seconds("teacher_test", "forward", l.evaluate * w.test) + draws
+                       + w.opening * (whole_split or l.evaluate),
             "decode": read + l.evaluate * w.decode_files(w.test)}
 
 # %% ../nbs/05c_plan.ipynb #1a4cf4c1
 def _validate_work(w: _Shape) -> dict:
     "Student training (with the teacher's forward for online labels) and every test evaluation."
-    v, rates = w.cfg.validate, w.rates
-    evaluations = math.ceil(v.epochs / max(v.eval_every, 1))
-    online = w.teacher / 3 if v.labels == "online" else 0
-    train_rate = rates.train_bf16 if v.precision == "bf16" else rates.train
-    if v.images == "train":  # the whole split, decoded every pass, crops_per_image crops of each image
-        return {"compute": v.epochs * w.train * v.crops_per_image * (w.student + online) / train_rate
-                           + evaluations * w.test * w.student / rates.forward,
-                "decode": w.decode_files(w.train * v.epochs + w.test * (1 if w.fits(w.test) else evaluations))}
-    return {"compute": v.epochs * w.images * (w.student + online) / train_rate + evaluations * w.test * w.student / rates.forward,
-            "decode": w.decode_distilled() + w.decode_files(w.test * (1 if w.fits(w.test) else evaluations))}
+    v = w.cfg.validate
+    evaluations, whole_split = math.ceil(v.epochs / max(v.eval_every, 1)), v.images == "train"
+    trained = v.epochs * (w.train * v.crops_per_image if whole_split else w.images)  # images through the student
+    compute = (w.seconds("validate", "train_bf16" if v.precision == "bf16" else "train", trained) + w.opening
+               + w.seconds("online", "forward", trained) * (v.labels == "online")
+               + w.seconds("student_test", "forward", evaluations * w.test) + trained * w.rates.crop_draw * whole_split)
+    if whole_split:  # the whole split, decoded every pass, crops_per_image crops of each image
+        return {"compute": compute, "decode": w.decode_files(w.train * v.epochs + w.test * (1 if w.fits(w.test) else evaluations))}
+    return {"compute": compute, "decode": w.decode_distilled() + w.decode_files(w.test * (1 if w.fits(w.test) else evaluations))}
 
 # %% ../nbs/05c_plan.ipynb #284c09d5
 def _kept(images: int, l) -> int:
@@ -241,25 +273,78 @@ def _decode_seconds(files: int = 16) -> float:
         return (time.perf_counter() - start) / files
 
 # %% ../nbs/05c_plan.ipynb #b66f0d5e
-def _recover_rate(teacher, device, images: int) -> float:
-    "Image-iterations per second of the kit's recover steps on `teacher` (224 px), set-up excluded."
+def _recover_rate(teacher, device, images: int, spec=None) -> float:
+    "Image-iterations per second of the kit's recover steps on `teacher` (default: 1000 classes at 224 px), set-up excluded."
+    from unittest import mock
     from sre2l.core import RecoverConfig
     from sre2l.data import DatasetSpec, IMAGENET_MEAN, IMAGENET_STD
     from sre2l.recover import WorkUnit, recover_group
-    spec = DatasetSpec("calibrate", 1000, 224, 3, IMAGENET_MEAN, IMAGENET_STD)
-    unit = [WorkUnit(("cross-class", 0, 0), [(c, 0) for c in range(images)])]
+    spec = spec or DatasetSpec("calibrate", 1000, 224, 3, IMAGENET_MEAN, IMAGENET_STD)
+    unit = [WorkUnit(("cross-class", 0, 0), [(c % spec.num_classes, c // spec.num_classes) for c in range(images)])]
     def seconds(steps):
         start = time.perf_counter()
-        recover_group(teacher, unit, spec, RecoverConfig(iterations=steps), 0, device)
+        with mock.patch.dict(os.environ, SRE2L_NO_PROGRESS="1"):  # no bar for a measurement
+            recover_group(teacher, unit, spec, RecoverConfig(iterations=steps), 0, device)
         if device.type == "cuda": __import__("torch").cuda.synchronize()
         return time.perf_counter() - start
     seconds(1)  # warm-up
     return images * 4 / max(seconds(6) - seconds(2), 1e-9)
 
+# %% ../nbs/05c_plan.ipynb #e1f92b8a
+def _pair_rates(pair: tuple, device) -> dict:
+    "Measured images/s of one (model, resolution, channels, classes, small input, batch): train, forward, class_bn, recover."
+    import torch, torch.nn.functional as F
+    from sre2l.data import DatasetSpec
+    from sre2l.models import ClassBNStats, create_model
+    from sre2l.train import augment
+    model_name, res, channels, classes, small, batch = pair
+    spec = DatasetSpec("calibrate", classes, res, channels, (0.5,) * channels, (0.25,) * channels)
+    model = create_model(model_name, classes, channels, res, small).to(device)
+    x = torch.randint(0, 256, (batch, channels, res, res), dtype=torch.uint8, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    def train_step():
+        loss = F.cross_entropy(model(augment(x, spec, "rrc", flip=True)), y); optimizer.zero_grad(); loss.backward(); optimizer.step()
+    rates = {"train": _per_second(train_step, batch, device)}
+    model.eval().requires_grad_(False)
+    with torch.no_grad(): rates["forward"] = _per_second(lambda: model(augment(x, spec)), batch, device)
+    with ClassBNStats(model, classes, "ema") as stats: rates["class_bn"] = _per_second(lambda: stats.update(augment(x, spec), y), batch, device)
+    return {**rates, "recover": _recover_rate(model, device, batch, spec)}
+
+# %% ../nbs/05c_plan.ipynb #872aa14c
+def _crop_draw_seconds(images: int = 512) -> float:
+    "Seconds per image of the seeded per-image crop draws a whole-split student and region labels make."
+    import torch
+    from sre2l.validate import split_crops
+    cfg, which = make_config("fashion-mnist"), torch.arange(images)
+    sizes = torch.tensor([[28, 28]]).expand(images, 2)
+    split_crops(which[:16], sizes[:16], 0, cfg)  # warm-up
+    start = time.perf_counter(); split_crops(which, sizes, 0, cfg)
+    return (time.perf_counter() - start) / images
+
+# %% ../nbs/05c_plan.ipynb #6b9ab416
+def _opening_seconds(data) -> float:
+    "Seconds a stage spends opening the data set a `DataConfig` names, both splits (an in-memory set: reading it whole)."
+    from sre2l.data import open_split
+    start = time.perf_counter()
+    for split in ("train", "test"): open_split(data, split)
+    return time.perf_counter() - start
+
+# %% ../nbs/05c_plan.ipynb #c8a9e3e0
+SMALL_PAIR = 64  # calibrate measures a pair whose batch costs at most this many ResNet-18 images at 224 px
+
+def calibration_targets(runs: list) -> tuple[list, list]:
+    "The small (model, batch) pairs and the in-memory data sets of a table's runs: what `calibrate` measures for it."
+    pairs = {p for r in runs for p in model_pairs(r.cfg).values() if model_cost(*p[:5]) * p[5] <= SMALL_PAIR}
+    data = {r.cfg.data.name: r.cfg.data for r in runs if r.cfg.data.name in SPLIT_SIZES and "imagenet" not in r.cfg.data.name}
+    return sorted(pairs), list(data.values())
+
 # %% ../nbs/05c_plan.ipynb #b544a8d8
 def calibrate(device: str = "auto",  # 'auto', 'cpu', 'cuda' or 'cuda:N'
-              batch: int = 0) -> Rates:  # images per step (0 = 32 on a CPU, 128 on a GPU)
-    "Measure this machine's `Rates`: decoding, and ResNet-18 training, forward and recover steps at 224 px."
+              batch: int = 0,  # images per step (0 = 32 on a CPU, 128 on a GPU)
+              pairs=(),  # (model, resolution, channels, classes, small input, batch) tuples to measure as well
+              datasets=()) -> Rates:  # `DataConfig`s of in-memory data sets whose opening to time
+    "Measure this machine's `Rates`: decoding, ResNet-18 at 224 px training, forward and recover steps, and the pairs asked for."
     import platform, torch, torch.nn.functional as F, torchvision
     from sre2l.core import pick_device
     from sre2l.data import default_workers
@@ -284,12 +369,14 @@ def calibrate(device: str = "auto",  # 'auto', 'cpu', 'cuda' or 'cuda:N'
     recover = _recover_rate(model.to(memory_format=torch.channels_last), dev, batch if dev.type == "cuda" else 8)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import sre2l.train, torchvision; torchvision.models.resnet18()"], check=True)
+    startup = time.perf_counter() - start
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine()
     return Rates(f"{where} with {cores} CPU cores", f"sre2l reproduce --calibrate, {time.strftime('%Y-%m-%d')}, torch "
                  f"{torch.__version__}", dev.type, train, train_bf16, forward, class_bn, recover,
-                 recover if dev.type != "cuda" else H100.recover_bf16, _decode_seconds(),
-                 default_workers(), time.perf_counter() - start)
+                 recover if dev.type != "cuda" else H100.recover_bf16, _decode_seconds(), default_workers(), startup,
+                 {pair_key(*p): _pair_rates(tuple(p), dev) for p in pairs}, {d.name: _opening_seconds(d) for d in datasets},
+                 _crop_draw_seconds())
 
 # %% ../nbs/05c_plan.ipynb #08b932cd
 def rates_file() -> Path:
@@ -299,16 +386,23 @@ def rates_file() -> Path:
 # %% ../nbs/05c_plan.ipynb #b8a257a5
 def checked_rates(data, source) -> Rates:  # source: where the data came from, for messages
     "Rates from a dict read from a file: every key known (else the nearest is named), every figure finite and positive."
-    known = {f.name: f for f in dataclasses.fields(Rates)}
+    known, may_be_zero = {f.name: f for f in dataclasses.fields(Rates)}, ("startup", "crop_draw", "datasets")
+    def number(value, whole=False, zero=False):
+        return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and (value >= 0 if zero else value > 0) and (not whole or value == int(value)))
     if not isinstance(data, dict): raise Sre2lError(f"{source} holds no JSON object of rates")
     for key, value in data.items():
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
             raise Sre2lError(f"{source}: unknown key {key!r}; " + (f"did you mean {close[0]}?" if close else f"known keys: {', '.join(known)}"))
         kind = known[key].type
-        if kind in ("float", "int") and not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                                             and (value >= 0 if key == "startup" else value > 0) and (kind == "float" or value == int(value))):
+        if kind in ("float", "int") and not number(value, kind == "int", key in may_be_zero):
             raise Sre2lError(f"{source}: {key}={value!r} is not a {'whole' if kind == 'int' else 'finite'} number above 0")
+        entries = [(f"{key}[{name!r}]", figure) for name, entry in value.items()
+                   for figure in (entry.values() if isinstance(entry, dict) else [entry])] if isinstance(value, dict) else []
+        if kind == "dict" and (not isinstance(value, dict) or not all(number(f, zero=key in may_be_zero) for _, f in entries)):
+            bad = next((where for where, f in entries if not number(f, zero=key in may_be_zero)), key)
+            raise Sre2lError(f"{source}: {bad} is not a table of finite numbers above 0")
     missing = [k for k, f in known.items() if f.default is dataclasses.MISSING and k not in data]
     if missing: raise Sre2lError(f"{source} lacks {', '.join(missing)}")
     if data.get("device", "cuda") not in ("cuda", "cpu"): raise Sre2lError(f"{source}: device={data['device']!r} is not 'cuda' or 'cpu'")
