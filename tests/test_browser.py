@@ -139,7 +139,8 @@ def test_a_lesson_opened_run_and_saved_in_jupyterlab_leaves_git_status_clean(cle
     try:
         driver.get(f"{url}/lab/tree/nbs/00_core.ipynb")
         wait_for(driver, f"{NOTEBOOK}.sessionContext.session.kernel.status === 'idle'", "the kernel")
-        first = wait_for(driver, saved, "the notebook to load")
+        # loaded (JupyterLab may mark it modified on opening: waiting for `saved` here waited for its 2-minute autosave)
+        first = wait_for(driver, f"{NOTEBOOK}.context.isReady && {NOTEBOOK}.context.contentsModel.last_modified", "the notebook to load")
         driver.execute_script("window.jupyterapp.commands.execute('docmanager:save')")
         first = wait_for(driver, f"({saved}) !== {first!r} && ({saved})", "the save")
         assert status() == "", status()  # opened and saved: clean
