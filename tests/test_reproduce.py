@@ -137,6 +137,23 @@ def test_driver_runs_shares_and_reports(driven):
     assert json.loads(executed.read_text())["cells"], "the executed notebook is kept in the cell's folder"
 
 
+def test_jobs_in_reused_kernels_make_the_files_one_process_makes(driven, tmp_path):
+    """The driver keeps one kernel from job to job (its namespace reset between them); a stage must not depend on
+    what ran before it in its process. The same table run in this pytest process (after whatever other tests ran
+    here) writes every stage file byte for byte as the reused kernels did; only timed files (manifests, logs,
+    progress) differ. The failing cell in between discarded its kernel, so both paths are covered."""
+    import hashlib
+    root, name, _ = driven
+    reproduce(name, tmp_path / "runs", tmp_path / "figures", inline=True)
+    def files(stages):
+        timed = {"manifest.json", "log.txt", "progress.json"}
+        return {str(p.relative_to(stages)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(stages.rglob("*")) if p.is_file() and p.name not in timed}
+    engine, inline = files(root / "runs" / name / "stages"), files(tmp_path / "runs" / name / "stages")
+    assert len(engine) > 20 and any(k.endswith("student.safetensors") for k in engine)
+    assert engine == inline, sorted(k for k in engine.keys() | inline.keys() if engine.get(k) != inline.get(k))[:10]
+
+
 def test_a_failed_cell_names_its_notebook_and_does_not_stop_the_others(driven):
     root, name, report = driven
     broken = next(c for c in report["cells"] if c["column"] == "broken")
