@@ -105,7 +105,7 @@ class SqueezeConfig:
 @dataclass
 class RecoverConfig:
     "Stage 2: synthesise images by matching the teacher's BatchNorm statistics."
-    method: Literal["sre2l", "real"] = "sre2l"  # BN matching, or a seeded random real subset (baseline)
+    method: Literal["sre2l", "real", "rded"] = "sre2l"  # BN matching, a seeded random real subset, or RDED's selection
     ipc: int = 10  # images per class
     iterations: int = 500  # optimisation steps per batch
     iteration_schedule: Literal["constant", "prism-cyclic"] = "constant"  # prism: x (1 - (k mod 8) / 8)
@@ -122,6 +122,11 @@ class RecoverConfig:
     crop: bool = True  # one random-resized crop per step (the CIFAR-100 script turns it off)
     crop_scale_min: float = 0.08  # RandomResizedCrop scale, lower end
     crop_scale_max: float = 1.0  # RandomResizedCrop scale, upper end
+    crop_schedule: Literal["none", "step", "linear", "cosine"] = "none"  # CDA: the lower end from the upper one down, easy to hard
+    crop_milestone: float = 0.0  # CDA: fraction of the iterations the schedule spans (CDA's default 0 turns it off)
+    select_images: int = 300  # RDED: real images per class whose crops compete (its mipc)
+    select_candidates: int = 5  # RDED: square candidate crops per real image (its num_crop, m)
+    select_factor: int = 2  # RDED: patches per side of a stitched image (factor x factor patches)
     flip: bool = True  # one random horizontal flip per step
     jitter: int = 32  # roll jitter in pixels
     jitter_mode: Literal["one-sided", "symmetric"] = "one-sided"  # shifts in [0, J] (SRe2L) or [-J, J]
@@ -183,6 +188,7 @@ class ValidateConfig:
     weight_decay: float = 0.01  # weight decay
     decay_bn_bias: bool = False  # also decay BatchNorm and bias parameters (the Tiny and CIFAR scripts do)
     warmup_epochs: int = 0  # linear warm-up epochs before the per-epoch cosine
+    lr_stretch: float = 1.0  # the cosine runs over stretch x epochs: 1 ends at 0, 2 at half the rate (RDED, EDC's zeta)
     images: Literal["distilled", "train"] = "distilled"  # the distilled set, or (FKD) the whole training split
     labels: Literal["stored", "online", "hard"] = "stored"  # the relabel store, the teacher online, or the classes
     crops_per_image: int = 1  # FKD: crops of one image in a batch, from its stored pool (training split only)
@@ -206,6 +212,8 @@ class ValidateConfig:
 class RunConfig:
     "Everything one run of the pipeline needs."
     preset: str = "digits"  # the preset these values came from
+    method: str = "sre2l"  # the distillation method whose settings were applied (see sre2l.methods)
+    recipe: str = ""  # the evaluation recipe whose settings were applied ('' = the preset's own; see sre2l.methods)
     seed: int = 0  # master seed of recover, relabel and validate; every work unit derives its own from it
     device: str = "auto"  # 'auto', 'cpu', 'cuda' or 'cuda:N'
     tracker: Literal["none", "tensorboard", "wandb"] = "none"  # also send per-epoch rows and loss curves there
@@ -282,6 +290,8 @@ LIMITS = {  # allowed ranges: [ ] include the end, ( ) exclude it; every float m
     "recover.ipc": "[1, 100000]", "recover.iterations": "[1, 10000000]", "recover.lr": "(0, inf)", "recover.r_bn": "[0, inf)",
     "recover.first_bn_multiplier": "[0, inf)", "recover.bn_teacher_prob": "[0, 1]", "recover.batch_size": "[1, 1000000]",
     "recover.crop_scale_min": "(0, 1]", "recover.crop_scale_max": "(0, 1]", "recover.jitter": "[0, 10000]",
+    "recover.crop_milestone": "[0, 1]", "recover.select_images": "[1, 100000000]", "recover.select_candidates": "[1, 100000]",
+    "recover.select_factor": "[1, 64]", "validate.lr_stretch": "[1, 100]",
     "recover.jpeg_quality": "[1, 100]", "recover.group_images": "[1, 100000000]", "recover.snapshot_every": "[0, 10000000]",
     "relabel.epochs": "[1, 100000]", "relabel.batch_size": "[1, 1000000]", "relabel.num_crops": "[1, 100000]",
     "relabel.num_seg": "[1, 100000]", "relabel.teacher_temperature": "(0, inf)", "relabel.crop_scale_min": "(0, 1]",
@@ -341,6 +351,10 @@ def _rule(cfg) -> list:
         (r.iteration_schedule == "prism-cyclic" and r.batch_mode != "cross-class",
          "recover.iteration_schedule=prism-cyclic needs recover.batch_mode=cross-class"),
         (r.crop_scale_min > r.crop_scale_max, f"recover.crop_scale_min={r.crop_scale_min} exceeds recover.crop_scale_max={r.crop_scale_max}"),
+        (r.crop_schedule != "none" and not r.crop, f"recover.crop_schedule={r.crop_schedule} schedules the crop: it needs recover.crop=true"),
+        (r.method == "rded" and r.select_images < r.ipc * r.select_factor ** 2,
+         f"recover.method=rded keeps recover.ipc x select_factor^2 = {r.ipc * r.select_factor ** 2} patches a class, one per real "
+         f"image: recover.select_images={r.select_images} is fewer"),
         (l.crop_scale_min > l.crop_scale_max, f"relabel.crop_scale_min={l.crop_scale_min} exceeds relabel.crop_scale_max={l.crop_scale_max}"),
         (l.mode == "region" and l.num_crops % l.num_seg != 0,
          f"relabel.num_crops={l.num_crops} must be a multiple of relabel.num_seg={l.num_seg}"),
@@ -411,7 +425,9 @@ def notebook_overrides(namespace: dict, before: set,
 # %% ../nbs/00_core.ipynb #0dfae581
 STAGES = ("squeeze", "recover", "relabel", "validate")
 _WHERE_AND_HOW_FAST = ("root", "workers", "cache_bytes")  # data keys that change where and how fast, not what
-_ADDED_LATER = {("relabel", "pruning_rule"): "exact"}  # fields added after stores existed: hashed only when not default
+_ADDED_LATER = {("relabel", "pruning_rule"): "exact", ("recover", "crop_schedule"): "none", ("recover", "crop_milestone"): 0.0,
+                ("recover", "select_images"): 300, ("recover", "select_candidates"): 5, ("recover", "select_factor"): 2,
+                ("validate", "lr_stretch"): 1.0}  # fields added after stores existed: hashed only when not default
 
 def config_dict(cfg: RunConfig) -> dict:
     "The configuration as plain JSON-ready data."

@@ -293,11 +293,14 @@ def load_split(name: str,  # registered data-set name
 # %% ../nbs/00a_data.ipynb #5e4f4460
 @NAME_CHECKS.register("data set")
 def _data_set_problems(cfg) -> list[str]:
-    "What `check_config` refuses about the data set: an unknown name or class count, top-k beyond the classes."
+    "What `check_config` refuses about the data set: an unknown name or class count, top-k beyond the classes, an RDED factor."
     try: spec = get_dataset(cfg.data.name, cfg.data.num_classes)
     except Sre2lError as error: return [str(error)]
     if cfg.relabel.logits == "topk" and cfg.relabel.topk > spec.num_classes:
         return [f"relabel.topk={cfg.relabel.topk} exceeds the {spec.num_classes} classes of {spec.name}"]
+    if cfg.recover.method == "rded" and spec.resolution % cfg.recover.select_factor:
+        return [f"recover.select_factor={cfg.recover.select_factor} does not divide the {spec.resolution} px images of {spec.name}: "
+                f"RDED stitches factor x factor equal patches (allowed: {', '.join(str(f) for f in range(1, spec.resolution + 1) if spec.resolution % f == 0 and f <= 8)})"]
     return []
 
 # %% ../nbs/00a_data.ipynb #5dd671b9

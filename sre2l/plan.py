@@ -174,15 +174,17 @@ def _squeeze_work(w: _Shape) -> dict:
 
 # %% ../nbs/05c_plan.ipynb #76ca5386
 def _recover_work(w: _Shape) -> dict:
-    "Optimisation steps (none for a real subset), the teacher's check on the images, the files read."
+    "Optimisation steps (none for a real subset), RDED's candidate forwards, the teacher's check on the images, the files read."
     r = w.cfg.recover
     cycle = sum(1 - (k % 8) / 8 for k in range(r.ipc)) / r.ipc if r.iteration_schedule == "prism-cyclic" else 1
     extra_bn = len([t for t in r.bn_teachers.split(",") if t.strip()]) * r.bn_teacher_prob
-    steps = 0 if r.method == "real" else w.images * r.iterations * cycle * (1 + extra_bn)
-    reads_real = r.method == "real" or r.init == "real"
+    steps = 0 if r.method in ("real", "rded") else w.images * r.iterations * cycle * (1 + extra_bn)
+    real = w.images // r.ipc * min(r.select_images, w.train * r.ipc // w.images) if r.method == "rded" else 0  # RDED's pool
+    reads_real = r.method in ("real", "rded") or r.init == "real"
     return {"compute": w.seconds("recover", "recover_bf16" if r.precision == "bf16" else "recover", steps)
+                       + w.seconds("teacher_test", "forward", real * r.select_candidates)  # candidates, padded to the canvas
                        + w.seconds("recover", "forward", w.images) + w.opening * reads_real,
-            "decode": w.decode_distilled() + w.decode_files(w.images * reads_real)}
+            "decode": w.decode_distilled() + w.decode_files(w.images * (r.init == "real" or r.method == "real") + real)}
 
 # %% ../nbs/05c_plan.ipynb #f4273a57
 def _relabel_work(w: _Shape) -> dict:

@@ -31,6 +31,13 @@ def _with(cfg: RunConfig, **changes) -> RunConfig:
         set_value(cfg, key.replace("__", "."), value)
     return cfg
 
+# %% ../nbs/00f_presets.ipynb #e2b21df6
+def _method(cfg: RunConfig, name: str) -> RunConfig:
+    "Apply a registered method's settings to `cfg` (sre2l.methods): the LPLD presets are SRe2L's plus LPLD."
+    from sre2l.methods import method_settings
+    for text in method_settings(name): set_value(cfg, *_split_override(text))
+    return cfg
+
 # %% ../nbs/00f_presets.ipynb #26580eda
 @register_preset("digits", source="kit demo: scikit-learn digits at 16 px, CPU in seconds")
 def _digits():
@@ -58,13 +65,13 @@ def _fashion_mnist():
 @register_preset("lpld_digits", source="kit demo of LPLD on digits: class-wise BN targets, one class per batch")
 def _lpld_digits():
     cfg = _digits(); cfg.preset = "lpld_digits"
-    return _with(cfg, squeeze__class_bn="ema", recover__bn_target="class", recover__batch_mode="within-class")
+    return _method(cfg, "lpld")
 
 # %% ../nbs/00f_presets.ipynb #53837f2e
 @register_preset("lpld_fashion-mnist", source="kit recipe: LPLD class-wise BN recovery on Fashion-MNIST")
 def _lpld_fashion_mnist():
     cfg = _fashion_mnist(); cfg.preset = "lpld_fashion-mnist"
-    return _with(cfg, squeeze__class_bn="ema", recover__bn_target="class", recover__batch_mode="within-class")
+    return _method(cfg, "lpld")
 
 # %% ../nbs/00f_presets.ipynb #de40ed5a
 @register_preset("sre2l_in1k", source="VILA-Lab/SRe2L recover.sh, generate_soft_label.py, train_FKD.sh")
@@ -112,28 +119,27 @@ def _sre2l_cifar100():
 # %% ../nbs/00f_presets.ipynb #ebb48770
 @register_preset("lpld_in1k", source="he-y/soft-label-pruning-for-dataset-distillation imagenet1k_forward/recover.sh, LPLD_in1k_[4k].yaml")
 def _lpld_in1k():
-    cfg = _sre2l_in1k(); cfg.preset = "lpld_in1k"
-    return _with(cfg, squeeze__class_bn="ema", squeeze__augment="rrc", squeeze__flip=True, squeeze__batch_size=256,
-                 recover__bn_target="class", recover__batch_mode="within-class", recover__batch_size=50,
+    cfg = _method(_sre2l_in1k(), "lpld"); cfg.preset = "lpld_in1k"
+    return _with(cfg, squeeze__augment="rrc", squeeze__flip=True, squeeze__batch_size=256,
+                 recover__batch_size=50,
                  relabel__batch_size=128, relabel__pruning_rule="lpld")
 
 # %% ../nbs/00f_presets.ipynb #1bdf95d3
 @register_preset("lpld_tiny", source="he-y/soft-label-pruning-for-dataset-distillation tiny_forward, tiny_recover.sh, LPLD_tiny_[4k].yaml")
 def _lpld_tiny():
-    cfg = _sre2l_tiny(); cfg.preset = "lpld_tiny"
-    return _with(cfg, squeeze__class_bn="ema", recover__bn_target="class", recover__batch_mode="within-class",
-                 recover__r_bn=0.05, recover__batch_size=100, relabel__batch_size=64, relabel__pruning_rule="lpld",
+    cfg = _method(_sre2l_tiny(), "lpld"); cfg.preset = "lpld_tiny"
+    return _with(cfg, recover__r_bn=0.05, recover__batch_size=100, relabel__batch_size=64, relabel__pruning_rule="lpld",
                  validate__labels="stored")  # LPLD trains from (pruned) stored labels
 
 # %% ../nbs/00f_presets.ipynb #8a80b4d9
 @register_preset("lpld_in21k", source="he-y/soft-label-pruning-for-dataset-distillation in21k_recover.sh, LPLD_in21k_[2k].yaml "
                  "(teacher: the user's resnet18_21k checkpoint, --set squeeze.checkpoint=...)")
 def _lpld_in21k():
-    cfg = _sre2l_in1k(); cfg.preset = "lpld_in21k"
+    cfg = _method(_sre2l_in1k(), "lpld"); cfg.preset = "lpld_in21k"
     return _with(cfg, data__name="imagenet-21k", squeeze__model="timm:resnet18", squeeze__weights="",
-                 squeeze__class_bn="ema", squeeze__augment="rrc", squeeze__flip=True, squeeze__batch_size=256,
+                 squeeze__augment="rrc", squeeze__flip=True, squeeze__batch_size=256,
                  recover__ipc=10, recover__iterations=2000, recover__lr=0.05, recover__r_bn=0.25,
-                 recover__bn_target="class", recover__batch_mode="within-class", recover__batch_size=10,
+                 recover__batch_size=10,
                  relabel__batch_size=32, relabel__mix="none", relabel__flip=False, relabel__cutout=True,
                  relabel__pruning_rule="lpld",
                  validate__lr=2e-3)
@@ -154,11 +160,14 @@ def _prism_in1k():
 # %% ../nbs/00f_presets.ipynb #fbe5c5b7
 def make_config(preset: str = "digits",  # preset name
                 overrides: list[str] | dict | None = None):  # 'key=value' strings or a {key: value} dict
-    "A checked `RunConfig` from a preset plus `--set` style overrides (`check_config` refuses what cannot work)."
+    "A checked `RunConfig` from a preset, a method's and a recipe's settings (`method=`, `recipe=`), then `--set` overrides."
     import sre2l.data, sre2l.models  # noqa: F401 (they add the checks of data-set and model names to check_config)
+    from sre2l.methods import method_settings
     cfg = PRESETS.lookup(preset)()
-    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides or []]
-    for key, value in items: set_value(cfg, key, value)
+    items = list(overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides or []])
+    chosen = {k: str(v) for k, v in items if k in ("method", "recipe")}  # the last one of each, applied first
+    for key, value in [*map(_split_override, method_settings(chosen.get("method", ""), chosen.get("recipe", ""))), *items]:
+        set_value(cfg, key, value)
     return check_config(cfg)
 
 # %% ../nbs/00f_presets.ipynb #eec24dfe

@@ -27,11 +27,11 @@ from .train import evaluate, to_device, batches, open_tracker, Tracker
 
 # %% auto #0
 __all__ = ['MAX_CURVE_POINTS', 'DRAW_CHUNK', 'recover_plain', 'WorkUnit', 'work_units', 'unit_iterations', 'unit_stats',
-           'trace_bn_inputs', 'has_bn', 'MatchingLoss', 'draw_augmentation', 'stack_draws', 'augment_units',
-           'bn_targets', 'initial_images', 'draw_bn_teachers', 'valid_range', 'to_uint8', 'group_loss', 'draw_steps',
-           'recover_group', 'group_units', 'write_record', 'record_holds', 'unit_name', 'check_teacher', 'GroupRunner',
-           'track_curves', 'run_recover', 'import_distilled', 'recovered_vs_real', 'unit_snapshots', 'trajectory',
-           'trajectory_gif', 'explorer']
+           'trace_bn_inputs', 'has_bn', 'MatchingLoss', 'draw_augmentation', 'crop_scale_bound', 'stack_draws',
+           'augment_units', 'bn_targets', 'initial_images', 'draw_bn_teachers', 'valid_range', 'to_uint8', 'group_loss',
+           'draw_steps', 'recover_group', 'group_units', 'write_record', 'record_holds', 'unit_name', 'check_teacher',
+           'GroupRunner', 'track_curves', 'run_recover', 'import_distilled', 'recovered_vs_real', 'unit_snapshots',
+           'trajectory', 'trajectory_gif', 'explorer']
 
 # %% ../nbs/02_recover.ipynb #d0e5c97d
 def recover_plain(teacher: nn.Module,  # frozen teacher in eval mode
@@ -181,13 +181,26 @@ class MatchingLoss(nn.Module):
         return ce, bn
 
 # %% ../nbs/02_recover.ipynb #660d2693
-def draw_augmentation(rc: RecoverConfig, height: int, width: int, gen: torch.Generator) -> tuple:
+def draw_augmentation(rc: RecoverConfig, height: int, width: int, gen: torch.Generator,
+                      scale_min: float | None = None) -> tuple:  # the crop scale's lower end this step (CDA); None: rc's
     "One unit's (crop box or None, flip, (dy, dx)) for one step, drawn in a fixed order."
-    box = sample_crop_boxes(1, height, width, (rc.crop_scale_min, rc.crop_scale_max), generator=gen)[0] if rc.crop else None
+    scale = (rc.crop_scale_min if scale_min is None else scale_min, rc.crop_scale_max)
+    box = sample_crop_boxes(1, height, width, scale, generator=gen)[0] if rc.crop else None
     flip = bool(torch.rand(1, generator=gen).item() < 0.5) if rc.flip else False
     low = -rc.jitter if rc.jitter_mode == "symmetric" else 0
     shift = tuple(torch.randint(low, rc.jitter + 1, (2,), generator=gen).tolist()) if rc.jitter else (0, 0)
     return box, flip, shift
+
+# %% ../nbs/02_recover.ipynb #d515b6e3
+def crop_scale_bound(step: int,  # 0-based iteration
+                     iterations: int,  # the unit's iteration budget T
+                     rc: RecoverConfig) -> float:
+    "CDA's lower end of the crop scale at `step`: from crop_scale_max down to crop_scale_min over milestone x T steps."
+    low, high, span = rc.crop_scale_min, rc.crop_scale_max, rc.crop_milestone * iterations
+    if rc.crop_schedule == "none" or step >= span: return low
+    if rc.crop_schedule == "step": return high
+    shape = 1 - step / span if rc.crop_schedule == "linear" else (1 + math.cos(math.pi * step / span)) / 2  # CDA's order
+    return low + (high - low) * shape
 
 # %% ../nbs/02_recover.ipynb #104ebcc9
 def stack_draws(draws: list, device="cpu") -> tuple:
@@ -257,9 +270,11 @@ def group_loss(matching, extras: list, x_aug: torch.Tensor, labels: torch.Tensor
 MAX_CURVE_POINTS = 10_000  # loss-curve points kept per unit (every k-th step beyond that)
 DRAW_CHUNK = 1_000  # steps whose augmentation is drawn, and moved to the device, at once
 
-def draw_steps(gens: list, rc: RecoverConfig, size: int, count: int, device) -> tuple:
+def draw_steps(gens: list, rc: RecoverConfig, size: int, count: int, device,
+               first: int = 0, iterations: int = 0) -> tuple:  # the chunk's first step and the budget (CDA's schedule)
     "(boxes, flips, shifts) of `count` steps of every unit, drawn in step order from each unit's generator, on `device`."
-    steps = [stack_draws([draw_augmentation(rc, size, size, g) for g in gens]) for _ in range(count)]
+    bounds = [crop_scale_bound(first + k, iterations, rc) for k in range(count)]
+    steps = [stack_draws([draw_augmentation(rc, size, size, g, low) for g in gens]) for low in bounds]
     boxes = None if steps[0][0] is None else torch.stack([b for b, _, _ in steps]).to(device)
     return boxes, torch.stack([f for _, f, _ in steps]).to(device), torch.stack([s for _, _, s in steps]).to(device)
 
@@ -294,7 +309,7 @@ def recover_group(teacher: nn.Module,  # frozen teacher in eval mode (logits and
     for step in progress(range(iterations), desc=f"recover steps, {units} unit{'s' * (units > 1)}", leave=False):
         # the augmentation of the next DRAW_CHUNK steps, drawn in the same order as step by step and moved to the
         # device at once: no host-to-device copy (and so no wait for the GPU) inside the steps
-        if step % DRAW_CHUNK == 0: boxes, flips, shifts = draw_steps(gens, rc, spec.resolution, min(DRAW_CHUNK, iterations - step), device)
+        if step % DRAW_CHUNK == 0: boxes, flips, shifts = draw_steps(gens, rc, spec.resolution, min(DRAW_CHUNK, iterations - step), device, step, iterations)
         optimizer.param_groups[0]["lr"] = 0.5 * (1 + math.cos(math.pi * step / iterations)) * rc.lr
         i = step % DRAW_CHUNK
         draws = (None if boxes is None else boxes[i], flips[i], shifts[i])
@@ -454,7 +469,7 @@ def track_curves(tracker, loss_dir: Path):
 # %% ../nbs/02_recover.ipynb #4866ff67
 def run_recover(cfg: RunConfig, run_dir,
                 shard: tuple | None = None) -> dict:  # (index, count) of this process; default from torchrun's env
-    "Stage 2: recovered (or, with method='real', randomly chosen real) images in `run_dir/recover/images`."
+    "Stage 2: recovered images in `run_dir/recover/images` (method='real': a random real subset; 'rded': RDED's selection)."
     began = time.perf_counter()
     run_dir, done = open_stage(run_dir, "recover", cfg)
     if done is not None: return done
@@ -470,6 +485,9 @@ def run_recover(cfg: RunConfig, run_dir,
     start, store = time.perf_counter(), hash_json(stage_config(cfg, "recover"))
     _preflight_images(cfg, spec, out)
     if rc.method == "sre2l": units = _recover_groups(teacher, spec, cfg, run_dir, device, shard, store)
+    elif rc.method == "rded":  # RDED: selection of real patches in place of recovery (sre2l.selection)
+        from sre2l.selection import select_images
+        select_images(cfg, spec, teacher, image_dir, store, device); units = []
     else: _copy_real_subset(cfg, spec, image_dir, store); units = []
     seconds = time.perf_counter() - start
     missing = sum(not record_holds(out, unit_name(u), u.files(image_dir, rc.image_format), store) for u in units)

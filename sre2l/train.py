@@ -97,10 +97,11 @@ def augment(images: torch.Tensor,  # uint8 [B, C, H, W] on the device
 def epoch_factor(epoch: int,  # 0-based epoch
                  epochs: int,  # total epochs
                  warmup_epochs: int = 0,  # linear warm-up epochs
-                 start_factor: float = 0.01):  # factor at epoch 0 of the warm-up
-    "Learning-rate multiplier of `epoch`: linear warm-up, then cosine to zero."
+                 start_factor: float = 0.01,  # factor at epoch 0 of the warm-up
+                 stretch: float = 1.0):  # the cosine spans stretch x the epochs after warm-up: 2 ends at half (RDED, EDC)
+    "Learning-rate multiplier of `epoch`: linear warm-up, then cosine (to zero, or stretched to end higher)."
     if epoch < warmup_epochs: return start_factor + (1 - start_factor) * epoch / warmup_epochs
-    return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)))
+    return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / (stretch * max(1, epochs - warmup_epochs))))
 
 # %% ../nbs/00d_train.ipynb #ba2bd96c
 def param_groups(model: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict]:

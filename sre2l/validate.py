@@ -209,7 +209,7 @@ def train_student(student: nn.Module,
         if world > 1 else student
     for epoch in progress(range(start, vc.epochs), status=status if rank == 0 else None, desc="validate epochs",
                           initial=start, total=vc.epochs, disable=rank > 0):
-        for group in optimizer.param_groups: group["lr"] = vc.lr * epoch_factor(epoch, vc.epochs, vc.warmup_epochs)
+        for group in optimizer.param_groups: group["lr"] = vc.lr * epoch_factor(epoch, vc.epochs, vc.warmup_epochs, stretch=vc.lr_stretch)
         student.train(); began, total, steps = time.perf_counter(), torch.zeros((), device=device), 0
         for x, target, y in batches(epoch):
             if vc.channels_last: x = x.contiguous(memory_format=torch.channels_last)
