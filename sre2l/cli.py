@@ -270,6 +270,19 @@ def _presets(args) -> int:
     for name in list_presets(): print(f"{name:18} {PRESET_SOURCES[name]}")
     return 0
 
+# %% ../nbs/06_cli.ipynb #68aa14b5
+def _methods(args) -> int:
+    "`sre2l methods`: the distillation methods and evaluation recipes, with what they change and their sources."
+    from sre2l.methods import METHODS, RECIPES
+    for name in METHODS.names():
+        m = METHODS[name]
+        print(f"{name:16} {m.about}\n{'':16} sets: {', '.join(m.settings()) or '(the kit defaults)'}; its recipe: {m.recipe}\n{'':16} {m.source}")
+    print()
+    for name in RECIPES.names():
+        r = RECIPES[name]
+        print(f"recipe {name:9} {r.about}; reports the {r.reports} epoch" + (f"; not yet: {r.missing}" if r.missing else "") + f"\n{'':16} {r.source}")
+    return 0
+
 # %% ../nbs/06_cli.ipynb #aa25f161
 def _config(args) -> int: print(json.dumps(config_dict(make_config(args.preset, args.overrides)), indent=2)); return 0
 
@@ -293,6 +306,9 @@ def _tool_parsers(verbs, argv):
               "report. Each stage's log is RUN_DIR/STAGE/log.txt (follow it with tail -f).")
     p.add_argument("run_dir", type=FOLDER_IN, help="run folder, or a table folder such as runs/reproduce/demo")
     _verb(verbs, "presets", _presets, argv, "list the presets and where their values come from")
+    _verb(verbs, "methods", _methods, argv, "list the distillation methods (method=NAME) and evaluation recipes (recipe=NAME)",
+          "Each method is the settings it changes in squeeze, recover, relabel and validate; give --set method=NAME "
+          "(and --set recipe=NAME) to any verb or table. Listed with their papers and official code.")
     _common(_verb(verbs, "config", _config, argv, "print a preset's full recipe: the resolved configuration as JSON", keys=True))
 
 # %% ../nbs/06_cli.ipynb #5e1c7a2d

@@ -61,6 +61,7 @@ class Recipe:
     reports: str = "last"  # the epoch the paper reports: 'last' or 'best' (tables show the last; 'best' beside it)
     missing: str = ""  # parts of the recipe the kit does not implement yet
 
+# %% ../nbs/00i_methods.ipynb #ea7b4c0a
 RECIPES = Registry("recipe")  # {name: Recipe}
 
 def register_recipe(recipe: Recipe) -> Recipe:

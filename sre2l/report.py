@@ -19,7 +19,8 @@ from .tables import TableSpec, pruned
 
 # %% auto #0
 __all__ = ['gather', 'summarise', 'render_markdown', 'render_latex', 'render_csv', 'best_of', 'rank', 'render_rankings',
-           'images_figure', 'pruning_lines', 'pruning_figure', 'storage_figure', 'environments', 'write_report']
+           'images_figure', 'pruning_lines', 'pruning_figure', 'storage_figure', 'gains_figure', 'environments',
+           'write_report']
 
 # %% ../nbs/05e_report.ipynb #0c61a988
 def gather(runs: list[CellRun], failed: dict | None = None) -> list[dict]:
@@ -37,6 +38,8 @@ def gather(runs: list[CellRun], failed: dict | None = None) -> list[dict]:
             row["best_top1"] = validate["metrics"].get("best_test_top1", row["top1"])  # DD-Ranking's accuracy
             if "test_top5" in validate["metrics"]: row["top5"] = validate["metrics"]["test_top5"]
             if "seconds_per_epoch" in validate["timings"]: row["seconds_per_epoch"] = validate["timings"]["seconds_per_epoch"]
+            recover = finished(run, "recover") if "recover" in run.keys else None
+            if recover: row["distill_seconds"] = recover["timings"]["seconds"]  # recovery or selection, the teacher excluded
         else:
             reasons = [(failed or {}).get(run.keys[s]) for s in STAGES if s in run.keys]
             row["problem"] = next((r for r in reasons if r), "not run")
@@ -60,9 +63,19 @@ def summarise(spec: TableSpec, rows: list[dict]) -> list[dict]:
                  "predicted_label_bytes": next((r["predicted_label_bytes"] for r in mine if "predicted_label_bytes" in r), None),
                  "paper_label_gb": cell.paper_label_gb, "source": cell.source,
                  "problems": sorted({r["problem"] for r in mine if "problem" in r}),
-                 "seconds_per_epoch": statistics.mean(s) if (s := [r["seconds_per_epoch"] for r in mine if "seconds_per_epoch" in r]) else None}
+                 "seconds_per_epoch": statistics.mean(s) if (s := [r["seconds_per_epoch"] for r in mine if "seconds_per_epoch" in r]) else None,
+                 "distill_seconds": statistics.mean(s) if (s := [r["distill_seconds"] for r in mine if "distill_seconds" in r]) else None,
+                 "best_measured": statistics.mean(s) if (s := [r["best_top1"] for r in mine if "best_top1" in r]) else None,
+                 "reports_best": _reports_best(cell.overrides)}
         out.append(entry)
     return out
+
+# %% ../nbs/05e_report.ipynb #7ab665c1
+def _reports_best(overrides) -> bool:
+    "Whether a cell's recipe (its recipe=... setting) is one whose paper reports the best epoch rather than the last."
+    from sre2l.methods import RECIPES
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")]
+    return bool(names) and names[-1] in RECIPES and RECIPES[names[-1]].reports == "best"
 
 # %% ../nbs/05e_report.ipynb #d627fd30
 def _number(value, std=None, digits=2) -> str:
@@ -88,6 +101,10 @@ def _columns(spec: TableSpec, summary: list[dict]) -> list:
                 "none" if e.get("predicted_label_bytes") == 0 else  # online KD and hard labels store nothing
                 (f"{human_bytes(e['predicted_label_bytes'])} predicted" if e.get("predicted_label_bytes") is not None else "-"))]
     if all(e["paper"] is None for e in summary): del columns[3:5]  # a kit table: no paper, no delta
+    if any(e.get("reports_best") for e in summary):  # the paper's own reporting, labelled, beside the last epoch
+        columns.insert(3, ("best epoch (%)", lambda e: _number(e["best_measured"]) if e.get("reports_best") else "-"))
+    if spec.distillation:
+        columns.append(("distillation (s)", lambda e: f"{e['distill_seconds']:.3g}" if e.get("distill_seconds") is not None else "-"))
     if spec.speed:
         columns.append(("s/epoch", lambda e: f"{e['seconds_per_epoch']:.3g}" if e.get("seconds_per_epoch") is not None else "-"))
     if any(e["paper_label_gb"] is not None for e in summary):
@@ -275,6 +292,23 @@ def storage_figure(summary: list[dict]):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/05e_report.ipynb #737ac99e
+def gains_figure(spec: TableSpec, summary: list[dict]):
+    "Each method's gain over random real images: synthesis (under the common recipe) and its own recipe, stacked."
+    import matplotlib.pyplot as plt
+    value = {(e["row"], e["column"]): e["measured"] for e in summary}
+    bars = [(g.method, value.get((g.method, g.common)), value.get((g.baseline, g.common)), value.get((g.method, g.own)))
+            for g in spec.gains]
+    bars = [(name, mine - base, own - mine) for name, mine, base, own in bars if None not in (mine, base, own)]
+    if not bars: return None
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(bars) + 1.2))
+    names, synthesis, recipe = zip(*bars)
+    ax.barh(names, synthesis, color="tab:blue", label="synthesis (common recipe, over random real)")
+    ax.barh(names, recipe, left=synthesis, color="tab:orange", label="own recipe (over the common one)")
+    ax.axvline(0, color="black", lw=0.8); ax.invert_yaxis()
+    ax.set(xlabel="top-1 gain (points)", title=f"{spec.name}: what synthesis buys, what the recipe buys"); ax.legend(fontsize=8)
+    return fig
+
 # %% ../nbs/05e_report.ipynb #a83208b3
 def environments(runs: list[CellRun]) -> list[dict]:
     "The distinct environments (package versions, CPU, threads, GPU) that the runs' finished stages recorded."
@@ -298,7 +332,7 @@ def write_report(spec: TableSpec, runs: list[CellRun], out_dir="figures/tables",
     summary = summarise(spec, rows)
     pictures = []
     for name, figure in (("images", images_figure(runs)), ("pruning", pruning_figure(runs, summary)),
-                         ("storage", storage_figure(summary))):
+                         ("storage", storage_figure(summary)), ("gains", gains_figure(spec, summary))):
         if figure is None: continue
         with atomic_write(out / f"{name}.png") as f: figure.savefig(f, format="png", dpi=110, bbox_inches="tight")
         plt.close(figure)

@@ -149,3 +149,26 @@ def test_cda_with_milestone_0_recovers_sre2l_images_and_with_1_others(teacher_ru
     off = _hashes(_recover(teacher_run, "cda-off", ["method=cda", "recover.crop_milestone=0"])[1] / "recover" / "images")
     cda = _hashes(_recover(teacher_run, "cda", ["method=cda"])[1] / "recover" / "images")
     assert off == sre2l and cda != sre2l and len(cda) == 20
+
+
+def test_the_family_table_separates_synthesis_from_recipe(tmp_path):
+    """family_ci as `.ci/run` made it (or made here): every cell measured, RDED's selection far cheaper than SRe2L's
+    recovery, the RDED images under LPLD's 40x pruning measured, and the synthesis-against-recipe chart drawn."""
+    import json
+    from conftest import ROOT, run, tool
+    from sre2l.plan import finished, plan_table
+    from sre2l.tables import get_table
+    spec = get_table("family_ci")
+    runs = plan_table(spec, ROOT / "runs" / "reproduce")
+    out = ROOT / "figures" / "tables"
+    if not all(finished(r, s) is not None for r in runs for s in r.keys):
+        result = run([tool("sre2l"), "reproduce", "family_ci", "--run-dir", tmp_path / "runs", "--out", tmp_path / "tables"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        out = tmp_path / "tables"
+    report = json.loads((out / "family_ci" / "results.json").read_text())
+    cells = {(c["row"], c["column"]): c for c in report["cells"]}
+    assert report["measured"] == len(spec.cells) == 15
+    assert cells[("IPC 10, RDED", "SRe2L's recipe, 40x labels")]["label_bytes"] < cells[("IPC 10, RDED", "SRe2L's recipe, full labels")]["label_bytes"]
+    assert cells[("IPC 10, RDED", "SRe2L's recipe, full labels")]["distill_seconds"] < cells[("IPC 10, SRe2L", "SRe2L's recipe, full labels")]["distill_seconds"]
+    assert cells[("IPC 10, RDED", "RDED's recipe (online teacher)")]["reports_best"] and "best epoch (%)" in (out / "family_ci" / "family_ci.md").read_text()
+    assert (out / "family_ci" / "gains.png").stat().st_size > 1000
