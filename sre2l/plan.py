@@ -307,10 +307,10 @@ def _pair_rates(pair: tuple, device) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     def train_step():
         loss = F.cross_entropy(model(augment(x, spec, "rrc", flip=True)), y); optimizer.zero_grad(); loss.backward(); optimizer.step()
-    rates = {"train": _per_second(train_step, batch, device)}
+    rates = {"train": _per_second(train_step, batch, device, repeats=8)}  # small steps: more of them
     model.eval().requires_grad_(False)
-    with torch.no_grad(): rates["forward"] = _per_second(lambda: model(augment(x, spec)), batch, device)
-    with ClassBNStats(model, classes, "ema") as stats: rates["class_bn"] = _per_second(lambda: stats.update(augment(x, spec), y), batch, device)
+    with torch.no_grad(): rates["forward"] = _per_second(lambda: model(augment(x, spec)), batch, device, repeats=8)
+    with ClassBNStats(model, classes, "ema") as stats: rates["class_bn"] = _per_second(lambda: stats.update(augment(x, spec), y), batch, device, repeats=8)
     return {**rates, "recover": _recover_rate(model, device, batch, spec)}
 
 # %% ../nbs/05c_plan.ipynb #872aa14c

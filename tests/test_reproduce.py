@@ -229,8 +229,9 @@ def test_the_ci_rehearsal_runs_end_to_end_and_the_dry_run_predicts_its_stages(tm
 
 def test_the_dry_run_predicts_small_models_from_their_measured_pairs(tmp_path):
     """fashion_mnist_ci (a ConvNet at 28 px, where MACs mislead): after `sre2l reproduce fashion_mnist_ci --calibrate`,
-    every stage of 3 s or more (below that a stage is mostly set-up the model does not count: loading a teacher, a
-    store) and the total are predicted within 1.5x; the same rates without the measured pairs
+    the total is predicted within 1.5x and every stage of 3 s or more within 2x (below 3 s a stage is mostly set-up
+    the model does not count: loading a teacher, a store; a single stage moves with whatever else the machine did
+    while it ran, as the rehearsal's check allows); the same rates without the measured pairs
     (ResNet-18's rate scaled by MACs) predict less than half of the total."""
     import dataclasses, os
     from conftest import ROOT
@@ -257,7 +258,7 @@ def test_the_dry_run_predicts_small_models_from_their_measured_pairs(tmp_path):
             predicted = predict_cost(r.cfg, rates)["seconds"][stage]
             totals["measured"] += measured; totals["pairs"] += predicted
             totals["macs"] += predict_cost(r.cfg, dataclasses.replace(rates, models={}))["seconds"][stage]
-            if measured >= 3: assert 1 / 1.5 <= measured / predicted <= 1.5, (stage, r.cell.name, measured, predicted)
+            if measured >= 3: assert 0.5 <= measured / predicted <= 2, (stage, r.cell.name, measured, predicted)
     assert 1 / 1.5 <= totals["measured"] / totals["pairs"] <= 1.5 and totals["macs"] < totals["measured"] / 2, totals
 
 
