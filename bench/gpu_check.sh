@@ -32,7 +32,7 @@ if [ "$mode" = gpu ]; then
   step relabel python bench/relabel.py --variant resnet18-224 --epochs 1
   step "relabel, FKD regions" python bench/relabel.py --mode region --variant resnet18-224
   step validate python bench/validate.py --variant resnet18-224 --epochs 1
-  step "RDED selection" python bench/select.py --variant resnet18-224 --device cuda
+  step "RDED selection" python bench/selection.py --variant resnet18-224 --device cuda
   step "decoding, 16 workers and on the GPU" python bench/decode.py --classes 100 --workers 16 --device cuda
   step "GPU tests: two CUDA runs agree" python bench/determinism.py --device cuda --set relabel.epochs=5 --set recover.iterations=100
   step "rehearsal, 1000 classes, shortened (stages in this process)" python -m sre2l.cli reproduce imagenet_rehearsal \
@@ -43,7 +43,7 @@ else
   step relabel python bench/relabel.py --variant cpu --epochs 1
   step "relabel, FKD regions" python bench/relabel.py --mode region --variant cpu
   step validate python bench/validate.py --variant cpu --epochs 1
-  step "RDED selection" python bench/select.py --variant cpu
+  step "RDED selection" python bench/selection.py --variant cpu
   step decoding python bench/decode.py --classes 4 --val-per-class 8 --workers 2
   step "determinism: two runs agree" python bench/determinism.py --device cpu --set relabel.epochs=2 --set recover.iterations=20
   # CI runs `sre2l reproduce imagenet_rehearsal_ci` once already: here only the 1000-class rehearsal's plan

@@ -323,12 +323,12 @@ def _family_fashion_mnist():
 
 # %% ../nbs/05b_tables.ipynb #f7bd452b
 _FAMILY_PAPERS = {  # ImageNet-1K and Tiny-ImageNet, ResNet-18 students, top-1 (%) as the papers report them
-    ("imagenet-1k", 10): {"SRe2L": (21.3, "EDC, NeurIPS 2024, Table 1"), "CDA": (33.5, "secondary: the RD3 paper's note, not CDA's README"),
-                          "RDED": (42.0, "RDED README and abstract; EDC Table 1")},
-    ("imagenet-1k", 50): {"SRe2L": (46.8, "CDA README img/results.png"), "CDA": (53.5, "CDA README img/results.png"),
-                          "RDED": (56.5, "EDC Table 1, quoting RDED")},
-    ("tiny-imagenet", 50): {"SRe2L": (41.1, "CDA README img/results.png"), "CDA": (48.7, "CDA README img/results.png"),
-                            "RDED": (58.2, "EDC Table 1, quoting RDED")}}
+    ("imagenet-1k", 10): {"SRe2L": (21.3, "EDC (Shao et al., NeurIPS 2024), Table 1"), "CDA": (33.5, "secondary: the RD3 paper (ICLR 2026) quoting CDA (TMLR 2024); not in CDA's README"),
+                          "RDED": (42.0, "RDED (Sun et al., CVPR 2024), README and abstract; EDC (NeurIPS 2024) Table 1")},
+    ("imagenet-1k", 50): {"SRe2L": (46.8, "CDA (Yin, Shen, TMLR 2024), its README img/results.png"), "CDA": (53.5, "CDA (Yin, Shen, TMLR 2024), its README img/results.png"),
+                          "RDED": (56.5, "EDC (NeurIPS 2024) Table 1, quoting RDED (CVPR 2024)")},
+    ("tiny-imagenet", 50): {"SRe2L": (41.1, "CDA (Yin, Shen, TMLR 2024), its README img/results.png"), "CDA": (48.7, "CDA (Yin, Shen, TMLR 2024), its README img/results.png"),
+                            "RDED": (58.2, "EDC (NeurIPS 2024) Table 1, quoting RDED (CVPR 2024)")}}
 
 def _family_paper(data: str, preset: str, recipe: str) -> list:
     "The papers' family cells on one data set, each method with its own recipe and the paper's number."

@@ -1,4 +1,4 @@
-"""RDED selection: classes per second of a loop shaped like RDED's official one and of the kit's, in one run.
+"""RDED selection: real images per second of a loop shaped like RDED's official one and of the kit's, in one run.
 
 (a) reference: shaped like LINs-lab/RDED synthesize/main.py and utils.py: per class a DataLoader over the class's
     `mipc` real images (PIL images, as ImageFolder gives them), `m` square RandomResizedCrops per image
@@ -8,8 +8,8 @@
 (b) kit: the class's images as one uint8 tensor on the device, every candidate box drawn at once, one batched
     resample, padded forwards of up to 512 patches, `choose_patches` and `stitch` (sre2l.selection.select_class).
 
-    python bench/select.py                     # CPU: 28 px, 10 classes x 100 images, ConvNet (the Fashion-MNIST shape)
-    python bench/select.py --variant resnet18-224 --device cuda   # ImageNet shape: 224 px, 300 images x 5 crops, ResNet-18
+    python bench/selection.py                     # CPU: 28 px, 10 classes x 100 images, ConvNet (the Fashion-MNIST shape)
+    python bench/selection.py --variant resnet18-224 --device cuda   # ImageNet shape: 224 px, 300 images x 5 crops, ResNet-18
 
 The images are random; the observer has random weights (the work does not depend on them).
 """
@@ -76,8 +76,8 @@ def main(argv=None):
     for fn in (reference, kit): fn(observer, data[0], 0, v, device)  # warm-up
     rows = [(f"{name} ({what})", timed(lambda: [fn(observer, data[c], c, v, device) for c in range(v["classes"])], device))
             for name, what, fn in (("reference", "RDED-shaped loop", reference), ("kit", "select_class", kit))]
-    print(f"# bench/select.py --variant {args.variant}: {machine(device)}; {v['classes']} classes x {v['mipc']} images x {v['m']} crops")
-    print_table("RDED selection", "classes/s", rows, v["classes"])
+    print(f"# bench/selection.py --variant {args.variant}: {machine(device)}; {v['classes']} classes x {v['mipc']} images x {v['m']} crops")
+    print_table("RDED selection", "real images/s (each cropped m times)", rows, v["classes"] * v["mipc"])
     print(f"kit / reference: {rows[0][1] / rows[1][1]:.2f}x faster")
 
 
