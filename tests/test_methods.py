@@ -172,3 +172,9 @@ def test_the_family_table_separates_synthesis_from_recipe(tmp_path):
     assert cells[("IPC 10, RDED", "SRe2L's recipe, full labels")]["distill_seconds"] < cells[("IPC 10, SRe2L", "SRe2L's recipe, full labels")]["distill_seconds"]
     assert cells[("IPC 10, RDED", "RDED's recipe (online teacher)")]["reports_best"] and "best epoch (%)" in (out / "family_ci" / "family_ci.md").read_text()
     assert (out / "family_ci" / "gains.png").stat().st_size > 1000
+
+
+def test_a_method_that_names_a_stage_the_pipeline_does_not_have_is_refused():
+    from sre2l.methods import Method
+    bad = Method("distill-only", "changes a stage that is not one", "a test", {"distill": ("recover.ipc=1",)})
+    with pytest.raises(ConfigError, match="changes \\['distill'\\], which are not stages"): bad.settings()
