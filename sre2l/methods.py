@@ -32,7 +32,8 @@ class Method:
 METHODS = Registry("method")  # {name: Method}
 
 def register_method(method: Method) -> Method:
-    "Add a method to the registry (its settings are checked when a configuration uses it)."
+    "Add a method to the registry; one that names a stage the pipeline does not have is refused here."
+    method.settings()
     return METHODS.add(method.name, method, method.source)
 
 # %% ../nbs/00i_methods.ipynb #e0242583
