@@ -30,7 +30,7 @@ def gather(runs: list[CellRun], failed: dict | None = None) -> list[dict]:
     for run in runs:
         row = {"cell": run.cell.name, "row": run.cell.row, "column": run.cell.column, "seed": run.seed,
                "preset": run.cell.preset, "overrides": list(run.cell.overrides),
-               "predicted_label_bytes": predict_cost(run.cfg)["label_bytes"]}
+               "predicted_label_bytes": predict_cost(run.cfg)["label_bytes"], "reports_best": _reports_best(run.cfg.recipe)}
         validate, relabel = finished(run, "validate"), finished(run, "relabel") if "relabel" in run.keys else None
         if relabel: row["label_bytes"] = label_bytes(relabel)
         if validate:
@@ -66,16 +66,15 @@ def summarise(spec: TableSpec, rows: list[dict]) -> list[dict]:
                  "seconds_per_epoch": statistics.mean(s) if (s := [r["seconds_per_epoch"] for r in mine if "seconds_per_epoch" in r]) else None,
                  "distill_seconds": statistics.mean(s) if (s := [r["distill_seconds"] for r in mine if "distill_seconds" in r]) else None,
                  "best_measured": statistics.mean(s) if (s := [r["best_top1"] for r in mine if "best_top1" in r]) else None,
-                 "reports_best": _reports_best(cell.overrides)}
+                 "reports_best": any(r["reports_best"] for r in mine)}
         out.append(entry)
     return out
 
 # %% ../nbs/05e_report.ipynb #7ab665c1
-def _reports_best(overrides) -> bool:
-    "Whether a cell's recipe (its recipe=... setting) is one whose paper reports the best epoch rather than the last."
+def _reports_best(recipe: str) -> bool:
+    "Whether a run's evaluation recipe (cfg.recipe) is one whose paper reports the best epoch rather than the last."
     from sre2l.methods import RECIPES
-    names = [o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")]
-    return bool(names) and names[-1] in RECIPES and RECIPES[names[-1]].reports == "best"
+    return recipe in RECIPES and RECIPES[recipe].reports == "best"
 
 # %% ../nbs/05e_report.ipynb #d627fd30
 def _number(value, std=None, digits=2) -> str:
