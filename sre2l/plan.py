@@ -23,9 +23,9 @@ from .runs import read_manifest, resolve_run_dir, find_project_root, load_json
 from .tables import Cell, TableSpec
 
 # %% auto #0
-__all__ = ['H100', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'SMALL_PAIR', 'CellRun', 'stage_key', 'plan_table', 'Rates', 'model_cost',
-           'pair_key', 'model_pairs', 'split_sizes', 'stage_work', 'predict_cost', 'calibration_targets', 'calibrate',
-           'rates_file', 'checked_rates', 'load_rates', 'duration', 'finished', 'plan_report']
+__all__ = ['H100', 'SPLIT_SIZES', 'IMAGENET_PIXELS', 'SMALL_PAIR', 'PAIR_WORK', 'CellRun', 'stage_key', 'plan_table', 'Rates',
+           'model_cost', 'pair_key', 'model_pairs', 'split_sizes', 'stage_work', 'predict_cost', 'calibration_targets',
+           'calibrate', 'rates_file', 'checked_rates', 'load_rates', 'duration', 'finished', 'plan_report']
 
 # %% ../nbs/05c_plan.ipynb #a6ce977f
 @dataclass
@@ -293,8 +293,9 @@ def _recover_rate(teacher, device, images: int, spec=None) -> float:
     return images * 4 / max(seconds(6) - seconds(2), 1e-9)
 
 # %% ../nbs/05c_plan.ipynb #e1f92b8a
-def _pair_rates(pair: tuple, device) -> dict:
-    "Measured images/s of one (model, resolution, channels, classes, small input, batch): train, forward, class_bn, recover."
+def _pair_rates(pair: tuple, device,
+                kinds=("train", "forward", "class_bn", "recover")) -> dict:  # the work measured (what the pair is used for)
+    "Measured images/s of one (model, resolution, channels, classes, small input, batch) for each of `kinds`."
     import torch, torch.nn.functional as F
     from sre2l.data import DatasetSpec
     from sre2l.models import ClassBNStats, create_model
@@ -307,11 +308,14 @@ def _pair_rates(pair: tuple, device) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     def train_step():
         loss = F.cross_entropy(model(augment(x, spec, "rrc", flip=True)), y); optimizer.zero_grad(); loss.backward(); optimizer.step()
-    rates = {"train": _per_second(train_step, batch, device, repeats=8)}  # small steps: more of them
+    rates = {"train": _per_second(train_step, batch, device, repeats=8)} if "train" in kinds else {}  # small steps: more of them
     model.eval().requires_grad_(False)
-    with torch.no_grad(): rates["forward"] = _per_second(lambda: model(augment(x, spec)), batch, device, repeats=8)
-    with ClassBNStats(model, classes, "ema") as stats: rates["class_bn"] = _per_second(lambda: stats.update(augment(x, spec), y), batch, device, repeats=8)
-    return {**rates, "recover": _recover_rate(model, device, batch, spec)}
+    if "forward" in kinds:
+        with torch.no_grad(): rates["forward"] = _per_second(lambda: model(augment(x, spec)), batch, device, repeats=8)
+    if "class_bn" in kinds:
+        with ClassBNStats(model, classes, "ema") as stats: rates["class_bn"] = _per_second(lambda: stats.update(augment(x, spec), y), batch, device, repeats=8)
+    if "recover" in kinds: rates["recover"] = _recover_rate(model, device, batch, spec)
+    return rates
 
 # %% ../nbs/05c_plan.ipynb #872aa14c
 def _crop_draw_seconds(images: int = 512) -> float:
@@ -336,17 +340,22 @@ def _opening_seconds(data) -> float:
 
 # %% ../nbs/05c_plan.ipynb #c8a9e3e0
 SMALL_PAIR = 64  # calibrate measures a pair whose batch costs at most this many ResNet-18 images at 224 px
+PAIR_WORK = {"squeeze": ("train", "class_bn"), "recover": ("recover", "forward"), "relabel": ("forward",),
+             "validate": ("train",), "online": ("forward",), "teacher_test": ("forward",), "student_test": ("forward",)}
 
-def calibration_targets(runs: list) -> tuple[list, list]:
-    "The small (model, batch) pairs and the in-memory data sets of a table's runs: what `calibrate` measures for it."
-    pairs = {p for r in runs for p in model_pairs(r.cfg).values() if model_cost(*p[:5]) * p[5] <= SMALL_PAIR}
+def calibration_targets(runs: list) -> tuple[dict, list]:
+    "The small (model, batch) pairs of a table's runs with the work each is used for, and its in-memory data sets."
+    pairs = {}
+    for r in runs:
+        for use, p in model_pairs(r.cfg).items():
+            if model_cost(*p[:5]) * p[5] <= SMALL_PAIR: pairs.setdefault(p, set()).update(PAIR_WORK[use])
     data = {r.cfg.data.name: r.cfg.data for r in runs if r.cfg.data.name in SPLIT_SIZES and "imagenet" not in r.cfg.data.name}
-    return sorted(pairs), list(data.values())
+    return {p: tuple(sorted(pairs[p])) for p in sorted(pairs)}, list(data.values())
 
 # %% ../nbs/05c_plan.ipynb #b544a8d8
 def calibrate(device: str = "auto",  # 'auto', 'cpu', 'cuda' or 'cuda:N'
               batch: int = 0,  # images per step (0 = 32 on a CPU, 128 on a GPU)
-              pairs=(),  # (model, resolution, channels, classes, small input, batch) tuples to measure as well
+              pairs=(),  # (model, resolution, channels, classes, small input, batch) tuples to measure as well, or {pair: kinds}
               datasets=()) -> Rates:  # `DataConfig`s of in-memory data sets whose opening to time
     "Measure this machine's `Rates`: decoding, ResNet-18 at 224 px training, forward and recover steps, and the pairs asked for."
     import platform, torch, torch.nn.functional as F, torchvision
@@ -379,7 +388,7 @@ def calibrate(device: str = "auto",  # 'auto', 'cpu', 'cuda' or 'cuda:N'
     return Rates(f"{where} with {cores} CPU cores", f"sre2l reproduce --calibrate, {time.strftime('%Y-%m-%d')}, torch "
                  f"{torch.__version__}", dev.type, train, train_bf16, forward, class_bn, recover,
                  recover if dev.type != "cuda" else H100.recover_bf16, _decode_seconds(), default_workers(), startup,
-                 {pair_key(*p): _pair_rates(tuple(p), dev) for p in pairs}, {d.name: _opening_seconds(d) for d in datasets},
+                 {pair_key(*p): _pair_rates(tuple(p), dev, *([pairs[p]] if isinstance(pairs, dict) else [])) for p in pairs}, {d.name: _opening_seconds(d) for d in datasets},
                  _crop_draw_seconds())
 
 # %% ../nbs/05c_plan.ipynb #08b932cd
