@@ -66,7 +66,7 @@ def summarise(spec: TableSpec, rows: list[dict]) -> list[dict]:
                  "seconds_per_epoch": statistics.mean(s) if (s := [r["seconds_per_epoch"] for r in mine if "seconds_per_epoch" in r]) else None,
                  "distill_seconds": statistics.mean(s) if (s := [r["distill_seconds"] for r in mine if "distill_seconds" in r]) else None,
                  "best_measured": statistics.mean(s) if (s := [r["best_top1"] for r in mine if "best_top1" in r]) else None,
-                 "reports_best": any(r["reports_best"] for r in mine)}
+                 "reports_best": any(r.get("reports_best") for r in mine)}
         out.append(entry)
     return out
 
