@@ -284,19 +284,41 @@ _FAMILY = {"random real": ("recover.method=real",), "SRe2L": ("method=sre2l",), 
            "CDA": ("method=cda",), "RDED": ("method=rded",)}  # image sets of the family tables: their --set changes
 _FAMILY_OWN = {"random real": "sre2l", "SRe2L": "sre2l", "LPLD": "sre2l", "CDA": "sre2l", "RDED": "rded"}  # own recipes
 _RECIPE_COLUMNS = {"sre2l": "SRe2L's recipe", "rded": "RDED's recipe"}
+_COMMON, _RDED_COLUMN = "SRe2L's recipe, full labels", "RDED's recipe (online teacher)"  # the family tables' main columns
 
+def _family_row(ipc: int, method: str, extra=(), rded=()) -> tuple[str, tuple]:  # rded: settings of the RDED rows only
+    "A family table's row label and the --set changes of its images."
+    return f"IPC {ipc}, {method}", (*extra, f"recover.ipc={ipc}", *_FAMILY[method], *(rded if method == "RDED" else ()))
+
+# %% ../nbs/05b_tables.ipynb #226cdaba
 def _family_cells(preset: str, ipcs, extra=(), rded=()) -> tuple[list, tuple]:  # rded: settings of the RDED rows only
     "Each method's images under the common recipe (SRe2L's: stored labels, full and 40x) and under RDED's; the gains."
     cells, gains = [], []
     for ipc in ipcs:
-        for method, changes in _FAMILY.items():
-            row, base = f"IPC {ipc}, {method}", (*extra, f"recover.ipc={ipc}", *changes, *(rded if method == "RDED" else ()))
+        for method in _FAMILY:
+            row, base = _family_row(ipc, method, extra, rded)
             for budget in (1, 40):
                 cells.append(Cell(row, f"SRe2L's recipe, {budget_label(budget)}", preset, (*base, "recipe=sre2l", *pruned(budget)), source=_KIT))
-            cells.append(Cell(row, "RDED's recipe (online teacher)", preset, (*base, "recipe=rded"), source=_KIT))
-            own = "SRe2L's recipe, full labels" if _FAMILY_OWN[method] == "sre2l" else "RDED's recipe (online teacher)"
-            if method != "random real": gains.append(Gain(row, f"IPC {ipc}, random real", "SRe2L's recipe, full labels", own))
+            cells.append(Cell(row, _RDED_COLUMN, preset, (*base, "recipe=rded"), source=_KIT))
+            own = _COMMON if _FAMILY_OWN[method] == "sre2l" else _RDED_COLUMN
+            if method != "random real": gains.append(Gain(row, f"IPC {ipc}, random real", _COMMON, own))
     return cells, tuple(gains)
+
+# %% ../nbs/05b_tables.ipynb #620cab18
+def _family_rankings(preset: str, ipcs, extra=(), rded=(), full_epochs: int = 1) -> tuple[list, tuple]:
+    "DD-Ranking's extra students of a family table (hard labels, the whole split) and its rankings under both recipes."
+    hard = ("recipe=sre2l", "validate.labels=hard", "validate.loss=ce")
+    whole = ("whole training split", "hard labels")
+    cells = [Cell(*whole, preset, (*extra, "validate.images=train", *hard, f"validate.epochs={full_epochs}",
+                                   f"validate.eval_every={full_epochs}"), source=_KIT)]
+    rankings = []
+    for ipc in ipcs:
+        for method in [m for m in _FAMILY if m != "random real"]:
+            row, base = _family_row(ipc, method, extra, rded)
+            cells.append(Cell(row, "hard labels", preset, (*base, *hard), source=_KIT))
+            rankings += [Ranking((row, column), ((f"IPC {ipc}, random real", column),), ((row, "hard labels"),), whole)
+                         for column in (_COMMON, _RDED_COLUMN)]
+    return cells, tuple(rankings)
 
 # %% ../nbs/05b_tables.ipynb #4ce2bb1e
 @register_table("family_ci")
@@ -314,13 +336,18 @@ def _family_ci():
 # %% ../nbs/05b_tables.ipynb #5ae5f54f
 @register_table("family_fashion_mnist")
 def _family_fashion_mnist():
-    cells, gains = _family_cells("fashion-mnist", [10, 50], ("squeeze.class_bn=ema", "validate.eval_every=100"))
-    return TableSpec("family_fashion_mnist", "The SRe2L family on Fashion-MNIST: synthesis against recipe", cells,
-                     seeds=(0, 1, 2), distillation=True, gains=gains,
+    extra = ("squeeze.class_bn=ema", "validate.eval_every=100")
+    cells, gains = _family_cells("fashion-mnist", [10, 50], extra)
+    ranked, rankings = _family_rankings("fashion-mnist", [10, 50], extra, full_epochs=2)
+    return TableSpec("family_fashion_mnist", "The SRe2L family on Fashion-MNIST: synthesis against recipe", cells + ranked,
+                     seeds=(0, 1, 2), distillation=True, gains=gains, rankings=rankings,
                      about="The fashion-mnist presets (ConvNet teacher and student, 100 student epochs), one teacher for "
                            "every method, IPC 10 and 50, 3 seeds; each method's images under SRe2L's recipe (full and 40x "
                            "labels) and under RDED's. The distillation seconds are recover's (or RDED's selection's), "
-                           "without the teacher.")
+                           "without the teacher. DD-Ranking's scores rank each method's images under both recipes against "
+                           "random real images under the same recipe; its hard-label students train under SRe2L's recipe "
+                           "with cross-entropy, and the whole-split student two passes (the `fashion_mnist` table's "
+                           "ten-pass one is there for comparison).")
 
 # %% ../nbs/05b_tables.ipynb #f7bd452b
 _FAMILY_PAPERS = {  # ImageNet-1K and Tiny-ImageNet, ResNet-18 students, top-1 (%) as the papers report them
