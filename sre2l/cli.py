@@ -317,6 +317,9 @@ def _reproduce(args) -> int:
     from sre2l.plan import calibrate, rates_file
     from sre2l.reproduce import reproduce
     from sre2l.tables import list_tables, get_table
+    if not args.calibrate and args.rates not in ("auto", "h100") and not Path(args.rates).is_file():
+        raise Sre2lError(f"argument --rates: {args.rates!r} is refused (no such file; --calibrate --rates FILE writes one); "
+                         f"allowed: {RATES.allowed} (see `sre2l reproduce --help`)")
     if args.calibrate:
         import dataclasses
         from sre2l.plan import calibration_targets, load_rates, plan_table
@@ -343,20 +346,22 @@ def _reproduce(args) -> int:
 
 # %% ../nbs/06_cli.ipynb #9ca53469
 def _rates(text: str) -> str:
-    "'auto', 'h100', or a rates file that `load_rates` reads whole."
+    "'auto', 'h100', a rates file that `load_rates` reads whole, or a new file in an existing folder (for --calibrate)."
     from sre2l.plan import load_rates
-    if text not in ("auto", "h100") and not Path(text).is_file(): raise ValueError(f"{text} is not a file")
+    path = Path(text)
+    if text in ("auto", "h100") or (not path.exists() and path.parent.is_dir()): return text
+    if not path.is_file(): raise ValueError(f"{text} is not a file" if path.exists() else f"{path.parent} does not exist")
     load_rates(text); return text
 
 # %% ../nbs/06_cli.ipynb #e73bad8d
 def _rates_bad(tmp: Path) -> list[str]:
-    "A missing file, a folder, a file that is not JSON, one with a misspelt key and one with a negative rate."
+    "A file in a missing folder, a folder, a file that is not JSON, one with a misspelt key and one with a negative rate."
     import dataclasses
     from sre2l.plan import H100
     for name, change in (("typo.json", {"trian": 1.0}), ("negative.json", {"train": -1.0})):
         save_json(tmp / name, {**dataclasses.asdict(H100), **change})
     (tmp / "text.json").write_text("not json")
-    return ["h200", str(tmp), str(tmp / "text.json"), str(tmp / "typo.json"), str(tmp / "negative.json")]
+    return [str(tmp / "missing" / "rates.json"), str(tmp), str(tmp / "text.json"), str(tmp / "typo.json"), str(tmp / "negative.json")]
 
 RATES = Check(_rates, "auto, h100, or a rates file written by --calibrate", _rates_bad, lambda tmp: "h100")
 

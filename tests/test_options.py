@@ -73,3 +73,16 @@ def test_every_bad_value_is_refused_while_parsing_in_one_line(verb, dest, scratc
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("sre2l: error:") and err.count("\n") == 1, err
+
+
+def test_calibrate_writes_a_new_rates_file_that_a_dry_run_then_reads(tmp_path, monkeypatch, capsys):
+    """`--calibrate --rates FILE` may name a file that does not exist yet (it writes it); without --calibrate the same
+    missing file is refused before any work, saying how to make it."""
+    import sre2l.plan
+    new = tmp_path / "machine.json"
+    assert main(["reproduce", "family_ci", "--dry-run", "--rates", str(new)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sre2l: error: argument --rates:") and "--calibrate" in err and err.count("\n") == 1, err
+    monkeypatch.setattr(sre2l.plan, "calibrate", lambda **kw: sre2l.plan.H100)  # the measurement itself is not tested here
+    assert main(["reproduce", "--calibrate", "--rates", str(new)]) == 0 and new.is_file()
+    assert sre2l.plan.load_rates(str(new)) == sre2l.plan.H100
