@@ -231,7 +231,8 @@ def _import_labels(args) -> int:  # SRe2L's epoch_*/batch_*.tar, or FKD's <class
 
 # %% ../nbs/06_cli.ipynb #4ed9c80f
 def _export_labels(args) -> int:
-    from sre2l.runs import read_manifest
+    from sre2l.runs import read_manifest, refuse_a_wrong_level
+    refuse_a_wrong_level(resolve_run_dir(args.run_dir))
     from sre2l.relabel import export_official_labels
     from sre2l.regions import export_fkd_labels
     region = (read_manifest(resolve_run_dir(args.run_dir) / "relabel", verify=False) or {}).get("mode") == "region"

@@ -193,6 +193,11 @@ def _refusal(path: Path, error: Exception) -> Sre2lError:
 def read_state_dict(path) -> dict:
     "A state dict from .safetensors or a torch checkpoint, never unpickling arbitrary objects."
     path = Path(path)
+    if path.is_dir():
+        found = sorted((p.name for p in path.iterdir() if p.suffix in (".safetensors", ".pth", ".pt") and
+                        not p.name.startswith("class_bn")), key=lambda n: not n.startswith("teacher"))  # a squeeze stage's first
+        raise Sre2lError(f"checkpoint {path} is a folder, not a file" + (f"; it holds {', '.join(found[:4])}: pass "
+                         f"{path / found[0]}" if found else "; pass the .safetensors or .pth file itself"))
     if not path.is_file(): raise Sre2lError(f"checkpoint {path} does not exist")
     kind = _file_kind(path)
     if kind == "safetensors" or path.suffix == ".safetensors": return clean_state_dict(load_tensors(path))

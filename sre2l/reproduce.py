@@ -5,14 +5,30 @@
 # %% ../nbs/05_reproduce.ipynb #0991f223
 from __future__ import annotations
 
-from .core import ConfigError, hash_json
+from pathlib import Path
+
+from .core import ConfigError, Sre2lError, hash_json
 from .jobs import find_stages, link_stages, make_folders, run_jobs
 from .plan import load_rates, plan_report, plan_table
 from .report import write_report
+from .runs import resolve_run_dir
 from .tables import Cell, TableSpec, get_table, pruned, budget_label
 
 # %% auto #0
-__all__ = ['reproduce', 'pruning_table', 'pruning_curve']
+__all__ = ['refuse_a_table_level', 'reproduce', 'pruning_table', 'pruning_curve']
+
+# %% ../nbs/05_reproduce.ipynb #dd338122
+def refuse_a_table_level(run_dir: Path):
+    "Refuse, before any work, a --run-dir that is a table's own folder or a run, not the parent of tables' folders."
+    run_dir = Path(run_dir)
+    if (run_dir / "cells").is_dir() and (run_dir / "stages").is_dir():
+        raise Sre2lError(f"{run_dir} is the folder of the table {run_dir.name!r} (cells/, stages/); --run-dir is the folder "
+                         f"that holds the tables' folders: pass --run-dir {run_dir.parent}")
+    parent = {"cells": run_dir.parent.parent, "": run_dir.parent.parent.parent}.get(
+        run_dir.name if run_dir.name == "cells" else "" if run_dir.parent.name == "cells" else None, "runs/reproduce")
+    if (run_dir / "config.json").is_file() or (run_dir.is_dir() and any((p / "config.json").is_file() for p in run_dir.iterdir())):
+        raise Sre2lError(f"{run_dir} is a run (or holds runs), not the folder that holds the tables' folders: "
+                         f"pass --run-dir {parent}")
 
 # %% ../nbs/05_reproduce.ipynb #da38482c
 def reproduce(table: str | TableSpec,  # table name (see `list_tables()`), or a spec built in code (see `pruning_table`)
@@ -35,6 +51,10 @@ def reproduce(table: str | TableSpec,  # table name (see `list_tables()`), or a 
     if sum([gpus is not None, bool(torchrun), inline]) > 1: raise ConfigError("give one of gpus, torchrun and inline")
     if jobs < 1 or (jobs > 1 and (gpus is not None or torchrun or inline)):
         raise ConfigError(f"jobs={jobs}: a whole number of 1 or more, and more than 1 only without gpus, torchrun and inline")
+    refuse_a_table_level(resolve_run_dir(run_dir))
+    if render_only and not (resolve_run_dir(run_dir) / spec.name).is_dir():
+        raise Sre2lError(f"nothing of {spec.name} has run under {resolve_run_dir(run_dir)} (no {spec.name}/ there): run "
+                         f"`sre2l reproduce {spec.name}` first, or pass the --run-dir it ran with")
     runs = plan_table(spec, run_dir, seeds, overrides)
     if dry_run:
         print(plan_report(spec, runs, load_rates(rates))); return {"table": spec.name, "planned": len(runs)}

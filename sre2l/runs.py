@@ -27,8 +27,9 @@ __all__ = ['LEASE_SECONDS', 'STAGE_NOTEBOOKS', 'shard_from_env', 'check_shard', 
            'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_metadata',
            'tensors_file_bytes', 'sha256_file', 'versions', 'free_space', 'memory_available', 'preflight',
            'writer_gone', 'sweep_temporaries', 'write_manifest', 'DamagedManifest', 'read_manifest',
-           'find_project_root', 'resolve_run_dir', 'prepare_run', 'notebook_dir', 'stage_status', 'require_stage',
-           'open_stage', 'build_missing', 'stage_state', 'run_status', 'log_to_stage', 'progress']
+           'find_project_root', 'resolve_run_dir', 'prepare_run', 'notebook_dir', 'stage_status',
+           'refuse_a_wrong_level', 'require_stage', 'open_stage', 'build_missing', 'stage_state', 'run_status',
+           'log_to_stage', 'progress']
 
 # %% ../nbs/00g_runs.ipynb #5575dbd3
 def shard_from_env() -> tuple[int, int]:
@@ -411,28 +412,40 @@ def stage_status(run_dir, stage: str, cfg: RunConfig,
                          f"use another run folder, or delete {stage_dir} to redo the stage")
     return manifest
 
+# %% ../nbs/00g_runs.ipynb #bd86cb28
+def refuse_a_wrong_level(run_dir: Path, option: str = "--run-dir"):
+    "Refuse, before writing anything, a folder one level off a run: one holding runs, a stage folder, a table folder."
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or (run_dir / "config.json").is_file(): return
+    if run_dir.name in STAGES and (run_dir.parent / "config.json").is_file():
+        raise Sre2lError(f"{run_dir} is the {run_dir.name} stage of the run {run_dir.parent}, not a run: pass {option} {run_dir.parent}")
+    if (run_dir / "manifest.json").is_file() or (run_dir / "progress.json").is_file():
+        cells = sorted(c for c in run_dir.parent.parent.glob("cells/*") if any(
+            (c / s).resolve() == run_dir.resolve() for s in STAGES))
+        raise Sre2lError(f"{run_dir} is a stage folder, not a run: pass {option} with the run that holds it" +
+                         (f", e.g. {cells[0]}" if cells else ""))
+    table = (run_dir / "cells").is_dir() and (run_dir / "stages").is_dir()
+    inside = sorted((run_dir / "cells").iterdir()) if table else [
+        p for p in sorted(run_dir.iterdir()) if p.is_dir() and (p / "config.json").is_file()]
+    what = "a table folder of `sre2l reproduce`, whose runs are in cells/" if table else "not a run but holds run folders"
+    if inside: raise Sre2lError(f"{run_dir} is {what} ({', '.join(p.name for p in inside[:6])}): "
+                                f"pass {option} {inside[0]}, or a new folder")
+
 # %% ../nbs/00g_runs.ipynb #99dad621
 def require_stage(run_dir, stage: str, cfg: RunConfig) -> dict:
     "The manifest of an input stage, or a clear error when it has not run."
+    refuse_a_wrong_level(resolve_run_dir(run_dir))  # a stage folder given as the run: say so, not that a stage is missing
     manifest = stage_status(run_dir, stage, cfg)
     if manifest is None:
         raise Sre2lError(f"{Path(run_dir) / stage} has no finished {stage} stage; run `sre2l {stage} "
                          f"--run-dir {run_dir}` (same preset and --set values) first")
     return manifest
 
-# %% ../nbs/00g_runs.ipynb #bd86cb28
-def _refuse_a_folder_of_runs(run_dir: Path):
-    "Refuse, before writing anything, a folder that is not a run but holds run folders (aimed one level too high)."
-    if not run_dir.is_dir() or (run_dir / "config.json").is_file(): return
-    inside = [p for p in sorted(run_dir.iterdir()) if p.is_dir() and (p / "config.json").is_file()]
-    if inside: raise Sre2lError(f"{run_dir} is not a run but holds run folders ({', '.join(p.name for p in inside[:6])}): "
-                                f"pass --run-dir {inside[0]}, or a new folder")
-
 # %% ../nbs/00g_runs.ipynb #82aec889
 def open_stage(run_dir, stage: str, cfg: RunConfig) -> tuple[Path, dict | None]:
     "Check the configuration, prepare the run folder; return (run_dir, manifest of the finished stage or None)."
     check_config(cfg)  # configurations built in code, not by make_config, are checked here
-    _refuse_a_folder_of_runs(resolve_run_dir(run_dir))
+    refuse_a_wrong_level(resolve_run_dir(run_dir))
     run_dir = prepare_run(run_dir, cfg)
     done = stage_status(run_dir, stage, cfg, redo_damaged=True)
     if done is not None: log.info("%s: already complete in %s", stage, run_dir / stage)
@@ -481,8 +494,10 @@ def run_status(run_dir) -> list[dict]:
     if (run_dir / "stages").is_dir(): folders += sorted(p for p in (run_dir / "stages").iterdir() if p.is_dir())
     if not folders and not (run_dir / "config.json").is_file():
         below = [p.name for p in sorted(run_dir.iterdir()) if p.is_dir() and ((p / "config.json").is_file() or (p / "stages").is_dir())]
+        owner = next((p for p in (run_dir.parent, run_dir.parent.parent) if (p / "config.json").is_file() or (p / "stages").is_dir()), None)
         raise Sre2lError(f"{run_dir} is neither a run folder (config.json, stage folders) nor a table folder (stages/); " +
                          (f"it holds {', '.join(below[:6])}: give one of those, e.g. {run_dir / below[0]}" if below else
+                          f"it is part of {owner}: give that" if owner else
                           "give one of those, e.g. runs/default or runs/reproduce/demo"))
     return [stage_state(f) for f in folders]
 

@@ -637,3 +637,46 @@ def test_a_folder_one_level_above_a_run_is_named_as_the_cause(finished, tmp_path
     assert main(["status", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "it holds mine" in err and err.count("\n") == 1, err
+
+
+def _paths(folder) -> dict:
+    "{relative path: sha256, or 'folder'} of everything under a folder: files and folders, empty ones included."
+    return {**{str(p.relative_to(folder)): "folder" for p in folder.rglob("*") if p.is_dir()}, **_tree(folder)}
+
+
+def test_a_stage_folder_given_as_the_run_is_named_and_left_untouched(finished, tmp_path, capsys):
+    """Aimed one level too low (a run's stage folder, or a table's shared stage folder), a stage, export-labels and status
+    say which run to pass, and nothing is written there (a stage used to write config.json into it and start a run)."""
+    run = tmp_path / "mine"
+    shutil.copytree(finished, run, symlinks=True)
+    before = _paths(run)
+    for argv in (["validate", "--run-dir", str(run / "relabel"), *sets()], ["relabel", "--run-dir", str(run / "recover"), *sets()],
+                 ["export-labels", "--run-dir", str(run / "relabel"), "--to", str(tmp_path / "out")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"not a run: pass --run-dir {run}" in err, err
+    assert main(["status", str(run / "relabel")]) == 2
+    assert f"it is part of {run}: give that" in capsys.readouterr().err
+    assert _paths(run) == before and not (tmp_path / "out").exists()
+
+
+def test_reproduce_aimed_at_a_table_folder_or_a_run_names_the_parent_and_writes_nothing(tmp_path, capsys):
+    table = tmp_path / "tables" / "demo"
+    (table / "stages").mkdir(parents=True); (table / "cells" / "cell").mkdir(parents=True)
+    (table / "cells" / "cell" / "config.json").write_text("{}")
+    before = _paths(tmp_path)
+    for wrong in (table, table / "cells", table / "cells" / "cell"):
+        for mode in ("--dry-run", "--render-only"):
+            assert main(["reproduce", "demo", mode, "--run-dir", str(wrong), "--out", str(tmp_path / "figures")]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"pass --run-dir {tmp_path / 'tables'}" in err, err
+    assert main(["reproduce", "demo", "--render-only", "--run-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "figures")]) == 2
+    assert "nothing of demo has run under" in capsys.readouterr().err
+    assert _paths(tmp_path) == before  # no table folder, no figures, no stage folders made by a render of nothing
+
+
+def test_a_checkpoint_folder_is_named_as_a_folder_with_the_file_to_pass(finished, tmp_path, capsys):
+    teacher = next(p for p in (finished / "squeeze").iterdir() if p.suffix == ".safetensors")
+    assert main(["squeeze", "--run-dir", str(tmp_path / "run"), *sets(f"squeeze.checkpoint={finished / 'squeeze'}")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a folder, not a file" in err and f"pass {teacher}" in err, err
