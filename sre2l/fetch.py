@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .core import Sre2lError, Registry, log
 from .presets import make_config
-from .runs import sha256_file, save_json, resolve_run_dir, find_project_root, sweep_temporaries
+from .runs import sha256_file, save_json, resolve_run_dir, find_project_root, sweep_temporaries, refuse_a_wrong_level
 
 # %% auto #0
 __all__ = ['HUB_REPO', 'ARTIFACTS', 'Artifact', 'register_artifact', 'list_artifacts', 'get_artifact', 'hub_checksum', 'download',
@@ -163,6 +163,7 @@ def fetch(name: str,  # a registered artifact (see `list_artifacts()`)
         raise Sre2lError(f"{name} holds torch.save pickles, which can run code when read; pass --trust-pickle if you "
                          "trust their source (the importer then reads them weights-only, numpy scalars allowed)")
     cfg = make_config(artifact.preset, [*artifact.overrides, *overrides])
+    if run_dir is not None: refuse_a_wrong_level(resolve_run_dir(run_dir))  # before a download of gigabytes
     expected = sha256 or artifact.sha256
     if source is None:
         expected = expected or hub_checksum(artifact)

@@ -119,6 +119,9 @@ def make_imagefolder(root,  # folder to write train/ and val/ into
         raise Sre2lError(f"{root} holds an imagenet-shape folder made with other settings ({old}); "
                          f"use another folder or delete it")
     if root.is_dir(): sweep_temporaries(root)  # what a killed earlier run was writing
+    other = sorted(p.name for p in root.iterdir() if p.name not in ("train", "val") and not p.name.startswith(".")) if root.is_dir() else []
+    if other: raise Sre2lError(f"{root} holds {', '.join(other[:6])}: not a folder this command wrote (only train/, val/ and "
+                               f"dataset.json); pass a new or empty folder")
     names = wnids(classes, seed)
     tasks = [(str(root), c, name, {"train": train_per_class, "val": val_per_class}, seed,
               {"train": c * train_per_class, "val": c * val_per_class}) for c, name in enumerate(names)]

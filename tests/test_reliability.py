@@ -680,3 +680,14 @@ def test_a_checkpoint_folder_is_named_as_a_folder_with_the_file_to_pass(finished
     assert main(["squeeze", "--run-dir", str(tmp_path / "run"), *sets(f"squeeze.checkpoint={finished / 'squeeze'}")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a folder, not a file" in err and f"pass {teacher}" in err, err
+
+
+def test_make_imagefolder_refuses_a_folder_it_did_not_write(finished, tmp_path, capsys):
+    "A run folder, or a class folder of a data set, is refused before anything is written into it."
+    run = tmp_path / "mine"
+    shutil.copytree(finished, run, symlinks=True)
+    before = _paths(run)
+    assert main(["make-imagefolder", str(run), "--classes", "2", "--train-per-class", "2", "--val-per-class", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json" in err and "pass a new or empty folder" in err, err
+    assert _paths(run) == before
