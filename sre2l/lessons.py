@@ -201,13 +201,22 @@ def _project(project=None) -> Path:
         raise Sre2lError("sre2l lessons works inside the repository (settings.ini and nbs/)")
     return project
 
+# %% ../nbs/06b_lessons.ipynb #1801b51d
+def _scratch() -> tempfile.TemporaryDirectory:
+    "A temporary copy's folder named after this process, after removing those of killed refreshes and checks."
+    from sre2l.runs import writer_gone
+    for old in Path(tempfile.gettempdir()).glob("sre2l-lessons-*-*"):
+        pid = old.name.split("-")[2]
+        if pid.isdigit() and writer_gone(int(pid)): shutil.rmtree(old, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"sre2l-lessons-{os.getpid()}-")
+
 # %% ../nbs/06b_lessons.ipynb #d57e3977
 def check_lessons(project=None) -> dict[str, list[str]]:
     "Execute every notebook in a temporary copy: {notebook: its stale cells} for those with some."
     project = _project(project)
     notebooks = sorted((project / "nbs").glob("*.ipynb"))
     committed = {p.name: json.loads(p.read_text()) for p in notebooks}  # as they are now
-    with tempfile.TemporaryDirectory(prefix="sre2l-lessons-") as tmp:
+    with _scratch() as tmp:
         stale = {}
         for path in execute_lessons(project, Path(tmp)):
             fresh = json.loads(path.read_text())
@@ -224,7 +233,7 @@ def refresh_lessons(project=None) -> list[Path]:
     clean = shutil.which("nbdev_clean")  # before minutes of execution, not after
     if clean is None: raise Sre2lError("nbdev_clean is missing: pip install -e '.[dev]'")
     sweep_temporaries(project / "nbs", recursive=False)  # a refresh killed while writing
-    with tempfile.TemporaryDirectory(prefix="sre2l-lessons-") as tmp:
+    with _scratch() as tmp:
         executed = execute_lessons(project, Path(tmp))
         for path in executed:
             path.write_text(path.read_text().replace(str(Path(tmp).resolve()), "<repo>"))

@@ -1,4 +1,4 @@
-"""Every writer cleans up after a dead predecessor: a run killed part-way (or the files a killed writer leaves: a
+"""Every writer cleans up after a dead predecessor: a run killed part-way (SIGKILL of a live process, or the files a killed writer leaves: a
 pid-named temporary, a half-unpacked folder) and then rerun ends with the same tree as a clean run, file by file,
 temporaries included. make-imagefolder's test is in test_reliability; recover, relabel and validate have theirs there
 and in test_recover."""
@@ -67,32 +67,69 @@ def test_a_region_relabel_killed_and_rerun_equals_a_clean_run(tmp_path):
     assert tree(tmp_path / "killed") == tree(tmp_path / "clean")
 
 
-def test_a_table_render_killed_and_rerun_equals_a_clean_render(tmp_path):
-    from sre2l.plan import plan_table
-    from sre2l.report import write_report
+def _kill_when(job, ready, poll: float = 0.002) -> bool:
+    "SIGKILL `job` as soon as `ready()` holds; True when the kill, not the job's own end, stopped it."
+    while job.poll() is None and not ready(): time.sleep(poll)
+    job.send_signal(signal.SIGKILL); job.wait()
+    return job.returncode == -signal.SIGKILL
+
+
+def test_a_table_render_killed_while_writing_and_rerun_equals_a_clean_render(tmp_path):
+    """`sre2l reproduce demo --render-only`, SIGKILLed as its first figure appears (a live writer, not planted files),
+    then rerun: the table folder equals a clean render's, every file and temporary compared."""
+    from sre2l.plan import finished, plan_table
     from sre2l.tables import get_table
-    runs = plan_table(get_table("demo"), tmp_path / "runs")  # no cell has run: the table and its record still render
-    write_report(get_table("demo"), runs, tmp_path / "clean")
-    (tmp_path / "killed" / "demo").mkdir(parents=True)
-    (tmp_path / "killed" / "demo" / f".demo.md.{dead_pid()}.ab12.tmp").write_text("| half a table")
-    write_report(get_table("demo"), runs, tmp_path / "killed")
+    runs = tmp_path / "runs"
+    made = ROOT / "runs" / "reproduce" / "demo"  # .ci/run's demo table: its figures make the render take a while
+    if all(finished(r, s) is not None for r in plan_table(get_table("demo"), made.parent) for s in r.keys):
+        shutil.copytree(made, runs / "demo", symlinks=True)
+    else: (runs / "demo").mkdir(parents=True)  # nothing has run here: the table and its record still render
+    command = lambda out: [sys.executable, "-m", "sre2l.cli", "reproduce", "demo", "--render-only", "--run-dir", str(runs),
+                           "--out", str(out)]
+    env = {**os.environ, "SRE2L_NO_PROGRESS": "1"}
+    assert subprocess.run(command(tmp_path / "clean"), env=env, capture_output=True).returncode == 0
+    job = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           preexec_fn=default_sigint)
+    folder = tmp_path / "killed" / "demo"
+    assert _kill_when(job, lambda: folder.is_dir() and any(folder.iterdir()))  # killed part-way, not after its end
+    assert not (folder / "results.json").exists()  # the record is written last: a killed render is not sealed
+    assert subprocess.run(command(tmp_path / "killed"), env=env, capture_output=True).returncode == 0
     assert tree(tmp_path / "killed", set()) == tree(tmp_path / "clean", set())
 
 
-def test_a_lessons_refresh_killed_and_rerun_leaves_whole_clean_notebooks(tmp_path, monkeypatch):
-    "A refresh writes each notebook whole after cleaning it in the copy; one killed while writing leaves nothing behind."
-    import sre2l.lessons
-    project = tmp_path / "repo"
-    for name in ("nbs", "sre2l"): shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "settings.ini", project / "settings.ini")
-    def executed_as_committed(project, into):  # the lessons as committed stand for a fresh execution (minutes saved)
-        shutil.copytree(project / "nbs", into / "nbs"); shutil.copy(project / "settings.ini", into / "settings.ini")
-        return sorted((into / "nbs").glob("*.ipynb"))
-    monkeypatch.setattr(sre2l.lessons, "execute_lessons", executed_as_committed)
-    left = project / "nbs" / f".01_squeeze.ipynb.{dead_pid()}.ab12.tmp"
-    left.write_text('{"cells": [')  # a refresh killed while writing
-    sre2l.lessons.refresh_lessons(project)
-    assert tree(project / "nbs", set()) == tree(ROOT / "nbs", set())  # clean notebooks refresh to themselves, nothing left
+def _tiny_project(folder):
+    "A repository of three quick lessons: the package, settings.ini, and notebooks of one small cell each."
+    import nbformat
+    shutil.copytree(ROOT / "sre2l", folder / "sre2l", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "settings.ini", folder / "settings.ini")
+    (folder / "nbs").mkdir()
+    for i in range(3):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# Lesson {i}", id=f"text{i}"),
+                                             nbformat.v4.new_code_cell(f"print(sum(range({i + 10})))", id=f"code{i}")])
+        nbformat.write(nb, folder / "nbs" / f"0{i}_lesson.ipynb")
+    return folder
+
+
+def test_a_lessons_refresh_killed_and_rerun_leaves_whole_clean_notebooks(tmp_path):
+    """`sre2l lessons`, SIGKILLed twice (while executing, and as it moves the first notebook into nbs/), then rerun: nbs/
+    equals a clean refresh's, file by file, and no dead refresh's folder is left in the temporary folder."""
+    import tempfile
+    clean, killed = _tiny_project(tmp_path / "clean"), _tiny_project(tmp_path / "killed")
+    env = {**os.environ, "SRE2L_NO_PROGRESS": "1", "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
+    command = [sys.executable, "-m", "sre2l.cli", "lessons"]
+    assert subprocess.run(command, cwd=clean, env=env, capture_output=True).returncode == 0
+    assert "45\\n" in (clean / "nbs" / "00_lesson.ipynb").read_text()  # executed: sum(range(10)) is in its outputs
+    original = {p: p.stat().st_ino for p in (killed / "nbs").glob("*.ipynb")}
+    executing = lambda: any((tmp_path / "tmp").glob("sre2l-lessons-*/nbs/00_lesson.ipynb"))
+    moved = lambda: any(p.stat().st_ino != ino for p, ino in original.items() if p.exists())
+    for ready in (executing, moved):
+        job = subprocess.Popen(command, cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=default_sigint)
+        assert _kill_when(job, ready)
+    assert subprocess.run(command, cwd=killed, env=env, capture_output=True).returncode == 0
+    assert tree(killed / "nbs", set()) == tree(clean / "nbs", set())
+    assert list((tmp_path / "tmp").glob("sre2l-lessons-*")) == []
 
 
 def test_every_tables_record_of_environments_takes_only_the_stages_its_cells_need(tmp_path):
