@@ -64,7 +64,10 @@ def kept_batches(num_images: int, batch_size: int, epochs: int, prune_ratio: flo
     "How many stored batches a pruned relabel generates, by the kit's rule or LPLD's (see above)."
     if not 0 <= prune_ratio < 1: raise ConfigError(f"relabel.prune_ratio must be in [0, 1), got {prune_ratio}")
     total = epochs * batches_per_epoch(num_images, batch_size, prune_ratio, rule)
-    if rule == "lpld": return max(1, int(total * (1 - prune_ratio)))  # LPLD's int(): 23.999... keeps 23
+    if rule == "lpld" and int(total * (1 - prune_ratio)) < 1:  # LPLD's relabel would write no batch, its trainer fail
+        raise Sre2lError(f"relabel.pruning_rule=lpld keeps int({total} x (1 - {prune_ratio:g})) = 0 batches: LPLD's relabel "
+                         f"would store none; relabel more epochs (relabel.epochs) or use relabel.pruning_rule=exact")
+    if rule == "lpld": return int(total * (1 - prune_ratio))  # LPLD's int(): 23.999... keeps 23
     return max(1, math.floor(round((1 - prune_ratio) * total, 6)))
 
 # %% ../nbs/03_relabel.ipynb #f181b220

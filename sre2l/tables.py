@@ -201,7 +201,8 @@ def _fashion_mnist_table():
                            "`fashion_mnist_ci` runs it.")
 
 # %% ../nbs/05b_tables.ipynb #0ea25cd9
-def _rehearsal(classes: int, per_class: tuple, ipc: int, epochs: dict, iterations: int) -> list:
+def _rehearsal(classes: int, per_class: tuple, ipc: int, epochs: dict, iterations: int,
+              lpld_40x=()) -> list:  # settings of the LPLD cell at 40x only
     "The sre2l_in1k and lpld_in1k recipes on an imagenet-shape folder, full and 40x labels, with scaled-down lengths."
     common = ("data.name=imagenet-shape", f"data.num_classes={classes}", f"data.root=data/imagenet-shape-{classes}",
               "squeeze.weights=", f"squeeze.epochs={epochs['teacher']}", "squeeze.batch_size=64", "squeeze.lr=0.1",
@@ -211,7 +212,7 @@ def _rehearsal(classes: int, per_class: tuple, ipc: int, epochs: dict, iteration
     recipes = {"SRe2L: global BN, cross-class batches": ("sre2l_in1k", ()),
                "LPLD: class BN, one class per batch": ("lpld_in1k", (f"recover.batch_size={ipc}",  # LPLD's pruning drops a
                                                                      f"relabel.batch_size={min(128, classes * ipc // 2)}"))}  # partial batch
-    return [Cell(name, budget_label(c), preset, (*common, *extra, *pruned(c)),
+    return [Cell(name, budget_label(c), preset, (*common, *extra, *pruned(c), *(lpld_40x if c == 40 and preset == "lpld_in1k" else ())),
                  source="kit rehearsal on an ImageNet-shaped folder (no paper value)")
             for name, (preset, extra) in recipes.items() for c in (1, 40)]
 
@@ -228,9 +229,10 @@ _REHEARSAL = ("The shapes of the sre2l_in1k and lpld_in1k recipes on a folder th
 def _imagenet_rehearsal_ci():
     epochs = {"teacher": 2, "labels": 8, "student": 8, "eval_every": 4}
     return TableSpec("imagenet_rehearsal_ci", "Rehearsal of the ImageNet paths, CI size: 4 classes, IPC 2, on the CPU",
-                     _rehearsal(4, (24, 8), 2, epochs, 10), imagefolder={"classes": 4, "train_per_class": 24, "val_per_class": 8},
+                     _rehearsal(4, (24, 8), 2, epochs, 10, lpld_40x=("relabel.pruning_rule=exact",)), imagefolder={"classes": 4, "train_per_class": 24, "val_per_class": 8},
                      about=_REHEARSAL.format("2 teacher epochs, 10 iterations, 8 stored and 8 student epochs; 4 classes of 24 "
-                                             "training and 8 validation images"))
+                                             "training and 8 validation images; LPLD's 40x cell prunes by the kit's exact rule, as LPLD's "
+                                             "int(8 epochs x 2 batches / 40) would store no batch"))
 
 # %% ../nbs/05b_tables.ipynb #f6cad5b4
 @register_table("imagenet_rehearsal")

@@ -1,4 +1,5 @@
 """Stages are deterministic and resumable: a restarted stage finishes with the same files."""
+import math
 import re
 import shutil
 from pathlib import Path
@@ -327,3 +328,41 @@ def test_lpld_store_keeps_full_batches_and_is_predicted(first_run, tmp_path):
     assert all(torch.equal(p.indices, q.indices) and torch.equal(a, b) for (p, a), (q, b) in zip(stored[0], full))
     metrics = run_validate(lpld_cfg, tmp_path)["metrics"]
     assert metrics["epochs"] == 2 and 0 <= metrics["test_top1"] <= 100
+
+
+def lpld_trainer_draws(kept: int, batch: int, train_epochs: int, r: float, draws: int = 4000) -> tuple[int, set]:
+    """LPLD's trainer re-derived from its code (get_FKD_info, the batch_to_epoch pool): the batches an epoch N, read as
+    ceil(images in epoch_0's files / B), and the ids a draw can yield: randint over the first int((1-r)·E·N), an id
+    with id % N == N-1 replaced by id-1. Raises where the official run fails."""
+    images = kept * batch  # epoch_0's files when fewer than an epoch is kept: the kept batches, all full (drop_last)
+    per_epoch = math.ceil(images / batch)
+    pool = int((1 - r) * train_epochs * per_epoch)
+    ids = torch.randint(pool, (draws,))  # RuntimeError on an empty pool, as in the official trainer
+    ids = torch.where(ids % per_epoch == per_epoch - 1, ids - 1, ids)
+    if (ids < 0).any() or pool > kept: raise IndexError("a batch that was never stored")
+    return per_epoch, set(ids.tolist())
+
+
+@pytest.mark.parametrize("n, b, e, r", [(10_000, 128, 20, 0.975), (1_000, 64, 20, 0.975), (500, 16, 10, 0.95),
+                                        (80, 8, 4, 0.975), (8, 4, 8, 0.975), (1_000, 64, 20, 0.99)])
+def test_lpld_trainer_on_less_than_one_epoch_draws_as_lpld_or_is_refused_where_lpld_fails(n, b, e, r):
+    """Under pruning_rule=lpld a store of fewer batches than an epoch is replayed as LPLD's trainer replays it (k draws an
+    epoch, from its short pool); where the official relabel or trainer fails, the kit refuses with one error."""
+    from sre2l.core import Sre2lError, ValidateConfig
+    from sre2l.relabel import batches_per_epoch, kept_batches
+    from sre2l.validate import pool_schedule
+    readable, _ = lpld_relabel_loop(n, b, e, r)
+    try: official = lpld_trainer_draws(readable, b, e, r)
+    except (RuntimeError, IndexError): official = None
+    try:
+        kept = kept_batches(n, b, e, r, "lpld")
+        facts = {"batches_per_epoch": batches_per_epoch(n, b, r, "lpld"), "stored_batches": kept, "complete_epochs": 0,
+                 "images": n, "batch_size": b, "prune_ratio": r, "pruning_rule": "lpld"}
+        assert kept < facts["batches_per_epoch"]  # the case under test: less than one epoch kept
+        plan = pool_schedule(facts, ValidateConfig(epochs=e, pool_granularity="batch", pool_metric="random"), 0)
+    except Sre2lError as error:
+        assert official is None and "relabel.pruning_rule=exact" in str(error), (official, error)
+        return
+    per_epoch, ids = official
+    assert all(len(epoch) == per_epoch for epoch in plan)
+    assert {k[1] for epoch in plan for k in epoch} == ids and {k[0] for epoch in plan for k in epoch} == {0}
