@@ -722,7 +722,7 @@ def _duration(seconds) -> str:
 # %% ../nbs/06_cli.ipynb #3c40d62f
 def status_table(states: list[dict]) -> str:
     "One line per stage folder: finished (its time), running (done/total, rate, time left), stopped (how to resume), not started."
-    from sre2l.runs import _when
+    from sre2l.runs import _when, time_left
     lines = []
     for s in states:
         what = s["state"]
@@ -730,7 +730,7 @@ def status_table(states: list[dict]) -> str:
         elif what in ("running", "stopped"):
             what += f": {s.get('what') or 'units'} {s['done']}/{s.get('total') or '?'}"
             if what.startswith("running") and s.get("rate_per_hour"): what += f", {s['rate_per_hour']:.4g}/h"
-            if what.startswith("running") and s.get("eta_seconds") is not None: what += f", about {_duration(s['eta_seconds'])} left"
+            if what.startswith("running") and time_left(s) is not None: what += f", about {_duration(time_left(s))} left"
             what += f"; last progress {_when(s['updated'])} ({_duration(s['age_seconds'])} ago) by {s.get('host', '?')}:{s.get('pid', '?')}"
             if what.startswith("stopped"): what += f"; resume: {s.get('command') or 'run the command that started it again'}"
         lines.append(f"{s['stage']:24} {what}")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .core import Sre2lError, STAGES, log
 from .plan import CellRun, duration, finished
-from .runs import notebook_dir, STAGE_NOTEBOOKS, resolve_run_dir, load_json, claim
+from .runs import notebook_dir, STAGE_NOTEBOOKS, resolve_run_dir, load_json, claim, time_left
 from .tables import TableSpec
 
 # %% auto #0
@@ -111,7 +111,7 @@ def _progress_line(stage_dir: Path) -> str:
     "How far a running stage has got, from its progress.json ('' before its first report)."
     try: p = load_json(stage_dir / "progress.json")
     except (OSError, ValueError): return ""
-    left = f", about {duration(p['eta_seconds'])} left" if p.get("eta_seconds") is not None else ""
+    left = f", about {duration(time_left(p))} left" if time_left(p) is not None else ""
     return f"{p.get('what') or 'units'} {p['done']}/{p.get('total') or '?'}{left}"
 
 # %% ../nbs/05d_jobs.ipynb #5e67b2a2

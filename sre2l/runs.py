@@ -29,7 +29,7 @@ __all__ = ['LEASE_SECONDS', 'STAGE_NOTEBOOKS', 'shard_from_env', 'check_shard', 
            'writer_gone', 'sweep_temporaries', 'write_manifest', 'DamagedManifest', 'read_manifest',
            'find_project_root', 'resolve_run_dir', 'prepare_run', 'notebook_dir', 'stage_status',
            'refuse_a_wrong_level', 'require_stage', 'open_stage', 'build_missing', 'stage_state', 'run_status',
-           'log_to_stage', 'progress']
+           'log_to_stage', 'time_left', 'progress']
 
 # %% ../nbs/00g_runs.ipynb #5575dbd3
 def shard_from_env() -> tuple[int, int]:
@@ -522,6 +522,12 @@ def _write_status(path: Path, what: str, done: int, total, initial: int, started
                      "eta_seconds": None if left is None else round(left), "pid": os.getpid(),
                      "host": __import__("socket").gethostname(), "updated": time.time(), "started": started,
                      "command": os.environ.get("SRE2L_RESUME")})
+
+# %% ../nbs/00g_runs.ipynb #80000498
+def time_left(progress: dict, now: float | None = None) -> float | None:
+    "Seconds a running stage has left: its last report's estimate, counted down since that report (never below 0)."
+    if progress.get("eta_seconds") is None: return None
+    return max(0.0, progress["eta_seconds"] - ((now or time.time()) - progress.get("updated", now or time.time())))
 
 # %% ../nbs/00g_runs.ipynb #f956b517
 @functools.cache
