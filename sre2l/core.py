@@ -189,6 +189,8 @@ class ValidateConfig:
     decay_bn_bias: bool = False  # also decay BatchNorm and bias parameters (the Tiny and CIFAR scripts do)
     warmup_epochs: int = 0  # linear warm-up epochs before the per-epoch cosine
     lr_stretch: float = 1.0  # the cosine runs over stretch x epochs: 1 ends at 0, 2 at half the rate (RDED, EDC's zeta)
+    shuffle_patches: int = 1  # RDED: before each online crop, permute an image's N column strips, then its N row strips (1 = off)
+    ema_decay: float = 0.0  # EDC: test an EMA of the student's parameters, updated after every step (0 = off; EDC 0.99)
     images: Literal["distilled", "train"] = "distilled"  # the distilled set, or (FKD) the whole training split
     labels: Literal["stored", "online", "hard"] = "stored"  # the relabel store, the teacher online, or the classes
     crops_per_image: int = 1  # FKD: crops of one image in a batch, from its stored pool (training split only)
@@ -292,6 +294,7 @@ LIMITS = {  # allowed ranges: [ ] include the end, ( ) exclude it; every float m
     "recover.crop_scale_min": "(0, 1]", "recover.crop_scale_max": "(0, 1]", "recover.jitter": "[0, 10000]",
     "recover.crop_milestone": "[0, 1]", "recover.select_images": "[1, 100000000]", "recover.select_candidates": "[1, 100000]",
     "recover.select_factor": "[1, 64]", "validate.lr_stretch": "[1, 100]",
+    "validate.shuffle_patches": "[1, 64]", "validate.ema_decay": "[0, 1)",
     "recover.jpeg_quality": "[1, 100]", "recover.group_images": "[1, 100000000]", "recover.snapshot_every": "[0, 10000000]",
     "relabel.epochs": "[1, 100000]", "relabel.batch_size": "[1, 1000000]", "relabel.num_crops": "[1, 100000]",
     "relabel.num_seg": "[1, 100000]", "relabel.teacher_temperature": "(0, inf)", "relabel.crop_scale_min": "(0, 1]",
@@ -368,6 +371,9 @@ def _rule(cfg) -> list:
          "validate.images=train with stored labels needs a region store of the training split "
          "(relabel.mode=region, relabel.images=train), or validate.labels=online or hard"),
         (v.crops_per_image > 1 and v.images != "train", "validate.crops_per_image is for training on the training split"),
+        (v.shuffle_patches > 1 and (stored or v.images == "train"), f"validate.shuffle_patches={v.shuffle_patches} shuffles the "
+         "distilled images before each fresh crop: it needs validate.labels=online or hard and validate.images=distilled "
+         "(stored plans do not record a permutation)"),
         (v.images == "train" and v.loss not in ("soft_ce", "ce"),
          f"a student of the training split learns label distributions: validate.loss=soft_ce (or ce), not {v.loss}"),
         (l.batch_size % v.crops_per_image != 0,
@@ -427,7 +433,7 @@ STAGES = ("squeeze", "recover", "relabel", "validate")
 _WHERE_AND_HOW_FAST = ("root", "workers", "cache_bytes")  # data keys that change where and how fast, not what
 _ADDED_LATER = {("relabel", "pruning_rule"): "exact", ("recover", "crop_schedule"): "none", ("recover", "crop_milestone"): 0.0,
                 ("recover", "select_images"): 300, ("recover", "select_candidates"): 5, ("recover", "select_factor"): 2,
-                ("validate", "lr_stretch"): 1.0}  # fields added after stores existed: hashed only when not default
+                ("validate", "lr_stretch"): 1.0, ("validate", "shuffle_patches"): 1, ("validate", "ema_decay"): 0.0}  # fields added after stores existed: hashed only when not default
 
 def config_dict(cfg: RunConfig) -> dict:
     "The configuration as plain JSON-ready data."

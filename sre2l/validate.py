@@ -27,14 +27,14 @@ from .data import (ImageSet, FileLoader, data_spec, open_split, cached, read_dis
 from .models import create_model, save_model, load_teacher
 from .train import (evaluate, epoch_factor, param_groups, make_optimizer, write_history, to_device, place_images,
                          open_tracker)
-from .replay import load_epoch, epoch_file, replay_batch, teacher_probs, BatchPlan, draw_epoch, cutmix_box
+from .replay import load_epoch, epoch_file, replay_batch, teacher_probs, BatchPlan, draw_epoch, cutmix_box, gather_batch
 from .regions import RegionStore, recover_labels, resample_crops, teacher_view
 
 # %% auto #0
 __all__ = ['LOSSES', 'kd_loss', 'keep_top_logits', 'student_loss', 'lpld_short_pool', 'pool_schedule', 'check_store',
-           'save_training_state', 'load_training_state', 'store_batches', 'online_batches', 'train_student',
-           'region_batches', 'split_crops', 'mix_batch', 'split_batches', 'batch_source', 'run_validate',
-           'dd_ranking_map', 'dd_ranking_scores']
+           'save_training_state', 'load_training_state', 'store_batches', 'shuffle_patches', 'online_batches',
+           'WeightEma', 'train_student', 'region_batches', 'split_crops', 'mix_batch', 'split_batches', 'batch_source',
+           'run_validate', 'dd_ranking_map', 'dd_ranking_scores']
 
 # %% ../nbs/04_validate.ipynb #16295401
 def kd_loss(student_logits: torch.Tensor, target,  # stored fp16 logits, or (top-k values, indices)
@@ -129,10 +129,10 @@ def check_store(relabel_manifest: dict, images, vc) -> None:  # images: the dist
 
 # %% ../nbs/04_validate.ipynb #b9a4d66e
 def save_training_state(path, key: str,  # the validate configuration hash the run belongs to
-                    epochs_done: int, student: nn.Module, optimizer, history: list):
+                    epochs_done: int, student: nn.Module, optimizer, history: list, ema=None):  # ema: a WeightEma
     "Write a resumable checkpoint atomically: weights, optimiser state and history after `epochs_done` epochs."
     state = {"key": key, "epochs_done": epochs_done, "student": student.state_dict(),
-             "optimizer": optimizer.state_dict(), "history": history}
+             "optimizer": optimizer.state_dict(), "history": history, **({"ema": ema.average} if ema else {})}
     with atomic_write(path) as f: torch.save(state, f)
 
 # %% ../nbs/04_validate.ipynb #4448b230
@@ -167,6 +167,26 @@ def store_batches(images: torch.Tensor, labels: torch.Tensor, label_dir, schedul
             yield replay_batch(images, plan, spec, spec.resolution, device), _on(target, device), labels[plan.indices.to(labels.device)]
     return epoch_batches
 
+# %% ../nbs/04_validate.ipynb #b10a8114
+def _shuffle_one(image: torch.Tensor, col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    "One image's ShufflePatches by unequal strips (a side the factor does not divide)."
+    strips = image.tensor_split(len(col), dim=2); image = torch.cat([strips[j] for j in col.tolist()], 2)
+    strips = image.tensor_split(len(row), dim=1); return torch.cat([strips[j] for j in row.tolist()], 1)
+
+# %% ../nbs/04_validate.ipynb #de750443
+def shuffle_patches(batch: torch.Tensor,  # [B, C, H, W] images
+                    factor: int,  # strips a side (RDED's factor); 1 = unchanged
+                    gen) -> torch.Tensor:  # a CPU generator: the permutations
+    "RDED's ShufflePatches on a whole batch: each image's column strips permuted, then its row strips."
+    if factor == 1: return batch
+    n, c, h, w = batch.shape
+    cols, rows = (torch.argsort(torch.rand(n, factor, generator=gen), 1).to(batch.device) for _ in range(2))
+    if h % factor or w % factor: return torch.stack([_shuffle_one(im, col, row) for im, col, row in zip(batch, cols, rows)])
+    strips = batch.reshape(n, c, h, factor, w // factor).permute(0, 3, 1, 2, 4)  # [B, factor, C, H, w/f]
+    batch = strips[torch.arange(n, device=batch.device)[:, None], cols].permute(0, 2, 3, 1, 4).reshape(n, c, h, w)
+    strips = batch.reshape(n, c, factor, h // factor, w).permute(0, 2, 1, 3, 4)  # [B, factor, C, h/f, W]
+    return strips[torch.arange(n, device=batch.device)[:, None], rows].permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
+
 # %% ../nbs/04_validate.ipynb #058dd6f8
 def online_batches(images: torch.Tensor, labels: torch.Tensor, cfg: RunConfig, spec, device,
                    teacher: nn.Module | None = None):  # None: hard labels (plans without mixing, the images' classes)
@@ -174,8 +194,13 @@ def online_batches(images: torch.Tensor, labels: torch.Tensor, cfg: RunConfig, s
     rl, vc = cfg.relabel, cfg.validate
     if teacher is None: rl = dataclasses.replace(rl, mix="none")  # a hard label is the un-mixed image's class
     def epoch_batches(epoch: int):
-        for plan in draw_epoch(len(images), epoch, rl, spec.resolution, cfg.seed):
-            x, y = replay_batch(images, plan, spec, spec.resolution, device), labels[plan.indices.to(labels.device)]
+        for b, plan in enumerate(draw_epoch(len(images), epoch, rl, spec.resolution, cfg.seed)):
+            y, source = labels[plan.indices.to(labels.device)], images
+            if vc.shuffle_patches > 1:  # RDED: the batch's images, patches moved, replayed by position
+                source = shuffle_patches(gather_batch(images, plan.indices, device), vc.shuffle_patches,
+                                         generator(cfg.seed, "shuffle-patches", epoch, b))
+                plan = dataclasses.replace(plan, indices=torch.arange(len(plan.indices)))
+            x = replay_batch(source, plan, spec, spec.resolution, device)
             if teacher is None: yield x, None, y; continue
             with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=vc.precision == "bf16"):
                 logits = teacher(x).float()
@@ -205,6 +230,21 @@ def _step(model, optimizer, x, target, y, vc, rank: int, world: int) -> torch.Te
     optimizer.step()
     return total
 
+# %% ../nbs/04_validate.ipynb #3dbe96f5
+class WeightEma:
+    "EDC's EMA of a student's parameters (not its buffers), updated after each step; `swapped` tests with it."
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.average = decay, [p.detach().clone() for p in model.parameters()]
+    def update(self, model: nn.Module):
+        torch._foreach_lerp_(self.average, [p.detach() for p in model.parameters()], 1 - self.decay)  # d·avg + (1-d)·p
+    @contextlib.contextmanager
+    def swapped(self, model: nn.Module):
+        live = [p.detach().clone() for p in model.parameters()]
+        with torch.no_grad(): torch._foreach_copy_(list(model.parameters()), self.average)
+        try: yield model
+        finally:
+            with torch.no_grad(): torch._foreach_copy_(list(model.parameters()), live)
+
 # %% ../nbs/04_validate.ipynb #8edd405d
 def train_student(student: nn.Module,
                   batches,  # a batch source: epoch -> (x, target, labels) batches (see above)
@@ -220,6 +260,8 @@ def train_student(student: nn.Module,
     state = load_training_state(checkpoint, checkpoint_key) if checkpoint is not None else None
     history, start = (state["history"], state["epochs_done"]) if state else ([], 0)
     if state: student.load_state_dict(state["student"]); optimizer.load_state_dict(state["optimizer"])
+    ema = WeightEma(student, vc.ema_decay) if vc.ema_decay > 0 else None
+    if ema and state: ema.average = [t.to(device) for t in state["ema"]]
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else student
@@ -230,16 +272,18 @@ def train_student(student: nn.Module,
         for x, target, y in batches(epoch):
             if vc.channels_last: x = x.contiguous(memory_format=torch.channels_last)
             total += _step(model, optimizer, x, target, y, vc, rank, world); steps += 1
+            if ema: ema.update(student)
         if world > 1: dist.all_reduce(total)  # once per epoch: the whole batches' loss for the history
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total.item() / steps,
                "seconds": time.perf_counter() - began}
         if test is not None and rank == 0 and ((epoch + 1) % vc.eval_every == 0 or epoch == vc.epochs - 1):
-            row.update({f"test_{k}": v for k, v in evaluate(student, test, spec, device, vc.eval_batch_size).items()})
+            with ema.swapped(student) if ema else contextlib.nullcontext():
+                row.update({f"test_{k}": v for k, v in evaluate(student, test, spec, device, vc.eval_batch_size).items()})
         history.append(row)
         if tracker is not None: tracker.log(row, epoch)
         if checkpoint is not None and rank == 0 and vc.checkpoint_every > 0 and (epoch + 1) % vc.checkpoint_every == 0 \
                 and epoch + 1 < vc.epochs:
-            save_training_state(checkpoint, checkpoint_key, epoch + 1, student, optimizer, history)
+            save_training_state(checkpoint, checkpoint_key, epoch + 1, student, optimizer, history, ema)
     return history
 
 # %% ../nbs/04_validate.ipynb #8c2ae444

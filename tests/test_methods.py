@@ -178,3 +178,37 @@ def test_a_method_that_names_a_stage_the_pipeline_does_not_have_is_refused():
     from sre2l.methods import Method
     bad = Method("distill-only", "changes a stage that is not one", "a test", {"distill": ("recover.ipc=1",)})
     with pytest.raises(ConfigError, match="changes \\['distill'\\], which are not stages"): bad.settings()
+
+
+@pytest.mark.parametrize("factor, size", [(2, 8), (2, 28), (4, 32), (3, 7), (2, 9)])
+def test_shuffle_patches_is_rdeds_rule_image_by_image(factor, size):
+    """RDED's ShufflePatches re-derived from its description (validation/main.py): per image, the `factor` column
+    strips in a random order, then the row strips of the result; the kit's batched version moves exactly those."""
+    from sre2l.core import generator
+    from sre2l.validate import shuffle_patches
+    x = torch.randint(0, 255, (6, 3, size, size), dtype=torch.uint8)
+    gen = generator(0, "shuffle-test")
+    cols, rows = (torch.argsort(torch.rand(6, factor, generator=gen), 1) for _ in range(2))
+    expected = []
+    for image, col, row in zip(x, cols, rows):
+        strips = list(image.tensor_split(factor, dim=2))
+        image = torch.cat([strips[j] for j in col.tolist()], 2)
+        strips = list(image.tensor_split(factor, dim=1))
+        expected.append(torch.cat([strips[j] for j in row.tolist()], 1))
+    assert torch.equal(shuffle_patches(x, factor, generator(0, "shuffle-test")), torch.stack(expected))
+
+
+def test_online_batches_shuffle_the_patches_and_keep_the_labels():
+    from sre2l.presets import make_config
+    from sre2l.data import get_dataset
+    from sre2l.validate import online_batches
+    spec = get_dataset("digits")
+    images, labels = torch.randint(0, 255, (20, 1, 8, 8), dtype=torch.uint8), torch.arange(20) % 10
+    plain = make_config("digits", ["validate.labels=hard", "validate.loss=ce", "relabel.batch_size=5"])
+    shuffled = make_config("digits", ["validate.labels=hard", "validate.loss=ce", "relabel.batch_size=5", "validate.shuffle_patches=2"])
+    a = list(online_batches(images, labels, plain, spec, torch.device("cpu"))(0))
+    b = list(online_batches(images, labels, shuffled, spec, torch.device("cpu"))(0))
+    assert [torch.equal(y1, y2) for (_, _, y1), (_, _, y2) in zip(a, b)] == [True] * 4
+    assert any(not torch.equal(x1, x2) for (x1, _, _), (x2, _, _) in zip(a, b))
+    again = list(online_batches(images, labels, shuffled, spec, torch.device("cpu"))(0))
+    assert all(torch.equal(x1, x2) for (x1, _, _), (x2, _, _) in zip(b, again))

@@ -26,13 +26,13 @@ def store(tmp_path_factory):
     return run_dir
 
 
-def train(store, cfg, checkpoint=None, student=None):
-    "Train a student on the module's store through the same batch source `run_validate` uses, without evaluation."
+def train(store, cfg, checkpoint=None, student=None, test=None):
+    "Train a student on the module's store through the same batch source `run_validate` uses (evaluated on `test`)."
     spec, device = get_dataset("digits"), torch.device("cpu")
     torch.manual_seed(0)
     student = student or create_model("convnet-d3-w64", 10, 1, spec.resolution)
     batches, _, _ = validate.batch_source(cfg, store, spec, device)
-    history = train_student(student, batches, cfg.validate, device, spec, None, checkpoint,
+    history = train_student(student, batches, cfg.validate, device, spec, test, checkpoint,
                             hash_json(stage_config(cfg, "validate")))
     return student, history
 
@@ -53,6 +53,29 @@ def test_resume_from_any_checkpoint_matches_the_uninterrupted_run(store, tmp_pat
         assert [r["epoch"] for r in history] == [0, 1, 2, 3]
         assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()))
         assert [r["train_loss"] for r in history] == [r["train_loss"] for r in reference_history]
+
+
+def test_the_weight_ema_is_what_is_tested_and_is_resumed_with_the_checkpoint(store, tmp_path, monkeypatch):
+    "EDC's EMA changes the test numbers, not the training; a run killed after a checkpoint resumes to the same numbers."
+    from sre2l.data import open_split
+    from sre2l.train import to_device
+    test = to_device(open_split(make_config("digits").data, "test"), torch.device("cpu"))
+    sets = BASE + ["validate.checkpoint_every=1", "validate.eval_every=1"]
+    cfg = make_config("digits", sets + ["validate.ema_decay=0.9"])
+    _, reference = train(store, cfg, test=test)
+    _, live = train(store, make_config("digits", sets), test=test)
+    assert [r["train_loss"] for r in reference] == [r["train_loss"] for r in live]  # the average never trains
+    assert [r["test_loss"] for r in reference] != [r["test_loss"] for r in live]  # it is what gets tested
+    save, checkpoint = validate.save_training_state, tmp_path / "checkpoint.pt"
+    def save_then_die(path, key, epochs_done, *args):
+        save(path, key, epochs_done, *args)
+        if epochs_done == 2: raise KeyboardInterrupt
+    monkeypatch.setattr(validate, "save_training_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt): train(store, cfg, checkpoint, test=test)
+    monkeypatch.setattr(validate, "save_training_state", save)
+    _, resumed = train(store, cfg, checkpoint, test=test)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(resumed) == strip(reference)
 
 
 def test_checkpoint_of_another_configuration_is_not_resumed(store, tmp_path):
