@@ -74,18 +74,17 @@ register_recipe(Recipe("sre2l", "stored FKD labels, KL at T = 20, AdamW, cosine 
                        "VILA-Lab/SRe2L train_FKD.sh (the kit's presets)",
                        ("validate.labels=stored", "validate.loss=kl", "validate.lr_stretch=1.0")))
 register_recipe(Recipe("rded", "online teacher, KL at T = 20 without T^2, CutMix, AdamW 1e-3, a cosine ending at half the rate, "
-                               "crops of scale (1/2, 1)",
+                               "ShufflePatches(2) then crops of scale (1/2, 1)",
                        "LINs-lab/RDED validation/main.py, argument.py (factor 2)",
                        ("validate.labels=online", "validate.loss=kl", "validate.kl_t2=false", "validate.temperature=20.0",
                         "validate.optimizer=adamw", "validate.lr=0.001", "validate.weight_decay=0.01", "validate.lr_stretch=2.0",
-                        "relabel.mix=cutmix", "relabel.cutmix_alpha=1.0", "relabel.crop_scale_min=0.5"),
-                       reports="best", missing="ShufflePatches(factor) before the crop"))
+                        "relabel.mix=cutmix", "relabel.cutmix_alpha=1.0", "relabel.crop_scale_min=0.5", "validate.shuffle_patches=2"),
+                       reports="best"))
 register_recipe(Recipe("edc", "small batch (100), a cosine ending at half the rate (zeta = 2), MSE + 0.025 CE on stored logits, "
-                              "crops of scale (1/2, 1)",
+                              "crops of scale (1/2, 1), the student's weights averaged (EMA 0.99) for testing",
                        "shaoshitong/EDC train/train_FKD_parallel.py, relabel.sh (EDC paper Table 6)",
                        ("relabel.batch_size=100", "relabel.crop_scale_min=0.5", "relabel.logits=fp16", "validate.labels=stored",
-                        "validate.loss=mse_gt", "validate.ce_weight=0.025", "validate.lr_stretch=2.0"),
-                       missing="the EMA of the student's weights (decay 0.99) and ShufflePatches(2)"))
+                        "validate.loss=mse_gt", "validate.ce_weight=0.025", "validate.lr_stretch=2.0", "validate.ema_decay=0.99")))
 register_recipe(Recipe("dd-ranking", "DD-Ranking's soft-label evaluation: online teacher, KL at T = 20, CutMix, AdamW, "
                                      "cosine over 2 x epochs",
                        "NUS-HPC-AI-Lab/DD-Ranking ddranking/utils/train_and_eval.py (get_lr_scheduler 'cosine'), SRe2L configs",
