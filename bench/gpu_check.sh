@@ -36,7 +36,7 @@ if [ "$mode" = gpu ]; then
   step "decoding, 16 workers and on the GPU" python bench/decode.py --classes 100 --workers 16 --device cuda
   step "GPU tests: two CUDA runs agree" python bench/determinism.py --device cuda --set relabel.epochs=5 --set recover.iterations=100
   step "rehearsal, 1000 classes, shortened (stages in this process)" python -m sre2l.cli reproduce imagenet_rehearsal \
-    --set squeeze.epochs=1 --set recover.iterations=100 --set relabel.epochs=4 --set validate.epochs=4 \
+    --set squeeze.epochs=1 --set recover.iterations=100 --set relabel.epochs=6 --set validate.epochs=4 \
     --set validate.eval_every=4 --inline --run-dir "$scratch/runs" --out "$scratch/tables"
 else
   step recover python bench/recover.py --variant cpu --iterations 3 --warmup 1 --no-compile
@@ -48,7 +48,7 @@ else
   step "determinism: two runs agree" python bench/determinism.py --device cpu --set relabel.epochs=2 --set recover.iterations=20
   # CI runs `sre2l reproduce imagenet_rehearsal_ci` once already: here only the 1000-class rehearsal's plan
   step "rehearsal, 1000 classes: its plan" python -m sre2l.cli reproduce imagenet_rehearsal --dry-run \
-    --set squeeze.epochs=1 --set recover.iterations=100 --set relabel.epochs=4 --set validate.epochs=4 \
+    --set squeeze.epochs=1 --set recover.iterations=100 --set relabel.epochs=6 --set validate.epochs=4 \
     --set validate.eval_every=4 --run-dir "$scratch/runs"
 fi
 echo "gpu_check ($mode): $((SECONDS - began)) s in all" | tee -a "$log"

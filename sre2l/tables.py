@@ -211,14 +211,16 @@ def _rehearsal(classes: int, per_class: tuple, ipc: int, epochs: dict, iteration
               f"validate.epochs={epochs['student']}", f"validate.eval_every={epochs['eval_every']}")
     recipes = {"SRe2L: global BN, cross-class batches": ("sre2l_in1k", ()),
                "LPLD: class BN, one class per batch": ("lpld_in1k", (f"recover.batch_size={ipc}",  # LPLD's pruning drops a
-                                                                     f"relabel.batch_size={min(128, classes * ipc // 2)}"))}  # partial batch
+                                                                     f"relabel.batch_size={min(128, classes * ipc // 2)}")),  # partial batch
+               "RDED: real patches selected, stitched 2 x 2": ("sre2l_in1k", ("method=rded", "recipe=sre2l",  # its images under
+                                                                              f"recover.select_images={per_class[0]}"))}  # stored labels
     return [Cell(name, budget_label(c), preset, (*common, *extra, *pruned(c), *(lpld_40x if c == 40 and preset == "lpld_in1k" else ())),
                  source="kit rehearsal on an ImageNet-shaped folder (no paper value)")
             for name, (preset, extra) in recipes.items() for c in (1, 40)]
 
 _REHEARSAL = ("The shapes of the sre2l_in1k and lpld_in1k recipes on a folder the kit writes (`make-imagefolder`): a "
               "torchvision ResNet-18 teacher trained briefly on it, 224 px, recover with 100 classes per batch (SRe2L) "
-              "and one class per batch on class-BN statistics (LPLD), relabel with CutMix (batch 1024 and LPLD's 128, or half the "
+              "and one class per batch on class-BN statistics (LPLD), RDED's selection of real patches in place of recovery, relabel with CutMix (batch 1024 and LPLD's 128, or half the "
               "set where it is smaller: LPLD's pruning drops a partial batch and its pool needs two batches an epoch) "
               "and a 40x-pruned store, ResNet-18 students tested with resize 256 / centre crop 224. Teacher epochs, "
               "recovery iterations, stored epochs and student epochs are scaled down ({}); the numbers show that every "

@@ -222,7 +222,7 @@ def test_the_ci_rehearsal_runs_end_to_end_and_the_dry_run_predicts_its_stages(tm
             predicted = predict_cost(r.cfg, rates)["seconds"][stage]
             measured_total, predicted_total = measured_total + measured, predicted_total + predicted
             if measured >= 2: assert 0.5 <= measured / predicted <= 2, (stage, r.cell.name, measured, predicted)
-    assert len(seen) == 11 and 0.5 <= measured_total / predicted_total <= 2, (measured_total, predicted_total)
+    assert len(seen) == 16 and 0.5 <= measured_total / predicted_total <= 2, (measured_total, predicted_total)
     validate = load_json(runs[0].folder / "validate" / "manifest.json")
     assert validate["metrics"]["images"] == 8 and 0 <= validate["metrics"]["test_top1"] <= 100
 
