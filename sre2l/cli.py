@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import sys
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -750,8 +751,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w"); return 0
     except OSError as e:  # a full disk, a read-only or foreign folder, a file where a folder should be, ...
         print(f"sre2l: error: {os_message(e)}", file=sys.stderr); return 2
-    except KeyboardInterrupt:  # every file is written atomically and claims are given back: the run resumes
-        print("sre2l: interrupted; run the same command again to continue where it stopped", file=sys.stderr); return 130
+    except KeyboardInterrupt as stop:  # every file is written atomically and claims are given back: the run resumes
+        term = stop.args == ("SIGTERM",)
+        print(f"sre2l: {'stopped by SIGTERM' if term else 'interrupted'}; run the same command again to continue where "
+              "it stopped", file=sys.stderr); return 143 if term else 130
     except RuntimeError as e:
         if type(e).__name__ != "OutOfMemoryError": raise  # torch.cuda.OutOfMemoryError, without importing torch here
         print(f"sre2l: error: out of GPU memory ({str(e).splitlines()[0][:160]}); lower the batch size "
@@ -760,14 +763,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if resume is None: os.environ.pop("SRE2L_RESUME", None)
 
+# %% ../nbs/06_cli.ipynb #f3ade692
+def _terminated(signum, frame):
+    "SIGTERM (`kill`, a batch scheduler's stop before its SIGKILL): the same clean stop as Ctrl-C."
+    raise KeyboardInterrupt("SIGTERM")
+
 # %% ../nbs/06_cli.ipynb #92dc3072
 def run() -> None:
-    "The `sre2l` program: `main`, then exit with its code (after Ctrl-C, exactly 130)."
+    "The `sre2l` program: `main`, then exit with its code (after Ctrl-C exactly 130, after SIGTERM 143)."
+    signal.signal(signal.SIGTERM, _terminated)
     code = main()
-    if code == 130:
+    if code in (130, 143):
         import logging
         logging.shutdown(); sys.stdout.flush(); sys.stderr.flush()
-        os._exit(130)
+        os._exit(code)
     sys.exit(code)
 
 # %% ../nbs/06_cli.ipynb #fc199f98

@@ -334,7 +334,9 @@ def test_a_read_only_file_system_is_one_line(tmp_path, monkeypatch, capsys):
     assert err.count("error:") == 1 and "the file system is read-only: choose a writable --run-dir" in err
 
 
-def test_ctrl_c_is_one_line_and_the_run_resumes(finished, tmp_path):
+@pytest.mark.parametrize("stop, code, said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "stopped by SIGTERM")])
+def test_ctrl_c_is_one_line_and_the_run_resumes(finished, tmp_path, stop, code, said):
+    "Ctrl-C, or SIGTERM (kill, a batch scheduler's stop): one line, claims given back, nothing half-written, a rerun resumes."
     import os, signal, subprocess, sys, time
     env = {**os.environ, "SRE2L_NO_PROGRESS": "1"}
     shutil.copytree(finished / "squeeze", tmp_path / "run" / "squeeze")
@@ -345,9 +347,9 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(finished, tmp_path):
     progress, deadline = tmp_path / "run" / "recover" / "progress.json", time.time() + 3600
     while not progress.exists() and time.time() < deadline: time.sleep(0.05)
     time.sleep(1.0)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(getattr(signal, stop))
     _, err = process.communicate(timeout=3600)
-    assert process.returncode == 130 and "interrupted; run the same command again" in err and "Traceback" not in err, err
+    assert process.returncode == code and f"{said}; run the same command again" in err and "Traceback" not in err, err
     assert not list((tmp_path / "run").rglob("*.claim")) and not list((tmp_path / "run").rglob("*.tmp"))
     assert subprocess.run(command, env=env, capture_output=True).returncode == 0
     assert read_manifest(tmp_path / "run" / "recover") is not None
