@@ -205,6 +205,8 @@ def _validate_work(w: _Shape) -> dict:
     v = w.cfg.validate
     evaluations, whole_split = math.ceil(v.epochs / max(v.eval_every, 1)), v.images == "train"
     trained = v.epochs * (w.train * v.crops_per_image if whole_split else w.images)  # images through the student
+    short = _lpld_short(w) if v.labels == "stored" and not whole_split else 0
+    if short: trained = v.epochs * short * w.cfg.relabel.batch_size  # LPLD's trainer: the kept batches an epoch
     compute = (w.seconds("validate", "train_bf16" if v.precision == "bf16" else "train", trained) + w.opening
                + w.seconds("online", "forward", trained) * (v.labels == "online")
                + w.seconds("student_test", "forward", evaluations * w.test) + trained * w.rates.crop_draw * whole_split)
@@ -217,6 +219,18 @@ def _kept(images: int, l) -> int:
     "Stored batches of a relabel store (the kit's pruning rule)."
     from sre2l.relabel import kept_batches
     return kept_batches(images, l.batch_size, l.epochs, l.prune_ratio, l.pruning_rule)
+
+# %% ../nbs/05c_plan.ipynb #9a573152
+def _lpld_short(w: _Shape) -> int:
+    "Batches an epoch of LPLD's trainer on a store of less than one epoch (0 otherwise); refuses where LPLD's run fails."
+    from sre2l.relabel import batches_per_epoch
+    from sre2l.validate import lpld_short_pool_size
+    l, v = w.cfg.relabel, w.cfg.validate
+    if l.pruning_rule != "lpld" or l.prune_ratio == 0 or (v.pool_granularity, v.pool_metric) != ("batch", "random"): return 0
+    kept, per_epoch = _kept(w.images, l), batches_per_epoch(w.images, l.batch_size, l.prune_ratio, l.pruning_rule)
+    if kept >= per_epoch: return 0
+    lpld_short_pool_size(kept, per_epoch, l.prune_ratio, v.epochs)
+    return kept
 
 # %% ../nbs/05c_plan.ipynb #fc5c671f
 def stage_work(cfg: RunConfig, rates: Rates) -> dict:

@@ -31,10 +31,10 @@ from .replay import load_epoch, epoch_file, replay_batch, teacher_probs, BatchPl
 from .regions import RegionStore, recover_labels, resample_crops, teacher_view
 
 # %% auto #0
-__all__ = ['LOSSES', 'kd_loss', 'keep_top_logits', 'student_loss', 'lpld_short_pool', 'pool_schedule', 'check_store',
-           'save_training_state', 'load_training_state', 'store_batches', 'shuffle_patches', 'online_batches',
-           'WeightEma', 'train_student', 'region_batches', 'split_crops', 'mix_batch', 'split_batches', 'batch_source',
-           'run_validate', 'dd_ranking_map', 'dd_ranking_scores']
+__all__ = ['LOSSES', 'kd_loss', 'keep_top_logits', 'student_loss', 'lpld_short_pool_size', 'lpld_short_pool', 'pool_schedule',
+           'check_store', 'save_training_state', 'load_training_state', 'store_batches', 'shuffle_patches',
+           'online_batches', 'WeightEma', 'train_student', 'region_batches', 'split_crops', 'mix_batch',
+           'split_batches', 'batch_source', 'run_validate', 'dd_ranking_map', 'dd_ranking_scores']
 
 # %% ../nbs/04_validate.ipynb #16295401
 def kd_loss(student_logits: torch.Tensor, target,  # stored fp16 logits, or (top-k values, indices)
@@ -66,16 +66,22 @@ def student_loss(student_logits: torch.Tensor, target,  # logits, (top-k values,
     if target is not None: return -(target * F.log_softmax(logits, 1)).sum(1).mean()  # soft CE: FKD's, or mixed classes
     return F.cross_entropy(logits, labels)
 
+# %% ../nbs/04_validate.ipynb #700b3740
+def lpld_short_pool_size(kept: int, per_epoch: int, ratio: float, epochs: int) -> int:
+    "LPLD's pool of ids when `kept` < `per_epoch` batches are stored: int((1-r)·E·kept); refused where LPLD's run fails."
+    pool = int((1 - ratio) * epochs * kept)  # N comes from epoch_0's files, which hold only the kept batches
+    why = ("one batch an epoch: its last-batch rule replays batch -1" if kept < 2 else "an empty pool" if pool < 1 else
+           f"pool ids past the {kept} stored batches" if pool > kept else "")
+    if why: raise Sre2lError(f"relabel.pruning_rule=lpld kept {kept} of {per_epoch} batches an epoch, less than one epoch: LPLD's "
+                             f"trainer then draws {kept} batches an epoch from a pool of int((1 - {ratio:g}) x {epochs} x {kept}) = "
+                             f"{pool} ids, and fails on {why}; relabel more epochs or use relabel.pruning_rule=exact")
+    return pool
+
 # %% ../nbs/04_validate.ipynb #d9a1893d
 def lpld_short_pool(manifest: dict, vc, seed: int) -> list[list[tuple[int, int]]]:
     "LPLD's trainer on a store of less than one epoch: k kept batches an epoch, drawn from the first int((1-r)·E·k) ids."
-    k, ratio, per_epoch = manifest["stored_batches"], manifest["prune_ratio"], manifest["batches_per_epoch"]
-    pool = int((1 - ratio) * vc.epochs * k)  # N comes from epoch_0's files, which hold only the k kept batches
-    why = ("one batch an epoch: its last-batch rule replays batch -1" if k < 2 else "an empty pool" if pool < 1 else
-           f"pool ids past the {k} stored batches" if pool > k else "")
-    if why: raise Sre2lError(f"relabel.pruning_rule=lpld kept {k} of {per_epoch} batches an epoch, less than one epoch: LPLD's "
-                             f"trainer then draws {k} batches an epoch from a pool of int((1 - {ratio:g}) x {vc.epochs} x {k}) = "
-                             f"{pool} ids, and fails on {why}; relabel more epochs or use relabel.pruning_rule=exact")
+    k = manifest["stored_batches"]
+    pool = lpld_short_pool_size(k, manifest["batches_per_epoch"], manifest["prune_ratio"], vc.epochs)
     full = lambda b: b - 1 if b % k == k - 1 else b  # the last batch of a (k-batch) epoch is replaced by the one before
     return [[(0, full(int(b))) for b in torch.randint(pool, (k,), generator=generator(seed, "label-pool", e))]
             for e in range(vc.epochs)]

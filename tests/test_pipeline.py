@@ -366,3 +366,17 @@ def test_lpld_trainer_on_less_than_one_epoch_draws_as_lpld_or_is_refused_where_l
     per_epoch, ids = official
     assert all(len(epoch) == per_epoch for epoch in plan)
     assert {k[1] for epoch in plan for k in epoch} == ids and {k[0] for epoch in plan for k in epoch} == {0}
+
+
+def test_the_plan_counts_lplds_short_epochs_and_refuses_a_pool_lpld_cannot_draw():
+    """The dry-run predicts LPLD's student on less than one stored epoch at its k batches an epoch (not every image), and
+    refuses, before any work, a store whose pool LPLD's trainer could not draw from."""
+    from sre2l.core import Sre2lError
+    from sre2l.plan import H100, predict_cost
+    base = ["recover.ipc=10", "relabel.epochs=20", "validate.epochs=20", "relabel.prune_ratio=0.975",
+            "validate.pool_granularity=batch", "validate.pool_metric=random"]  # 10,000 images, 78 batches an epoch: 39 kept
+    lpld = predict_cost(make_config("lpld_in1k", base), H100)["seconds"]["validate"]
+    exact = predict_cost(make_config("lpld_in1k", base + ["relabel.pruning_rule=exact"]), H100)["seconds"]["validate"]
+    assert lpld < 0.75 * exact  # 39 batches an epoch against 78 (evaluation costs the same)
+    with pytest.raises(Sre2lError, match="empty pool"):
+        predict_cost(make_config("lpld_in1k", base + ["validate.epochs=4", "relabel.epochs=4"]), H100)
