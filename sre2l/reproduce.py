@@ -26,8 +26,8 @@ def refuse_a_table_level(run_dir: Path):
                          f"that holds the tables' folders: pass --run-dir {run_dir.parent}")
     parent = {"cells": run_dir.parent.parent, "": run_dir.parent.parent.parent}.get(
         run_dir.name if run_dir.name == "cells" else "" if run_dir.parent.name == "cells" else None, "runs/reproduce")
-    if (run_dir / "config.json").is_file() or (run_dir.is_dir() and any((p / "config.json").is_file() for p in run_dir.iterdir())):
-        raise Sre2lError(f"{run_dir} is a run (or holds runs), not the folder that holds the tables' folders: "
+    if (run_dir / "config.json").is_file() or (run_dir.name == "cells" and (run_dir.parent / "stages").is_dir()):
+        raise Sre2lError(f"{run_dir} is a table's run (or its cells/), not the folder that holds the tables' folders: "
                          f"pass --run-dir {parent}")
 
 # %% ../nbs/05_reproduce.ipynb #da38482c
