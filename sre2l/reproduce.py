@@ -24,11 +24,10 @@ def refuse_a_table_level(run_dir: Path):
     if (run_dir / "cells").is_dir() and (run_dir / "stages").is_dir():
         raise Sre2lError(f"{run_dir} is the folder of the table {run_dir.name!r} (cells/, stages/); --run-dir is the folder "
                          f"that holds the tables' folders: pass --run-dir {run_dir.parent}")
-    parent = {"cells": run_dir.parent.parent, "": run_dir.parent.parent.parent}.get(
-        run_dir.name if run_dir.name == "cells" else "" if run_dir.parent.name == "cells" else None, "runs/reproduce")
+    table = run_dir.parent if run_dir.name == "cells" else run_dir.parent.parent if run_dir.parent.name == "cells" else None
     if (run_dir / "config.json").is_file() or (run_dir.name == "cells" and (run_dir.parent / "stages").is_dir()):
         raise Sre2lError(f"{run_dir} is a table's run (or its cells/), not the folder that holds the tables' folders: "
-                         f"pass --run-dir {parent}")
+                         f"pass --run-dir {table.parent if table else 'runs/reproduce'}")
 
 # %% ../nbs/05_reproduce.ipynb #da38482c
 def reproduce(table: str | TableSpec,  # table name (see `list_tables()`), or a spec built in code (see `pruning_table`)
